@@ -1,0 +1,1 @@
+"""Subcommands of the `elastic` CLI, one module each."""

@@ -1,0 +1,34 @@
+"""Typed errors raised by elastic.
+
+Every failure a caller can act on has its own class, all under `ElasticError`, so a serving
+app can catch exactly what it handles and let the rest propagate.
+"""
+
+from __future__ import annotations
+
+
+class ElasticError(Exception):
+    """Base class of every error elastic raises on purpose."""
+
+
+class InvalidInput(ElasticError, ValueError):
+    """An input tensor has the wrong shape, dtype or non-finite values."""
+
+
+class UnknownSubnet(ElasticError, KeyError):
+    """A subnet id or `Subnet` that the model does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "unknown subnet"
+
+
+class CheckpointError(ElasticError):
+    """A checkpoint directory is missing, truncated, corrupt or for another builder."""
+
+
+class UnsupportedArchitecture(ElasticError, TypeError):
+    """A timm model whose family has no anchor adapter, or a family that mixes architectures."""
+
+
+class DataError(ElasticError):
+    """A data set is missing or corrupt."""

@@ -1,0 +1,122 @@
+"""`ElasticModel`: the contract every builder (StitchedNet, SortedNet, LearngenePool) meets.
+
+    model.subnets() -> list[Subnet]     # ids 0..n-1, stable across save/load
+    model(x, subnet=i | Subnet)         # run one subnet
+    model.sample_subnet(rng, policy)    # for sandwich / uniform / FLOPs-grouped training
+
+Builders register by name so `elastic.load` can rebuild any of them from a manifest.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from elastic.errors import InvalidInput, UnknownSubnet
+from elastic.subnet import Subnet
+
+BUILDERS: dict[str, type[ElasticModel]] = {}
+
+
+def register_builder(cls: type[ElasticModel]) -> type[ElasticModel]:
+    """Class decorator: make a builder loadable by its class name."""
+    BUILDERS[cls.__name__] = cls
+    return cls
+
+
+class ElasticModel(nn.Module):
+    """Many subnets in one set of weights."""
+
+    builder: ClassVar[str] = "ElasticModel"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._subnets: list[Subnet] | None = None
+        self._accuracy: dict[int, float] = {}
+
+    # ---- subnets -----------------------------------------------------------------------
+    def _build_subnets(self) -> list[Subnet]:
+        raise NotImplementedError
+
+    def subnets(self) -> list[Subnet]:
+        if self._subnets is None:
+            self._subnets = self._build_subnets()
+        return [s.with_accuracy(self._accuracy.get(s.id)) for s in self._subnets]
+
+    def __len__(self) -> int:
+        return len(self.subnets())
+
+    def subnet(self, ref: int | Subnet) -> Subnet:
+        """Resolve an id or a `Subnet` to this model's `Subnet`; `UnknownSubnet` otherwise."""
+        subnets = self.subnets()
+        sid = ref.id if isinstance(ref, Subnet) else ref
+        if isinstance(sid, bool) or not isinstance(sid, int) or not 0 <= sid < len(subnets):
+            raise UnknownSubnet(f"no subnet {ref!r}: this model has ids 0..{len(subnets) - 1}")
+        found = subnets[sid]
+        if isinstance(ref, Subnet) and ref.description != found.description:
+            raise UnknownSubnet(f"subnet {ref.id} here is {found.description!r}, not {ref.description!r}")
+        return found
+
+    def set_accuracies(self, accuracies: Mapping[int, float] | Sequence[float | None]) -> None:
+        """Record evaluated top-1 accuracies (saved in the manifest)."""
+        items = accuracies.items() if isinstance(accuracies, Mapping) else enumerate(accuracies)
+        for sid, acc in items:
+            self.subnet(sid)
+            if acc is None:
+                self._accuracy.pop(sid, None)
+            else:
+                self._accuracy[sid] = float(acc)
+
+    def sample_subnet(self, rng: random.Random, policy: str = "uniform") -> Subnet:
+        """Draw a subnet for one training step.
+
+        Policies: "uniform" over all subnets (SN-Net v1); "flops" draws a FLOPs bin uniformly
+        (ten equal-width bins over the FLOPs range), then a subnet inside it (SN-Netv2's
+        resource-constrained sampling, so the many mid-size stitches do not crowd out anchors).
+        """
+        subnets = self.subnets()
+        if policy == "uniform":
+            return rng.choice(subnets)
+        if policy == "flops":
+            lo = min(s.flops for s in subnets)
+            hi = max(s.flops for s in subnets)
+            bins: dict[int, list[Subnet]] = {}
+            for s in subnets:
+                b = min(9, int(10 * (s.flops - lo) / max(1, hi - lo)))
+                bins.setdefault(b, []).append(s)
+            return rng.choice(bins[rng.choice(sorted(bins))])
+        raise ValueError(f"unknown sampling policy {policy!r}; use 'uniform' or 'flops'")
+
+    # ---- inputs ------------------------------------------------------------------------
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input sample."""
+        raise NotImplementedError
+
+    def check_input(self, x: Any) -> None:
+        """Raise `InvalidInput` unless `x` is a finite float batch of `input_size()`."""
+        if not isinstance(x, torch.Tensor):
+            raise InvalidInput(f"expected a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InvalidInput(f"expected a floating-point tensor, got {x.dtype}")
+        expected = self.input_size()
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected or x.shape[0] == 0:
+            raise InvalidInput(f"expected shape (B>0, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise InvalidInput("input holds NaN or infinite values")
+
+    # ---- save / load -------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Builder arguments, JSON-serialisable, enough to rebuild the structure."""
+        raise NotImplementedError
+
+    def anchor_specs(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, anchors: list[dict[str, Any]], config: dict[str, Any]) -> ElasticModel:
+        """Rebuild the structure (random weights) from a manifest's anchors and config."""
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""The serving runtime: latency profiles, scheduler and policies, executor, metrics."""
