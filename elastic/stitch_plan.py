@@ -47,7 +47,7 @@ def match_block(i: int, front_stages: Sequence[int], back_stages: Sequence[int])
     if not back_ids:
         return None
     pos = (front_ids.index(i) + 1) / len(front_ids)
-    return min(back_ids, key=lambda k: (abs((back_ids.index(k) + 1) / len(back_ids) - pos), k))
+    return min(back_ids, key=lambda k: (round(abs((back_ids.index(k) + 1) / len(back_ids) - pos), 9), k))
 
 
 def block_pairs(

@@ -1,0 +1,16 @@
+# The two entry points of the README. Both set up a fresh machine first (scripts/setup.sh).
+.PHONY: setup demo test lint
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/elastic demo
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -q --durations=10
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
