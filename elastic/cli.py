@@ -13,6 +13,7 @@ import sys
 
 COMMANDS = [
     "elastic.commands.info",
+    "elastic.commands.bench",
 ]
 
 

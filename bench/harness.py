@@ -1,0 +1,109 @@
+"""Shared pieces of the benchmark suites: interleaved timing, summaries, result files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def interleaved(
+    contenders: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 3, inner: int = 1
+) -> dict[str, list[float]]:
+    """Time each contender `repeats` times, alternating between them every repeat.
+
+    Interleaving spreads the machine's drift (other processes, frequency changes) evenly over
+    the contenders, so their ratio is meaningful even when absolute times are not.
+
+    Args:
+        contenders: name -> zero-argument callable.
+        repeats: timed rounds; each round runs every contender once, in rotating order.
+        warmup: untimed rounds first.
+        inner: calls per timed sample (the sample is their mean).
+
+    Returns:
+        name -> per-call seconds, one entry per round.
+    """
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            fn = contenders[name]
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[name].append((time.perf_counter() - t0) / inner)
+    return times
+
+
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    """Median, p10, p90 and mean of per-call seconds, in milliseconds."""
+    ordered = sorted(samples)
+
+    def q(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return {
+        "median_ms": 1e3 * statistics.median(ordered),
+        "p10_ms": 1e3 * q(0.10),
+        "p90_ms": 1e3 * q(0.90),
+        "mean_ms": 1e3 * statistics.fmean(ordered),
+        "n": len(ordered),
+    }
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over rounds of a[r] / b[r]: the ratio of two interleaved contenders."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | Path, suite: str, data: dict[str, Any], table: str,
+                  command: str) -> Path:
+    """Write `<suite>.json` and `<suite>.md` (the table plus the command that made it)."""
+    from elastic.checkpoint import atomic_write, atomic_write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"suite": suite, "command": command, "environment": environment(), **data}
+    atomic_write_json(out / f"{suite}.json", data)
+    md = f"# {suite}\n\n`{command}`\n\n{table}\n"
+    atomic_write(out / f"{suite}.md", md.encode())
+    log.info("wrote %s", out / f"{suite}.json")
+    return out / f"{suite}.json"

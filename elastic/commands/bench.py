@@ -1,0 +1,35 @@
+"""`elastic bench <suite>`: run one benchmark suite (see bench/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shlex
+import sys
+import time
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from elastic.bench import SUITES
+
+    p = sub.add_parser("bench", help="run a latency benchmark suite and write its results")
+    p.add_argument("suite", choices=SUITES + ["all"], help="which suite ('all' runs each in turn)")
+    p.add_argument("--model", default=None, help="saved model directory (default: out/demo/model)")
+    p.add_argument("--out", default="bench/results", help="where <suite>.json / .md / .png go")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and loads (minutes, not tens)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from elastic.bench import SUITES
+
+    suites = SUITES if args.suite == "all" else [args.suite]
+    argv = sys.argv[1:]
+    options = argv[argv.index(args.suite) + 1:] if args.suite in argv else []
+    for suite in suites:
+        args.command = "elastic bench " + shlex.join([suite, *options])
+        t0 = time.perf_counter()
+        result = importlib.import_module(f"elastic.bench.{suite}").run(args)
+        print(f"## {suite} ({time.perf_counter() - t0:.0f} s)\n\n{result['table']}\n")
+    return 0
