@@ -26,8 +26,8 @@ def compare(net, name: str, batch_sizes=(1, 8), repeats: int = 30) -> list[dict]
         for b in batch_sizes:
             x = torch.randn(b, c, h, w)
             diff = (net(x, subnet=k) - adapter.model(x)).abs().max().item()
-            times = interleaved({"elastic": lambda: net(x, subnet=k), "timm": lambda: adapter.model(x)},
-                                repeats=repeats)
+            times = interleaved({"elastic": lambda x=x, k=k: net(x, subnet=k),
+                                 "timm": lambda x=x, m=adapter.model: m(x)}, repeats=repeats)
             rows.append({"model": name, "anchor": adapter.name, "batch": b, "max_abs_diff": diff,
                          "ratio": paired_ratio(times["elastic"], times["timm"]),
                          "elastic": summary(times["elastic"]), "timm": summary(times["timm"])})

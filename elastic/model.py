@@ -105,7 +105,7 @@ class ElasticModel(nn.Module):
         expected = self.input_size()
         if x.dim() != 4 or tuple(x.shape[1:]) != expected or x.shape[0] == 0:
             raise InvalidInput(f"expected shape (B>0, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
             raise InvalidInput("input holds NaN or infinite values")
 
     # ---- save / load -------------------------------------------------------------------

@@ -55,7 +55,7 @@ def pareto(
     scored = [(cost_of(s), value_of(s), s.id) for s in subnets if value_of(s) is not None]
     scored.sort(key=lambda t: (t[0], -t[1]))
     front, best = [], float("-inf")
-    for cost, val, sid in scored:
+    for _cost, val, sid in scored:
         if val > best:
             front.append(sid)
             best = val

@@ -1,7 +1,17 @@
-"""Kernels for the stitching layers: Triton on CUDA, the torch reference elsewhere."""
+"""Kernels for the stitching layers: Triton on CUDA, the torch reference elsewhere.
 
-from .reference import stitch_linear_ref
+`stitch_linear` and `stitch_linear_layernorm` choose between the Triton custom ops
+(`torch.ops.elastic.*`, see `ops.py`) and the references (`reference.py`) in one place,
+`dispatch.py`; env ELASTIC_KERNELS=torch forces the references.
+"""
 
-stitch_linear = stitch_linear_ref
+from .dispatch import stitch_linear, stitch_linear_layernorm, use_triton
+from .reference import stitch_linear_layernorm_ref, stitch_linear_ref
 
-__all__ = ["stitch_linear", "stitch_linear_ref"]
+__all__ = [
+    "stitch_linear",
+    "stitch_linear_layernorm",
+    "stitch_linear_layernorm_ref",
+    "stitch_linear_ref",
+    "use_triton",
+]
