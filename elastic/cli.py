@@ -14,6 +14,7 @@ import sys
 COMMANDS = [
     "elastic.commands.info",
     "elastic.commands.bench",
+    "elastic.commands.serve_demo",
 ]
 
 

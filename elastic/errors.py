@@ -32,3 +32,15 @@ class UnsupportedArchitecture(ElasticError, TypeError):
 
 class DataError(ElasticError):
     """A data set is missing or corrupt."""
+
+
+class BudgetInfeasible(ElasticError):
+    """A request's latency budget cannot be met even by the fastest eligible subnet."""
+
+
+class Overloaded(ElasticError):
+    """The runtime cannot take or keep a request: queue full, shed under load, or closed."""
+
+
+class ExecutionError(ElasticError):
+    """A batch's forward pass failed; the original exception is attached as `__cause__`."""

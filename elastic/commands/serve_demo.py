@@ -1,0 +1,154 @@
+"""`elastic serve-demo --model DIR`: serve Fashion-MNIST test images under random budgets.
+
+Loads a saved model, profiles it on the device (or reuses `profile-<device>.json` beside
+it), replays the test images as an open-loop Poisson stream with random latency budgets
+through `elastic.serving.Runtime`, prints the score and adds `"serving": {...}` to
+report.json (SLO attainment and effective accuracy as in SuperServe, NSDI'25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve-demo", help="replay Fashion-MNIST through the runtime under latency budgets")
+    p.add_argument("--model", required=True, help="checkpoint directory written by elastic.save")
+    p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: the Debian package's)")
+    p.add_argument("--requests", type=int, default=2000, help="requests to replay (default 2000)")
+    p.add_argument(
+        "--report",
+        default=None,
+        help="report.json to add 'serving' to (default: beside the model folder)",
+    )
+    p.add_argument("--policy", default="elastic", help="elastic | slackfit | static:<subnet id>")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--max-batch", type=int, default=8, help="most requests per forward (default 8)")
+    p.add_argument(
+        "--budgets",
+        default=None,
+        help="comma-separated budgets in ms (default: spread over the profiled latencies)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="arrivals per second (default: a quarter of the fastest subnet's full-batch throughput)",
+    )
+    p.add_argument("--profile-repeats", type=int, default=10, help="timed runs per (subnet, batch size)")
+    p.add_argument("--reprofile", action="store_true", help="measure again even if a saved profile fits")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve Prometheus metrics on 127.0.0.1:PORT",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def default_budgets(profile: Any, candidates: list[int], max_batch: int) -> list[float]:
+    """Six budgets, geometric from 1.5x the fastest candidate's p99 at batch 1 to 3x the
+    slowest candidate's p99 at the largest batch: from barely feasible to relaxed."""
+    lo = 1.5 * min(profile.latency_ms(s, 1, "p99") for s in candidates)
+    hi = 3.0 * max(profile.latency_ms(s, max_batch, "p99") for s in candidates)
+    hi = max(hi, 2 * lo)
+    return [round(lo * (hi / lo) ** (k / 5), 3) for k in range(6)]
+
+
+def default_rate(profile: Any, candidates: list[int], max_batch: int) -> float:
+    """A quarter of the fastest candidate's throughput at full batches, in requests per second:
+    enough load that the runtime must trade accuracy for speed at times, with headroom for
+    the per-request overhead the profile does not include."""
+    fastest = min(profile.latency_ms(s, max_batch, "p50") for s in candidates)
+    return 0.25 * max_batch / (fastest / 1e3)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from elastic.checkpoint import atomic_write_json, load
+    from elastic.data import fashion_mnist
+    from elastic.serving import Runtime, profile_path, replay
+
+    model = load(args.model, map_location=args.device)
+    images, labels = fashion_mnist(root=args.data, split="test")
+    model.check_input(images[:1])  # a model for another input size fails here, clearly
+    g = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(len(images), generator=g)[: min(args.requests, len(images))]
+    images, labels = images[order], labels[order]
+
+    with Runtime(model, device=args.device, max_batch_size=args.max_batch, policy=args.policy) as rt:
+        sizes = sorted({1, 2, 4, args.max_batch} | {b for b in (8, 16) if b <= args.max_batch})
+        profile = rt.profile(
+            images[0],
+            batch_sizes=sizes,
+            repeats=args.profile_repeats,
+            path=args.model,
+            reuse=not args.reprofile,
+        )
+        candidates = rt.candidates
+        budgets = (
+            [float(b) for b in args.budgets.split(",")]
+            if args.budgets
+            else default_budgets(profile, candidates, args.max_batch)
+        )
+        rate = args.rate if args.rate is not None else default_rate(profile, candidates, args.max_batch)
+        if args.metrics_port is not None:
+            print(f"metrics: http://127.0.0.1:{rt.serve_metrics(args.metrics_port)}/metrics")
+        print(
+            f"replaying {args.requests} requests at {rate:.1f}/s, budgets {budgets} ms, "
+            f"policy {rt.policy.name}, candidates {candidates}"
+        )
+        result = replay(rt, images, labels, budgets, rate, args.seed, requests=args.requests)
+
+    subnets = {s.id: s for s in model.subnets()}
+    serving = {
+        **result,
+        "policy": rt.policy.name,
+        "device": str(rt.device),
+        "device_name": profile.device_name,
+        "max_batch_size": args.max_batch,
+        "candidates": candidates,
+        "profile": {
+            "file": str(profile_path(args.model, str(rt.device))),
+            "batch_sizes": list(profile.batch_sizes),
+            "p50_ms_batch1": {str(s): round(profile.latency_ms(s, 1, "p50"), 4) for s in candidates},
+            "accuracy": {str(s): subnets[s].accuracy for s in candidates},
+        },
+    }
+    report_path = Path(args.report) if args.report else Path(args.model).resolve().parent / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report["serving"] = serving
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(report_path, report)
+
+    print(format_summary(serving))
+    print(f"wrote 'serving' to {report_path}")
+    return 0
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    def pct(v: float) -> str:
+        return f"{100 * v:.1f} %"
+
+    p50, p99 = s["latency_ms"]["p50"], s["latency_ms"]["p99"]
+    lat = f"{p50:.2f} / {p99:.2f} ms" if p50 is not None and not math.isnan(p50) else "-"
+    lines = [
+        f"requests            {s['requests']}",
+        f"SLO attainment      {pct(s['slo_attainment'])}",
+        f"effective accuracy  {pct(s['effective_accuracy'])}  (correct and on time, of all)",
+        f"answered accuracy   {pct(s['answered_accuracy'])}  (correct among answered)",
+        f"rejected / shed     {s['rejected']} / {s['shed']}",
+        f"late / errors       {s['late']} / {s['errors']}",
+        f"latency p50 / p99   {lat}",
+        "subnet  requests  accuracy",
+    ]
+    for sid, n in s["per_subnet_counts"].items():
+        acc = s["profile"]["accuracy"].get(sid)
+        lines.append(f"{sid:>6}  {n:>8}  {pct(acc) if acc is not None else '-':>8}")
+    return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""Every Prometheus metric of the serving runtime, defined in this one module.
+
+After vLLM v1's `vllm/v1/metrics/loggers.py`: each metric has an `elastic_` name, a
+documentation string, fixed label names with values from fixed sets, and explicit buckets.
+Each `Runtime` owns a `CollectorRegistry`, so several runtimes (or tests) in one process
+never collide; `serve()` exposes it on 127.0.0.1. The grouping of request outcomes and
+the rolling goodput gauges follow what Triton Inference Server and SuperServe (NSDI'25)
+report: success, SLO misses and rejections apart, and accuracy delivered within the SLO.
+
+| metric | type | labels |
+|---|---|---|
+| elastic_requests_total | counter | outcome: ok, late, rejected, shed, error |
+| elastic_rejections_total | counter | reason: infeasible, overloaded, invalid, closed |
+| elastic_shed_total | counter | reason: deadline, evicted, closed |
+| elastic_request_latency_seconds | histogram | (end to end, answered requests) |
+| elastic_queue_latency_seconds | histogram | (submit -> start of forward) |
+| elastic_execution_latency_seconds | histogram | (one batch's forward) |
+| elastic_request_budget_seconds | histogram | (budgets asked for, admitted or not) |
+| elastic_batch_size | histogram | |
+| elastic_subnet_selections_total | counter | subnet: candidate ids |
+| elastic_queue_depth | gauge | |
+| elastic_effective_accuracy | gauge | (rolling) |
+| elastic_slo_attainment | gauge | (rolling) |
+| elastic_prediction_error_ratio | histogram | (observed / predicted batch latency) |
+| elastic_latency_correction | gauge | subnet: candidate ids |
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("ok", "late", "rejected", "shed", "error")
+REJECTION_REASONS = ("infeasible", "overloaded", "invalid", "closed")
+SHED_REASONS = ("deadline", "evicted", "closed")
+
+# seconds: 0.5 ms .. 10 s, roughly x2 apart
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
+
+
+class ServingMetrics:
+    """The runtime's metrics in their own registry, plus the rolling goodput window.
+
+    Args:
+        subnets: ids that may be selected (their label series are created at zero, so
+            dashboards show them before the first selection).
+        window: how many recent requests the rolling gauges average over.
+        registry: where to register (default: a new, private registry).
+    """
+
+    def __init__(
+        self,
+        subnets: Iterable[int] = (),
+        window: int = 1000,
+        registry: CollectorRegistry | None = None,
+    ):
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "elastic_requests",
+            "Requests by how they ended: ok (within budget), late (answered after its budget), "
+            "rejected (at submit: infeasible budget, full queue, invalid input, closed), "
+            "shed (admitted, then dropped with an error), error (forward failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "elastic_rejections",
+            "Requests rejected at submit, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.sheds = Counter(
+            "elastic_shed",
+            "Admitted requests shed from the queue, by reason: deadline no longer reachable, "
+            "evicted by a higher-priority request, runtime closed without draining.",
+            ["reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "elastic_request_latency_seconds",
+            "End-to-end latency of answered requests, submit to result.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_latency = Histogram(
+            "elastic_queue_latency_seconds",
+            "Time answered requests waited between submit and the start of their batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.exec_latency = Histogram(
+            "elastic_execution_latency_seconds",
+            "Forward time of one batch (including the copy of the outputs to the CPU).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.budget = Histogram(
+            "elastic_request_budget_seconds",
+            "Latency budgets requests asked for (every well-formed request, admitted or not).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "elastic_batch_size",
+            "Requests per executed batch.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.selections = Counter(
+            "elastic_subnet_selections",
+            "Requests executed per subnet id.",
+            ["subnet"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "elastic_queue_depth",
+            "Requests admitted and waiting to be scheduled.",
+            registry=r,
+        )
+        self.effective_accuracy = Gauge(
+            "elastic_effective_accuracy",
+            "Rolling mean over recent requests of the chosen subnet's accuracy if answered "
+            "within budget, else 0 (rejected, shed, late and failed requests count as 0; "
+            "invalid inputs are not counted).",
+            registry=r,
+        )
+        self.slo_attainment = Gauge(
+            "elastic_slo_attainment",
+            "Rolling share of recent requests answered within budget (same window and "
+            "denominator as elastic_effective_accuracy).",
+            registry=r,
+        )
+        self.prediction_error = Histogram(
+            "elastic_prediction_error_ratio",
+            "Observed / predicted forward time of each batch (1 = exact, < 1 = faster).",
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.correction = Gauge(
+            "elastic_latency_correction",
+            "Online correction factor (EWMA of observed / profiled median) per subnet.",
+            ["subnet"],
+            registry=r,
+        )
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome)
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
+        for reason in SHED_REASONS:
+            self.sheds.labels(reason)
+        self.set_subnets(subnets)
+        self._lock = threading.Lock()
+        self._window: deque[tuple[float, bool]] = deque(maxlen=window)
+        self._sum_weight = 0.0  # running sums over the window
+        self._sum_met = 0
+        self._server = None
+        self._thread = None
+        self.port: int | None = None
+
+    def set_subnets(self, subnets: Iterable[int]) -> None:
+        """Create the per-subnet series (at zero) for the candidate ids."""
+        for sid in subnets:
+            self.selections.labels(str(sid))
+            self.correction.labels(str(sid)).set(1.0)
+
+    # ---- recording ---------------------------------------------------------------------
+    def rejected(self, reason: str, budget_ms: float | None = None) -> None:
+        """A request refused at submit (`reason` in REJECTION_REASONS)."""
+        self.requests.labels("rejected").inc()
+        self.rejections.labels(reason).inc()
+        if budget_ms is not None:
+            self._budget(budget_ms)
+        if reason != "invalid":
+            self._roll(0.0, False)
+
+    def admitted(self, budget_ms: float) -> None:
+        self._budget(budget_ms)
+
+    def shed(self, reason: str) -> None:
+        """An admitted request dropped from the queue (`reason` in SHED_REASONS)."""
+        self.requests.labels("shed").inc()
+        self.sheds.labels(reason).inc()
+        self._roll(0.0, False)
+
+    def failed(self, n: int = 1) -> None:
+        """Requests whose batch's forward raised."""
+        self.requests.labels("error").inc(n)
+        for _ in range(n):
+            self._roll(0.0, False)
+
+    def batch(self, size: int, exec_s: float, error_ratio: float | None) -> None:
+        """One executed batch."""
+        self.batch_size.observe(size)
+        self.exec_latency.observe(exec_s)
+        if error_ratio is not None:
+            self.prediction_error.observe(error_ratio)
+
+    def answered(
+        self,
+        subnet: int,
+        accuracy: float | None,
+        latency_s: float,
+        queue_s: float,
+        met_budget: bool,
+    ) -> None:
+        """One request answered; `accuracy` None (unknown) weighs as 0 in the rolling gauge."""
+        self.requests.labels("ok" if met_budget else "late").inc()
+        self.selections.labels(str(subnet)).inc()
+        self.latency.observe(latency_s)
+        self.queue_latency.observe(queue_s)
+        self._roll(accuracy if (met_budget and accuracy is not None) else 0.0, met_budget)
+
+    def set_queue_depth(self, n: int) -> None:
+        self.queue_depth.set(n)
+
+    def set_corrections(self, corrections: dict[int, float]) -> None:
+        for sid, value in corrections.items():
+            self.correction.labels(str(sid)).set(value)
+
+    def _budget(self, budget_ms: float) -> None:
+        if budget_ms == budget_ms and budget_ms > 0:  # NaN and non-positive budgets skipped
+            self.budget.observe(budget_ms / 1e3)
+
+    def _roll(self, weight: float, met: bool) -> None:
+        with self._lock:
+            if len(self._window) == self._window.maxlen:
+                old_w, old_met = self._window[0]
+                self._sum_weight -= old_w
+                self._sum_met -= old_met
+            self._window.append((weight, met))
+            self._sum_weight += weight
+            self._sum_met += met
+            n = len(self._window)
+            self.effective_accuracy.set(max(0.0, self._sum_weight) / n)
+            self.slo_attainment.set(self._sum_met / n)
+
+    # ---- exposition --------------------------------------------------------------------
+    def serve(self, port: int = 0, addr: str = "127.0.0.1") -> int:
+        """Expose the registry over HTTP (`/metrics`); returns the bound port.
+
+        Binds 127.0.0.1 unless told otherwise (prometheus_client would bind 0.0.0.0).
+        Calling it again returns the port already serving.
+        """
+        if self._server is not None:
+            return self.port
+        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        self.port = self._server.server_port
+        log.info("serving metrics on http://%s:%d/metrics", addr, self.port)
+        return self.port
+
+    def close(self) -> None:
+        """Stop the HTTP server, if any."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            self.port = None

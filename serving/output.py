@@ -1,0 +1,40 @@
+"""What a scheduling step decides, as plain dataclasses (no tensors), after vLLM v1's
+`vllm/v1/core/sched/output.py`: the executor reads a `SchedulerOutput`, runs its batch, and
+reports the observed time back to the scheduler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ScheduledBatch:
+    """One forward pass to run: a subnet and the requests batched into it."""
+
+    subnet: int  # subnet id to run
+    request_ids: tuple[int, ...]  # requests in the batch, in queue order
+    predicted_ms: float  # the scheduler's (corrected) latency prediction for this batch
+    start: float  # scheduler clock (seconds) when it was dispatched
+    policy: str  # name of the policy that chose it
+
+    @property
+    def size(self) -> int:
+        return len(self.request_ids)
+
+
+@dataclass(frozen=True)
+class ShedRequest:
+    """A queued request the scheduler gave up on; the runtime fails it with `Overloaded`."""
+
+    request_id: int
+    reason: str  # "deadline" | "evicted" | "closed"
+    detail: str = ""  # human-readable explanation for the error message
+
+
+@dataclass
+class SchedulerOutput:
+    """Result of one `schedule()` call: at most one batch, and the requests shed on the way."""
+
+    batch: ScheduledBatch | None = None
+    shed: list[ShedRequest] = field(default_factory=list)

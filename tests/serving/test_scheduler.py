@@ -1,0 +1,267 @@
+"""BudgetScheduler on synthetic cost tables: no model, no tensors, the clock driven by hand."""
+
+import ast
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from elastic.errors import BudgetInfeasible, Overloaded
+from elastic.serving import BudgetScheduler, LatencyProfile, Request
+from elastic.subnet import Subnet
+
+# subnet -> batch -> ms; p99 == p50 (tail=1) keeps the arithmetic readable
+TABLE = {
+    0: {1: 2.0, 2: 3.0, 4: 5.0, 8: 9.0},  # fast, acc 0.6
+    1: {1: 5.0, 2: 7.0, 4: 11.0, 8: 19.0},  # mid, acc 0.7
+    2: {1: 10.0, 2: 14.0, 4: 22.0, 8: 38.0},  # slow, acc 0.8
+    3: {1: 12.0, 2: 16.0, 4: 24.0, 8: 40.0},  # slower than 2 and worse: off the Pareto front
+}
+ACC = {0: 0.6, 1: 0.7, 2: 0.8, 3: 0.5}
+
+
+def subnets(accuracy=ACC):
+    return [Subnet(i, "stitch", f"s{i}", flops=(i + 1) * 1000, params=10, accuracy=accuracy.get(i)) for i in TABLE]
+
+
+def make(policy="elastic", max_batch_size=8, max_queue=64, accuracy=ACC, **kw):
+    profile = LatencyProfile.from_table(TABLE)
+    return BudgetScheduler(subnets(accuracy), profile, policy, max_batch_size, max_queue, **kw)
+
+
+class Clock:
+    """Hands out request ids and arrival times."""
+
+    def __init__(self):
+        self.next_id = 0
+
+    def request(self, budget_ms, at=0.0, **kw):
+        r = Request(self.next_id, at, budget_ms, **kw)
+        self.next_id += 1
+        return r
+
+
+def test_only_pareto_subnets_are_candidates():
+    s = make()
+    assert s.candidates == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(3, 0), (8, 1), (12, 2), (1000, 2)])
+def test_single_request_gets_the_most_accurate_subnet_that_meets_its_budget(budget, expected):
+    s, c = make(), Clock()
+    s.add_request(c.request(budget), now=0.0)
+    out = s.schedule(now=0.0)
+    assert out.batch.subnet == expected
+    assert out.batch.request_ids == (0,)
+    assert out.batch.predicted_ms == TABLE[expected][1]
+    assert out.shed == []
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.0, -5.0, math.nan])
+def test_infeasible_budget_is_rejected_at_once(budget):
+    s, c = make(), Clock()
+    with pytest.raises(BudgetInfeasible):
+        s.add_request(c.request(budget), now=0.0)
+    assert s.get_num_waiting() == 0
+
+
+def test_best_effort_admits_an_infeasible_budget_and_runs_it_fastest():
+    s, c = make(), Clock()
+    s.add_request(c.request(1.0, best_effort=True), now=0.0)
+    out = s.schedule(now=0.0)
+    assert out.shed == []
+    assert out.batch.subnet == 0
+
+
+def test_min_accuracy_restricts_the_subnets():
+    s, c = make(), Clock()
+    s.add_request(c.request(12, min_accuracy=0.75), now=0.0)
+    assert s.schedule(0.0).batch.subnet == 2
+    with pytest.raises(BudgetInfeasible, match="fastest"):
+        s.add_request(c.request(8, min_accuracy=0.75), now=0.0)  # only subnet 2 qualifies: 10 ms
+    with pytest.raises(BudgetInfeasible, match="min_accuracy"):
+        s.add_request(c.request(1000, min_accuracy=0.95), now=0.0)
+
+
+def test_batches_only_when_every_member_still_meets_its_deadline():
+    s, c = make(), Clock()
+    s.add_request(c.request(6), now=0.0)  # urgent: subnet 1 alone (5 ms) fits, 1 at batch 2 (7 ms) not
+    s.add_request(c.request(100), now=0.0)
+    first = s.schedule(now=0.0).batch
+    assert (first.subnet, first.size) == (1, 1)
+    s.update_from_output(first, exec_ms=5.0)
+    second = s.schedule(now=0.005).batch
+    assert (second.subnet, second.size) == (2, 1)
+
+
+def test_batches_a_backlog_when_that_serves_more_requests_accurately():
+    s, c = make(), Clock()
+    for _ in range(8):
+        s.add_request(c.request(40), now=0.0)
+    batch = s.schedule(0.0).batch
+    assert (batch.subnet, batch.size) == (2, 8)  # 38 ms <= 40 ms for all eight
+
+    s, c = make(), Clock()
+    for _ in range(8):
+        s.add_request(c.request(20), now=0.0)
+    batch = s.schedule(0.0).batch
+    assert (batch.subnet, batch.size) == (
+        1,
+        8,
+    )  # 19 ms; subnet 2 alone would cost the others accuracy
+
+
+def test_every_scheduled_batch_meets_all_its_members_deadlines():
+    rng = random.Random(0)
+    for policy in ("elastic", "slackfit", "static:1"):
+        s, c = make(policy), Clock()
+        now = 0.0
+        deadlines = {}
+        for _ in range(300):
+            now += rng.expovariate(400)
+            try:
+                r = c.request(rng.choice([6, 10, 15, 25, 40, 80]), at=now)
+                s.add_request(r, now)
+                deadlines[r.id] = r.deadline
+            except BudgetInfeasible:
+                pass
+            out = s.schedule(now)
+            if out.batch:
+                assert now + out.batch.predicted_ms / 1e3 <= min(deadlines[i] for i in out.batch.request_ids)
+                now += out.batch.predicted_ms / 1e3
+                s.update_from_output(out.batch, out.batch.predicted_ms)
+
+
+def test_every_admitted_request_leaves_exactly_once():
+    rng = random.Random(1)
+    s, c = make(max_queue=16), Clock()
+    admitted, left = set(), []
+    now = 0.0
+    for _ in range(500):
+        now += rng.expovariate(2000)
+        r = c.request(rng.choice([3, 8, 20, 60]), at=now, priority=rng.choice([0, 0, 1]))
+        try:
+            evicted = s.add_request(r, now)
+            admitted.add(r.id)
+            left += [e.request_id for e in evicted]
+        except (BudgetInfeasible, Overloaded):
+            pass
+        if rng.random() < 0.3:
+            out = s.schedule(now)
+            left += [e.request_id for e in out.shed]
+            if out.batch:
+                left += out.batch.request_ids
+                now += out.batch.predicted_ms / 1e3
+                s.update_from_output(out.batch, out.batch.predicted_ms)
+    left += [e.request_id for e in s.abort_all()]
+    assert sorted(left) == sorted(admitted)
+
+
+def test_queued_request_that_can_no_longer_make_it_is_shed():
+    s, c = make(), Clock()
+    s.add_request(c.request(12), now=0.0)
+    out = s.schedule(now=0.011)  # 1 ms left, fastest needs 2 ms
+    assert out.batch is None
+    assert [(x.request_id, x.reason) for x in out.shed] == [(0, "deadline")]
+    assert s.get_num_waiting() == 0
+
+
+def test_earliest_deadline_first_within_a_priority():
+    s, c = make(max_batch_size=1), Clock()
+    for budget in (50, 10, 30):
+        s.add_request(c.request(budget), now=0.0)
+    order = []
+    while s.has_waiting():
+        batch = s.schedule(0.0).batch
+        order.append(batch.request_ids[0])
+        s.update_from_output(batch, 0.0)
+    assert order == [1, 2, 0]
+
+
+def test_higher_priority_goes_first():
+    s, c = make(max_batch_size=1), Clock()
+    s.add_request(c.request(10), now=0.0)
+    s.add_request(c.request(50, priority=1), now=0.0)
+    assert s.schedule(0.0).batch.request_ids == (1,)
+
+
+def test_full_queue_raises_overloaded_or_evicts_a_lower_priority_request():
+    s, c = make(max_queue=2), Clock()
+    s.add_request(c.request(100), now=0.0)
+    s.add_request(c.request(200), now=0.0)
+    with pytest.raises(Overloaded):
+        s.add_request(c.request(100), now=0.0)
+    evicted = s.add_request(c.request(100, priority=1), now=0.0)
+    assert [(e.request_id, e.reason) for e in evicted] == [(1, "evicted")]  # latest deadline goes
+    assert s.get_num_waiting() == 2
+
+
+def test_admission_counts_the_running_batch():
+    s, c = make(), Clock()
+    s.add_request(c.request(12), now=0.0)
+    running = s.schedule(0.0).batch  # subnet 2, 10 ms
+    with pytest.raises(BudgetInfeasible, match="running batch"):
+        s.add_request(c.request(5, at=0.001), now=0.001)  # 9 ms wait + 2 ms > 5 ms
+    s.update_from_output(running, 10.0)
+    s.add_request(c.request(5, at=0.010), now=0.010)
+
+
+def test_online_correction_moves_predictions_toward_observed_latency():
+    s, c = make(ewma_alpha=0.5), Clock()
+    assert s.predict_ms(1, 1) == 5.0
+    for _ in range(12):
+        s.add_request(c.request(1000), now=0.0)
+        batch = s.schedule(0.0).batch
+        assert batch.subnet == 2
+        ratio = s.update_from_output(batch, exec_ms=20.0)  # twice the profile
+    assert ratio == pytest.approx(1.0, abs=0.01)
+    assert s.predict_ms(2, 1) == pytest.approx(20.0, rel=0.01)
+    assert s.predict_ms(1, 1) == pytest.approx(10.0, rel=0.01)  # unobserved: the global correction
+    with pytest.raises(BudgetInfeasible):
+        s.add_request(c.request(15, min_accuracy=0.75), now=0.0)  # was feasible at 10 ms
+
+    for _ in range(12):
+        s.add_request(c.request(1000), now=0.0)
+        batch = s.schedule(0.0).batch
+        s.update_from_output(batch, exec_ms=0.5 * TABLE[batch.subnet][1])
+    assert s.predict_ms(2, 1) == pytest.approx(5.0, rel=0.05)
+
+
+def test_failed_batch_does_not_move_predictions():
+    s, c = make(), Clock()
+    s.add_request(c.request(1000), now=0.0)
+    batch = s.schedule(0.0).batch
+    assert s.update_from_output(batch, None) is None
+    assert s.predict_ms(batch.subnet, 1) == TABLE[batch.subnet][1]
+
+
+def test_without_accuracies_flops_stand_in_and_min_accuracy_cannot_be_met():
+    s, c = make(accuracy={}), Clock()
+    assert not s.accuracy_known
+    assert s.candidates == [0, 1, 2, 3]  # more FLOPs, more "accuracy": all on the front
+    s.add_request(c.request(1000), now=0.0)
+    assert s.schedule(0.0).batch.subnet == 3
+    with pytest.raises(BudgetInfeasible, match="no candidate has a measured accuracy"):
+        s.add_request(c.request(1000, min_accuracy=0.1), now=0.0)
+
+
+def test_p50_planning_uses_the_median_table():
+    profile = LatencyProfile.from_table(TABLE, tail=2.0)
+    p99 = BudgetScheduler(subnets(), profile, quantile="p99")
+    p50 = BudgetScheduler(subnets(), profile, quantile="p50")
+    assert p99.predict_ms(2, 1) == 20.0
+    assert p50.predict_ms(2, 1) == 10.0
+
+
+def test_scheduler_side_modules_do_not_import_torch():
+    serving = Path(__file__).parents[2] / "serving"
+    for name in ("scheduler", "policies", "profile", "predictor", "request", "output", "interface"):
+        tree = ast.parse((serving / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+        assert not imported & {"torch", "numpy"}, name
