@@ -25,7 +25,7 @@ from .policies import Decision, ElasticPolicy, Policy, SlackFitPolicy, StaticPol
 from .predictor import LatencyPredictor
 from .profile import LatencyProfile, profile_path
 from .profiler import measure_latency
-from .replay import replay
+from .replay import replay, replay_schedule
 from .request import Request, Result
 from .runtime import Runtime
 from .scheduler import BudgetScheduler
@@ -58,4 +58,5 @@ __all__ = [
     "measure_latency",
     "profile_path",
     "replay",
+    "replay_schedule",
 ]

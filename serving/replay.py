@@ -67,26 +67,54 @@ def replay(
         answered_accuracy (correct among answered, on time or not), latency_ms (p50/p99 of
         answered), offered_rate_per_s, achieved_rate_per_s, duration_s, budgets_ms, seed.
     """
-    if len(images) != len(labels) or len(images) == 0:
-        raise ValueError(f"need as many labels as images, and some: {len(images)} vs {len(labels)}")
     if rate_per_s <= 0:
         raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
     if not budgets_ms:
         raise ValueError("budgets_ms is empty")
     n = len(images) if requests is None else int(requests)
     rng = random.Random(seed)
+    arrivals, t = [], 0.0
+    for _ in range(n):
+        t += rng.expovariate(rate_per_s) if math.isfinite(rate_per_s) else 0.0
+        arrivals.append(t)
+    budgets = [float(rng.choice(list(budgets_ms))) for _ in range(n)]
+    report = replay_schedule(runtime, images, labels, arrivals, budgets, min_accuracy=min_accuracy,
+                             best_effort=best_effort, timeout_s=timeout_s)
+    report.update(offered_rate_per_s=rate_per_s if math.isfinite(rate_per_s) else None,
+                  budgets_ms=sorted(float(b) for b in budgets_ms), seed=seed)
+    return report
+
+
+def replay_schedule(
+    runtime: Runtime,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    arrivals_s: Sequence[float],
+    budgets_ms: Sequence[float],
+    *,
+    min_accuracy: float | None = None,
+    best_effort: bool = False,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Send request k at `arrivals_s[k]` seconds from now with budget `budgets_ms[k]`; score it.
+
+    The open-loop core of `replay`, for callers with their own arrival process (bursty
+    on/off in the benchmark's load suite) or budget distribution. Request k sends image
+    k mod N. Returns the same report as `replay`, without the generator's settings.
+    """
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"need as many labels as images, and some: {len(images)} vs {len(labels)}")
+    if len(arrivals_s) != len(budgets_ms):
+        raise ValueError(f"{len(arrivals_s)} arrival times for {len(budgets_ms)} budgets")
+    n = len(arrivals_s)
     sent: list[tuple[int, float, Future[Result]]] = []
     rejected = Counter()
     t0 = time.perf_counter()
-    arrival = t0
-    for k in range(n):
-        if math.isfinite(rate_per_s):
-            arrival += rng.expovariate(rate_per_s)
-            delay = arrival - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+    for k, (at, budget) in enumerate(zip(arrivals_s, budgets_ms, strict=True)):
+        delay = t0 + at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
         i = k % len(images)
-        budget = float(rng.choice(list(budgets_ms)))
         try:
             future = runtime.submit(images[i], budget, min_accuracy=min_accuracy, best_effort=best_effort)
         except BudgetInfeasible:
@@ -108,6 +136,7 @@ def replay(
     per_subnet: Counter[str] = Counter()
     on_time = correct_on_time = correct = late = shed = errors = unanswered = 0
     latencies: list[float] = []
+    batch_sizes: list[int] = []
     for i, _, future in sent:
         if not future.done():
             unanswered += 1
@@ -124,6 +153,7 @@ def replay(
         result = future.result()
         per_subnet[str(result.subnet)] += 1
         latencies.append(result.latency_ms)
+        batch_sizes.append(result.batch_size)
         hit = int(result.output.argmax()) == int(labels[i])
         correct += hit
         if result.met_budget:
@@ -136,6 +166,7 @@ def replay(
     report = {
         "requests": n,
         "slo_attainment": on_time / n if n else 0.0,
+        "admitted_slo_attainment": on_time / len(sent) if sent else None,
         "effective_accuracy": correct_on_time / n if n else 0.0,
         "per_subnet_counts": dict(sorted(per_subnet.items(), key=lambda kv: int(kv[0]))),
         "rejected": sum(rejected.values()),
@@ -150,11 +181,9 @@ def replay(
             "p50": statistics.median(ordered) if ordered else None,
             "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else None,
         },
-        "offered_rate_per_s": rate_per_s if math.isfinite(rate_per_s) else None,
+        "mean_batch_size": statistics.fmean(batch_sizes) if batch_sizes else None,
         "achieved_rate_per_s": n / (t_sent - t0) if t_sent > t0 else None,
         "duration_s": duration,
-        "budgets_ms": sorted(float(b) for b in budgets_ms),
-        "seed": seed,
     }
     log.info(
         "replayed %d requests: SLO attainment %.3f, effective accuracy %.3f",

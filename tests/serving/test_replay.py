@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from elastic.serving import Runtime, replay
+from elastic.serving import Runtime, replay, replay_schedule
 
 KEYS = {"requests", "slo_attainment", "effective_accuracy", "per_subnet_counts", "rejected", "shed"}
 
@@ -127,3 +127,14 @@ def test_serve_demo_command_adds_serving_to_the_report(served_model, tmp_path, m
 
     monkeypatch.setattr(runtime_module, "measure_latency", no_measuring)
     assert args.func(args) == 0
+
+
+def test_replay_schedule_scores_given_arrivals_and_budgets(served_model, served_profile):
+    images, labels = synthetic(8)
+    with Runtime(served_model, max_batch_size=8, profile=served_profile) as rt:
+        report = replay_schedule(rt, images, labels, [0.0, 0.001, 0.002, 0.003], [60_000, 60_000, 1e-6, 60_000])
+        with pytest.raises(ValueError, match="arrival times"):
+            replay_schedule(rt, images, labels, [0.0], [1.0, 2.0])
+    assert report["requests"] == 4 and report["rejected"] == 1
+    assert report["admitted_slo_attainment"] == 1.0 and report["slo_attainment"] == 0.75
+    assert report["mean_batch_size"] >= 1
