@@ -12,7 +12,6 @@ import logging
 import sys
 
 COMMANDS = [
-    "elastic.commands.demo",
     "elastic.commands.info",
     "elastic.commands.bench",
     "elastic.commands.serve_demo",
