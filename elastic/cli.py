@@ -12,6 +12,7 @@ import logging
 import sys
 
 COMMANDS = [
+    "elastic.commands.demo",
     "elastic.commands.info",
     "elastic.commands.bench",
     "elastic.commands.serve_demo",

@@ -1,0 +1,168 @@
+"""The demo's results: subnet table, Pareto fronts, and SN-Net's interpolation check.
+
+SN-Net (Pan et al., CVPR 2023) claims that stitched subnets fill the accuracy/FLOPs gap
+between anchors: their Pareto front runs close to the straight line between neighbouring
+anchors. `interpolation` measures exactly that on the evaluated subnets — for every
+stitched subnet on the accuracy-vs-FLOPs front strictly between the cheapest and the most
+expensive anchor, how far its accuracy falls below the line joining the two anchors around
+it (FLOPs on a linear axis) — so the claim is checked by code, not by eye.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from elastic.checkpoint import atomic_write_json
+from elastic.subnet import Subnet, pareto
+
+log = logging.getLogger(__name__)
+
+INTERPOLATION_TOLERANCE = 1.5  # accuracy points below the anchor line still counted as interpolating
+
+
+def anchor_line(anchors: Sequence[Subnet], flops: float) -> float | None:
+    """Accuracy of the straight line between the anchors on either side of `flops`.
+
+    Returns None outside [cheapest, most expensive anchor] or without accuracies.
+    """
+    pts = sorted((a.flops, a.accuracy) for a in anchors if a.accuracy is not None)
+    for (f0, a0), (f1, a1) in zip(pts, pts[1:], strict=False):
+        if f0 <= flops <= f1:
+            return a0 if f1 == f0 else a0 + (a1 - a0) * (flops - f0) / (f1 - f0)
+    return None
+
+
+def interpolation(subnets: Sequence[Subnet], tolerance: float = INTERPOLATION_TOLERANCE) -> dict[str, Any]:
+    """How well the stitched accuracy-vs-FLOPs front interpolates between the anchors.
+
+    Args:
+        subnets: evaluated subnets, anchors (`kind == "anchor"`) included.
+        tolerance: allowed shortfall below the anchor line, in accuracy points.
+
+    Returns:
+        {"front_between_anchors": stitched front subnets strictly between the cheapest and the
+        most expensive anchor in FLOPs, "max_shortfall_points": the largest (line - accuracy)
+        over them in points (negative: all above the line; None: no such subnet),
+        "tolerance_points", "holds", "intervals": per pair of neighbouring anchors, the front
+        subnets in (cheaper, dearer] and their worst shortfall (a front that skips an interval
+        shows there), "per_subnet": [{id, flops, accuracy, line, shortfall_points}]}.
+    """
+    anchors = [s for s in subnets if s.kind == "anchor" and s.accuracy is not None]
+    if len(anchors) < 2:
+        raise ValueError("interpolation needs at least two evaluated anchors")
+    lo, hi = min(a.flops for a in anchors), max(a.flops for a in anchors)
+    by_id = {s.id: s for s in subnets}
+    rows = []
+    for sid in pareto(subnets):
+        s = by_id[sid]
+        if s.kind == "anchor" or not lo < s.flops < hi:
+            continue
+        line = anchor_line(anchors, s.flops)
+        rows.append(
+            {
+                "id": sid,
+                "flops": s.flops,
+                "accuracy": s.accuracy,
+                "line": line,
+                "shortfall_points": round(100 * (line - s.accuracy), 4),
+            }
+        )
+    worst = max((r["shortfall_points"] for r in rows), default=None)
+    ordered = sorted(anchors, key=lambda a: a.flops)
+    intervals = []
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        inside = [r for r in rows if a.flops < r["flops"] <= b.flops]
+        stitched = [s for s in subnets if s.kind != "anchor" and a.flops < s.flops < b.flops]
+        intervals.append(
+            {
+                "from": a.description,
+                "to": b.description,
+                "front": len(inside),  # front subnets in (a, b], so a gap in the front shows up
+                "stitched": len(stitched),  # all stitched subnets with FLOPs strictly inside
+                "max_shortfall_points": max((r["shortfall_points"] for r in inside), default=None),
+            }
+        )
+    return {
+        "front_between_anchors": len(rows),
+        "max_shortfall_points": worst,
+        "tolerance_points": tolerance,
+        "holds": worst is not None and worst <= tolerance,
+        "intervals": intervals,
+        "per_subnet": rows,
+    }
+
+
+def subnet_rows(subnets: Sequence[Subnet], latency: Mapping[int, Mapping[int, float]] | None) -> list[dict]:
+    """The report's "subnets" entries: the Subnet fields plus latency_ms per batch size."""
+    rows = []
+    for s in subnets:
+        row = s.to_dict()
+        if latency is not None and s.id in latency:
+            row["latency_ms"] = {str(b): round(ms, 4) for b, ms in sorted(latency[s.id].items())}
+        rows.append(row)
+    return rows
+
+
+def latency_fronts(subnets: Sequence[Subnet], latency: Mapping[int, Mapping[int, float]]) -> dict[str, list[int]]:
+    """Accuracy-vs-latency Pareto front per batch size, as {"1": ids, "8": ids}."""
+    batch_sizes = sorted({b for per in latency.values() for b in per})
+    timed = [s for s in subnets if s.id in latency]
+    return {str(b): pareto(timed, key=lambda s, b=b: latency[s.id][b]) for b in batch_sizes}
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """Fixed-width table of a report's subnets: cost, accuracy, latency, Pareto mark."""
+    front = set(report.get("pareto", []))
+    batch_sizes = sorted({b for s in report["subnets"] for b in s.get("latency_ms", {})}, key=int)
+    lat_head = "".join(f" {'ms@' + b:>8}" for b in batch_sizes)
+    lines = [f"{'id':>3}  {'kind':<6} {'MFLOPs':>8} {'params':>9} {'acc %':>6}{lat_head}  P  description"]
+    for s in report["subnets"]:
+        acc = f"{100 * s['accuracy']:6.2f}" if s.get("accuracy") is not None else f"{'-':>6}"
+        lat = "".join(
+            f" {s['latency_ms'][b]:8.3f}" if b in s.get("latency_ms", {}) else f" {'-':>8}" for b in batch_sizes
+        )
+        mark = "*" if s["id"] in front else " "
+        lines.append(
+            f"{s['id']:>3}  {s['kind']:<6} {s['flops'] / 1e6:8.2f} {s['params']:>9,} {acc}{lat}  "
+            f"{mark}  {s['description']}"
+        )
+    return "\n".join(lines)
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """A few lines on the anchors, the front and the interpolation check."""
+    anchors = ", ".join(
+        f"{a['name']} {100 * a['accuracy']:.2f}% @ {a['flops'] / 1e6:.1f} MFLOPs" for a in report["anchors"]
+    )
+    lines = [f"anchors: {anchors}"]
+    interp = report.get("interpolation")
+    if interp is not None:
+        worst = interp["max_shortfall_points"]
+        worst_s = "n/a" if worst is None else f"{worst:+.2f}"
+        lines.append(
+            f"stitched Pareto front: {interp['front_between_anchors']} subnets between the anchors; "
+            f"max shortfall below the anchor line {worst_s} points "
+            f"(tolerance {interp['tolerance_points']}: {'holds' if interp['holds'] else 'does NOT hold'})"
+        )
+    for iv in (interp or {}).get("intervals", []):
+        worst_iv = "n/a" if iv["max_shortfall_points"] is None else f"{iv['max_shortfall_points']:+.2f}"
+        lines.append(
+            f"  {iv['from']} -> {iv['to']}: {iv['front']} front subnets of {iv['stitched']} stitched "
+            f"in between; max shortfall {worst_iv} points"
+        )
+    timings = report.get("timings")
+    if timings:
+        lines.append("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    return lines
+
+
+def write_report(path: str | Path, report: Mapping[str, Any]) -> Path:
+    """Write the report as JSON, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, dict(report))
+    log.info("wrote %s", path)
+    return path
