@@ -6,6 +6,7 @@ setup:
 
 demo: setup
 	.venv/bin/elastic demo
+	.venv/bin/elastic serve-demo --model out/demo/model
 
 test: setup
 	.venv/bin/ruff check .
