@@ -106,7 +106,15 @@ class DemoConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """Minutes on two CPU cores: shallower anchors (depth 4), a data subset, fewer epochs."""
-        base = cls(depth=4, anchor_epochs=2.0, stitch_epochs=1.0, train_size=15_000, test_size=5_000, latency_repeats=7)
+        base = cls(
+            depth=4,
+            anchor_epochs=3.0,
+            stitch_epochs=2.0,
+            batch_size=128,
+            train_size=20_000,
+            test_size=5_000,
+            latency_repeats=7,
+        )
         return replace(base, **overrides)
 
     def anchor_specs(self) -> list[tuple[str, dict[str, Any], str]]:
