@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import statistics
@@ -93,6 +94,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return vars(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
 def write_results(out_dir: str | Path, suite: str, data: dict[str, Any], table: str,
                   command: str) -> Path:
     """Write `<suite>.json` and `<suite>.md` (the table plus the command that made it)."""
@@ -101,6 +110,7 @@ def write_results(out_dir: str | Path, suite: str, data: dict[str, Any], table: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = {"suite": suite, "command": command, "environment": environment(), **data}
+    data = json.loads(json.dumps(data, default=_jsonable))
     atomic_write_json(out / f"{suite}.json", data)
     md = f"# {suite}\n\n`{command}`\n\n{table}\n"
     atomic_write(out / f"{suite}.md", md.encode())

@@ -52,14 +52,16 @@ class ElasticModel(nn.Module):
 
     def subnet(self, ref: int | Subnet) -> Subnet:
         """Resolve an id or a `Subnet` to this model's `Subnet`; `UnknownSubnet` otherwise."""
-        subnets = self.subnets()
+        if self._subnets is None:
+            self._subnets = self._build_subnets()
+        subnets = self._subnets  # the cached table: this runs on every forward
         sid = ref.id if isinstance(ref, Subnet) else ref
         if isinstance(sid, bool) or not isinstance(sid, int) or not 0 <= sid < len(subnets):
             raise UnknownSubnet(f"no subnet {ref!r}: this model has ids 0..{len(subnets) - 1}")
         found = subnets[sid]
         if isinstance(ref, Subnet) and ref.description != found.description:
             raise UnknownSubnet(f"subnet {ref.id} here is {found.description!r}, not {ref.description!r}")
-        return found
+        return found.with_accuracy(self._accuracy.get(sid))
 
     def set_accuracies(self, accuracies: Mapping[int, float] | Sequence[float | None]) -> None:
         """Record evaluated top-1 accuracies (saved in the manifest)."""

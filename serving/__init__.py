@@ -18,6 +18,7 @@ imports torch.
 
 from pathlib import Path
 
+from .capacity import ServedCapacity, budget_range, served_capacity
 from .interface import SchedulerInterface
 from .metrics import ServingMetrics
 from .output import ScheduledBatch, SchedulerOutput, ShedRequest
@@ -57,6 +58,9 @@ __all__ = [
     "make_policy",
     "measure_latency",
     "profile_path",
+    "ServedCapacity",
+    "served_capacity",
+    "budget_range",
     "replay",
     "replay_schedule",
 ]

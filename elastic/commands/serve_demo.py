@@ -31,13 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--budgets",
         default=None,
-        help="comma-separated budgets in ms (default: spread over the profiled latencies)",
+        help="comma-separated budgets in ms (default: spread over the served latencies)",
     )
     p.add_argument(
         "--rate",
         type=float,
         default=None,
-        help="arrivals per second (default: a quarter of the fastest subnet's full-batch throughput)",
+        help="arrivals per second (default: half the most accurate subnet's served throughput)",
     )
     p.add_argument("--profile-repeats", type=int, default=10, help="timed runs per (subnet, batch size)")
     p.add_argument("--reprofile", action="store_true", help="measure again even if a saved profile fits")
@@ -51,21 +51,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def default_budgets(profile: Any, candidates: list[int], max_batch: int) -> list[float]:
-    """Six budgets, geometric from 1.5x the fastest candidate's p99 at batch 1 to 3x the
-    slowest candidate's p99 at the largest batch: from barely feasible to relaxed."""
-    lo = 1.5 * min(profile.latency_ms(s, 1, "p99") for s in candidates)
-    hi = 3.0 * max(profile.latency_ms(s, max_batch, "p99") for s in candidates)
-    hi = max(hi, 2 * lo)
-    return [round(lo * (hi / lo) ** (k / 5), 3) for k in range(6)]
+def default_load(model, example, profile, candidates: list[int], max_batch: int) -> tuple[list[float], float]:
+    """Six budgets, geometric over `budget_range` (barely feasible to relaxed), and an
+    arrival rate of half the largest-accuracy candidate's served throughput: enough load
+    that the runtime must trade accuracy for speed at times."""
+    from elastic.serving import budget_range, served_capacity
 
-
-def default_rate(profile: Any, candidates: list[int], max_batch: int) -> float:
-    """A quarter of the fastest candidate's throughput at full batches, in requests per second:
-    enough load that the runtime must trade accuracy for speed at times, with headroom for
-    the per-request overhead the profile does not include."""
-    fastest = min(profile.latency_ms(s, max_batch, "p50") for s in candidates)
-    return 0.25 * max_batch / (fastest / 1e3)
+    accurate = max(candidates, key=lambda s: (model.subnets()[s].accuracy or 0.0, s))
+    fastest = min(candidates, key=lambda s: profile.latency_ms(s, 1, "p50"))
+    top = served_capacity(model, example, accurate, profile, max_batch)
+    fast = served_capacity(model, example, fastest, profile, max_batch)
+    lo, hi = budget_range(fast, top, max_batch)
+    return [round(lo * (hi / lo) ** (k / 5), 3) for k in range(6)], 0.5 * top.throughput_per_s
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,12 +89,9 @@ def run(args: argparse.Namespace) -> int:
             reuse=not args.reprofile,
         )
         candidates = rt.candidates
-        budgets = (
-            [float(b) for b in args.budgets.split(",")]
-            if args.budgets
-            else default_budgets(profile, candidates, args.max_batch)
-        )
-        rate = args.rate if args.rate is not None else default_rate(profile, candidates, args.max_batch)
+        budgets, rate = default_load(model, images[0], profile, candidates, args.max_batch)
+        budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else budgets
+        rate = args.rate if args.rate is not None else rate
         if args.metrics_port is not None:
             print(f"metrics: http://127.0.0.1:{rt.serve_metrics(args.metrics_port)}/metrics")
         print(
