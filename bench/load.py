@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> dict:
                         (f"static best-single ({single})", model, f"static:{single}", profile),
                         ("slackfit", model, "slackfit", profile),
                         ("infaas", variants, "elastic", variants_profile)]
-            for name, served, policy, prof in policies:
-                with torch.inference_mode(), Runtime(served, max_batch_size=MAX_BATCH, policy=policy,
+            for name, serving_model, policy, prof in policies:
+                with torch.inference_mode(), Runtime(serving_model, max_batch_size=MAX_BATCH, policy=policy,
                                                      profile=prof) as rt:
                     report = replay_schedule(rt, images, labels, arrivals, request_budgets, timeout_s=60)
                 runs.append({"pattern": pattern, "load": load, "rate_per_s": rate, "policy": name.split(" (")[0],
