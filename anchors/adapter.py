@@ -41,8 +41,7 @@ def adapt(model: nn.Module, name: str | None = None) -> AnchorAdapter:
     adapter_cls = _ADAPTERS.get(type(model))
     if adapter_cls is None:
         raise UnsupportedArchitecture(
-            f"no anchor adapter for {type(model).__name__}; supported timm classes: "
-            f"{', '.join(supported_families())}"
+            f"no anchor adapter for {type(model).__name__}; supported timm classes: {', '.join(supported_families())}"
         )
     return adapter_cls(model, name=name)
 

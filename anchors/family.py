@@ -89,8 +89,11 @@ class AnchorFamily(nn.Module):
         specs, models = [], []
         for entry in names:
             spec = _spec(entry, timm_kwargs)
-            source = pretrained.get(spec.display, pretrained.get(spec.name, False)) \
-                if isinstance(pretrained, Mapping) else pretrained
+            source = (
+                pretrained.get(spec.display, pretrained.get(spec.name, False))
+                if isinstance(pretrained, Mapping)
+                else pretrained
+            )
             models.append(create_anchor(spec.name, source, **spec.kwargs))
             specs.append(spec)
         return cls(models, specs=specs)
@@ -152,8 +155,7 @@ def _check_compatible(adapters: Sequence[AnchorAdapter]) -> None:
             )
         if a.input_size() != first.input_size():
             raise UnsupportedArchitecture(
-                f"anchors take different inputs: {first.name} {first.input_size()}, "
-                f"{a.name} {a.input_size()}"
+                f"anchors take different inputs: {first.name} {first.input_size()}, {a.name} {a.input_size()}"
             )
         if a.num_classes() != first.num_classes():
             raise UnsupportedArchitecture(

@@ -28,8 +28,9 @@ def poisson(rate: float, duration_s: float, rng: random.Random) -> list[float]:
     return times
 
 
-def on_off(rate: float, duration_s: float, rng: random.Random, duty: float = 0.25,
-           period_s: float = 1.0) -> list[float]:
+def on_off(
+    rate: float, duration_s: float, rng: random.Random, duty: float = 0.25, period_s: float = 1.0
+) -> list[float]:
     """Bursty arrivals: Poisson at rate/duty while on, nothing while off; mean rate `rate`."""
     if rate <= 0:
         return []

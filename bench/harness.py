@@ -38,7 +38,7 @@ def interleaved(
             contenders[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fn = contenders[name]
             t0 = time.perf_counter()
@@ -102,8 +102,7 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-def write_results(out_dir: str | Path, suite: str, data: dict[str, Any], table: str,
-                  command: str) -> Path:
+def write_results(out_dir: str | Path, suite: str, data: dict[str, Any], table: str, command: str) -> Path:
     """Write `<suite>.json` and `<suite>.md` (the table plus the command that made it)."""
     from elastic.checkpoint import atomic_write, atomic_write_json
 

@@ -50,18 +50,26 @@ LORA_RANK = 16
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="JSON results path")
-    p.add_argument("--interpret-smoke", action="store_true",
-                   help="CPU + Triton interpreter at tiny sizes (no GPU needed)")
+    p.add_argument(
+        "--interpret-smoke", action="store_true", help="CPU + Triton interpreter at tiny sizes (no GPU needed)"
+    )
     p.add_argument("--dtypes", default="bf16,fp16,fp32", help="comma list of bf16, fp16, fp32")
     p.add_argument("--batches", default="1,8,64")
-    p.add_argument("--budget-s", type=float, default=240.0,
-                   help="stop timing new cases after this many seconds in all")
+    p.add_argument("--budget-s", type=float, default=240.0, help="stop timing new cases after this many seconds in all")
     return p.parse_args(argv)
 
 
 # ---- inputs ------------------------------------------------------------------------------
-def make_case(rows: int, c_in: int, c_out: int, variant: str, dtype: torch.dtype, device: str,
-              seed: int = 0, lora_rank: int = LORA_RANK) -> dict:
+def make_case(
+    rows: int,
+    c_in: int,
+    c_out: int,
+    variant: str,
+    dtype: torch.dtype,
+    device: str,
+    seed: int = 0,
+    lora_rank: int = LORA_RANK,
+) -> dict:
     """Operands of one call, drawn in fp64 and rounded to `dtype` (the fp64 copy is kept)."""
     g = torch.Generator().manual_seed(seed)
     r = lora_rank
@@ -69,11 +77,9 @@ def make_case(rows: int, c_in: int, c_out: int, variant: str, dtype: torch.dtype
     def draw(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device)
 
-    case = dict(x=draw(rows, c_in), weight=draw(c_out, c_in, scale=c_in ** -0.5),
-                bias=draw(c_out, scale=0.1))
+    case = dict(x=draw(rows, c_in), weight=draw(c_out, c_in, scale=c_in**-0.5), bias=draw(c_out, scale=0.1))
     if variant == "lora":
-        case.update(lora_a=draw(r, c_in, scale=c_in ** -0.5),
-                    lora_b=draw(c_out, r, scale=r ** -0.5), lora_scale=0.5)
+        case.update(lora_a=draw(r, c_in, scale=c_in**-0.5), lora_b=draw(c_out, r, scale=r**-0.5), lora_scale=0.5)
     if variant == "layernorm":
         case.update(ln_weight=1 + draw(c_out, scale=0.1), ln_bias=draw(c_out, scale=0.1))
     cast = {k: v.to(dtype) if torch.is_tensor(v) else v for k, v in case.items()}
@@ -89,13 +95,16 @@ def ours(variant: str) -> Callable[..., torch.Tensor | tuple[torch.Tensor, torch
 def torch_baseline(variant: str) -> Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """What a model runs without our kernel: F.linear, + LoRA add, + F.layer_norm."""
     if variant == "layernorm":
+
         def run(x, weight, bias, ln_weight, ln_bias):
             y = F.linear(x, weight, bias)
             return y, F.layer_norm(y, (y.shape[-1],), ln_weight, ln_bias)
+
         return run
     if variant == "lora":
         return lambda x, weight, bias, lora_a, lora_b, lora_scale: (
-            F.linear(x, weight, bias) + lora_scale * F.linear(F.linear(x, lora_a), lora_b))
+            F.linear(x, weight, bias) + lora_scale * F.linear(F.linear(x, lora_a), lora_b)
+        )
     return lambda x, weight, bias: F.linear(x, weight, bias)
 
 
@@ -108,27 +117,34 @@ def rel_error(got: torch.Tensor, exact: torch.Tensor) -> float:
 
 
 # ---- correctness -------------------------------------------------------------------------
-def check_correctness(shapes: list[tuple[int, int, int]], dtypes: list[str], device: str,
-                      lora_rank: int) -> list[dict]:
+def check_correctness(shapes: list[tuple[int, int, int]], dtypes: list[str], device: str, lora_rank: int) -> list[dict]:
     """Relative error vs fp64 of ours and of torch, per (shape, variant, dtype)."""
     results = []
     tf32 = torch.backends.cuda.matmul.allow_tf32
     for rows, c_in, c_out in shapes:
         for variant in VARIANTS:
             for name in dtypes:
-                case = make_case(rows, c_in, c_out, variant, DTYPES[name], device,
-                                 lora_rank=lora_rank)
-                ref = (kernels.stitch_linear_layernorm_ref if variant == "layernorm"
-                       else kernels.stitch_linear_ref)
+                case = make_case(rows, c_in, c_out, variant, DTYPES[name], device, lora_rank=lora_rank)
+                ref = kernels.stitch_linear_layernorm_ref if variant == "layernorm" else kernels.stitch_linear_ref
                 exact = _outputs(ref(**case["exact"]))
                 got = _outputs(ours(variant)(**case["cast"]))
                 base = _outputs(torch_baseline(variant)(**case["cast"]))
                 tol = TOLERANCE["fp32-tf32" if name == "fp32" and tf32 else name]
                 errs = [rel_error(g, e) for g, e in zip(got, exact, strict=True)]
                 base_errs = [rel_error(b, e) for b, e in zip(base, exact, strict=True)]
-                results.append(dict(rows=rows, c_in=c_in, c_out=c_out, variant=variant, dtype=name,
-                                    rel_error=errs, torch_rel_error=base_errs, tolerance=tol,
-                                    ok=all(e <= tol for e in errs)))
+                results.append(
+                    dict(
+                        rows=rows,
+                        c_in=c_in,
+                        c_out=c_out,
+                        variant=variant,
+                        dtype=name,
+                        rel_error=errs,
+                        torch_rel_error=base_errs,
+                        tolerance=tol,
+                        ok=all(e <= tol for e in errs),
+                    )
+                )
     return results
 
 
@@ -167,12 +183,11 @@ def measure_peaks(device: str, dtypes: list[str], smoke: bool) -> dict:
         a = torch.randn(n, n, device=device, dtype=DTYPES[name])
         b = torch.randn(n, n, device=device, dtype=DTYPES[name])
         ms = time_ms(lambda a=a, b=b: a @ b, device, 3 if smoke else 100)
-        peaks["matmul_tflop_s"][name] = 2 * n ** 3 / ms / 1e9
+        peaks["matmul_tflop_s"][name] = 2 * n**3 / ms / 1e9
     return peaks
 
 
-def case_cost(rows: int, c_in: int, c_out: int, variant: str, itemsize: int,
-              r: int) -> tuple[int, int]:
+def case_cost(rows: int, c_in: int, c_out: int, variant: str, itemsize: int, r: int) -> tuple[int, int]:
     """(FLOPs, bytes that must move at least once) of one call."""
     flops = 2 * rows * c_in * c_out
     elems = rows * c_in + c_out * c_in + c_out + rows * c_out
@@ -184,30 +199,40 @@ def case_cost(rows: int, c_in: int, c_out: int, variant: str, itemsize: int,
     return flops, elems * itemsize
 
 
-def time_cases(cases: list[tuple[int, int, int, int]], dtypes: list[str], device: str, peaks: dict,
-               reps: int, deadline: float, lora_rank: int) -> tuple[list[dict], list[dict]]:
+def time_cases(
+    cases: list[tuple[int, int, int, int]],
+    dtypes: list[str],
+    device: str,
+    peaks: dict,
+    reps: int,
+    deadline: float,
+    lora_rank: int,
+) -> tuple[list[dict], list[dict]]:
     timings, skipped = [], []
     for name in dtypes:  # the most used dtype first, so a budget cut drops fp32
         for batch, rows, c_in, c_out in cases:
             for variant in VARIANTS:
-                entry = dict(batch=batch, rows=rows, c_in=c_in, c_out=c_out, variant=variant,
-                             dtype=name)
+                entry = dict(batch=batch, rows=rows, c_in=c_in, c_out=c_out, variant=variant, dtype=name)
                 if time.monotonic() > deadline:
                     skipped.append(entry)
                     continue
-                kw = make_case(rows, c_in, c_out, variant, DTYPES[name], device,
-                               lora_rank=lora_rank)["cast"]
+                kw = make_case(rows, c_in, c_out, variant, DTYPES[name], device, lora_rank=lora_rank)["cast"]
                 mine, theirs = partial(ours(variant), **kw), partial(torch_baseline(variant), **kw)
                 t_ours, t_torch = [], []
                 for _ in range(2):  # interleaved: ours, torch, ours, torch; best median of each
                     t_ours.append(time_ms(mine, device, reps))
                     t_torch.append(time_ms(theirs, device, reps))
                 t_ours, t_torch = min(t_ours), min(t_torch)
-                flops, nbytes = case_cost(rows, c_in, c_out, variant, DTYPES[name].itemsize,
-                                          lora_rank)
-                entry.update(ms=t_ours, torch_ms=t_torch, speedup=t_torch / t_ours,
-                             tflop_s=flops / t_ours / 1e9, torch_tflop_s=flops / t_torch / 1e9,
-                             gb_s=nbytes / t_ours / 1e6, torch_gb_s=nbytes / t_torch / 1e6)
+                flops, nbytes = case_cost(rows, c_in, c_out, variant, DTYPES[name].itemsize, lora_rank)
+                entry.update(
+                    ms=t_ours,
+                    torch_ms=t_torch,
+                    speedup=t_torch / t_ours,
+                    tflop_s=flops / t_ours / 1e9,
+                    torch_tflop_s=flops / t_torch / 1e9,
+                    gb_s=nbytes / t_ours / 1e6,
+                    torch_gb_s=nbytes / t_torch / 1e6,
+                )
                 entry["frac_of_matmul_peak"] = entry["tflop_s"] / peaks["matmul_tflop_s"][name]
                 entry["frac_of_copy_bw"] = entry["gb_s"] / peaks["copy_gb_s"]
                 timings.append(entry)
@@ -239,37 +264,50 @@ def main(argv: list[str] | None = None) -> int:
 
     correctness = check_correctness(check_shapes, dtypes, device, r)
     for c in correctness:
-        print(f"check {c['dtype']:>4} {c['variant']:>9} {c['rows']:>5}x{c['c_in']}->{c['c_out']}: "
-              f"rel err {', '.join(f'{e:.2e}' for e in c['rel_error'])} "
-              f"(torch {', '.join(f'{e:.2e}' for e in c['torch_rel_error'])}, "
-              f"tol {c['tolerance']:.0e}) "
-              f"{'ok' if c['ok'] else 'FAIL'}")
+        print(
+            f"check {c['dtype']:>4} {c['variant']:>9} {c['rows']:>5}x{c['c_in']}->{c['c_out']}: "
+            f"rel err {', '.join(f'{e:.2e}' for e in c['rel_error'])} "
+            f"(torch {', '.join(f'{e:.2e}' for e in c['torch_rel_error'])}, "
+            f"tol {c['tolerance']:.0e}) "
+            f"{'ok' if c['ok'] else 'FAIL'}"
+        )
     peaks = measure_peaks(device, dtypes, smoke)
-    print(f"copy {peaks['copy_gb_s']:.0f} GB/s; matmul "
-          + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in peaks["matmul_tflop_s"].items()))
+    print(
+        f"copy {peaks['copy_gb_s']:.0f} GB/s; matmul "
+        + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in peaks["matmul_tflop_s"].items())
+    )
     cases = [(b, b * tokens, ci, co) for ci, co in pairs for b in batches]
     timings, skipped = time_cases(cases, dtypes, device, peaks, reps, start + args.budget_s, r)
     for t in timings:
-        print(f"time {t['dtype']:>4} {t['variant']:>9} b{t['batch']:<3} {t['c_in']}->{t['c_out']}: "
-              f"ours {t['ms']:.4f} ms ({t['tflop_s']:.1f} TFLOP/s, {t['gb_s']:.0f} GB/s) "
-              f"torch {t['torch_ms']:.4f} ms  x{t['speedup']:.2f}")
+        print(
+            f"time {t['dtype']:>4} {t['variant']:>9} b{t['batch']:<3} {t['c_in']}->{t['c_out']}: "
+            f"ours {t['ms']:.4f} ms ({t['tflop_s']:.1f} TFLOP/s, {t['gb_s']:.0f} GB/s) "
+            f"torch {t['torch_ms']:.4f} ms  x{t['speedup']:.2f}"
+        )
     if skipped:
         print(f"skipped {len(skipped)} timing cases (time budget {args.budget_s:.0f} s)")
 
     result = dict(
         mode="interpret-smoke" if smoke else "gpu",
         device=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        torch=torch.__version__, triton=_triton_version(), python=platform.python_version(),
-        allow_tf32=torch.backends.cuda.matmul.allow_tf32, lora_rank=r, tokens=tokens,
-        peaks=peaks, correctness=correctness, all_correct=all(c["ok"] for c in correctness),
-        timings=timings, skipped=skipped, elapsed_s=time.monotonic() - start,
+        torch=torch.__version__,
+        triton=_triton_version(),
+        python=platform.python_version(),
+        allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+        lora_rank=r,
+        tokens=tokens,
+        peaks=peaks,
+        correctness=correctness,
+        all_correct=all(c["ok"] for c in correctness),
+        timings=timings,
+        skipped=skipped,
+        elapsed_s=time.monotonic() - start,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(args.out)
-    print(f"wrote {args.out} in {result['elapsed_s']:.0f} s; correctness "
-          f"{'ok' if result['all_correct'] else 'FAILED'}")
+    print(f"wrote {args.out} in {result['elapsed_s']:.0f} s; correctness {'ok' if result['all_correct'] else 'FAILED'}")
     return 0 if result["all_correct"] else 1
 
 

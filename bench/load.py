@@ -42,16 +42,19 @@ MAX_BATCH = 8
 
 
 def best_single(profile, candidates, accuracy, median_budget_ms: float, rate: float) -> int:
-    fits = [s for s in candidates
-            if profile.latency_ms(s, 1, "p99") <= median_budget_ms
-            and MAX_BATCH / (profile.latency_ms(s, MAX_BATCH, "p50") / 1e3) >= rate]
+    fits = [
+        s
+        for s in candidates
+        if profile.latency_ms(s, 1, "p99") <= median_budget_ms
+        and MAX_BATCH / (profile.latency_ms(s, MAX_BATCH, "p50") / 1e3) >= rate
+    ]
     if fits:
         return max(fits, key=lambda s: accuracy[s])
     return min(candidates, key=lambda s: profile.latency_ms(s, MAX_BATCH, "p50"))
 
 
 def run(args: argparse.Namespace) -> dict:
-    from elastic.data import fashion_mnist
+    from elastic.demo.data import fashion_mnist
 
     model = demo_model(args.model)
     model_dir = Path(args.model) if args.model else Path("out/demo/model")
@@ -87,29 +90,79 @@ def run(args: argparse.Namespace) -> dict:
             arrivals = poisson(rate, duration, rng) if pattern == "poisson" else on_off(rate, duration, rng)
             request_budgets = [budgets.sample(rng) for _ in arrivals]
             single = best_single(profile, candidates, accuracy, median_budget, rate)
-            policies = [("elastic", model, "elastic", profile),
-                        ("static smallest", model, f"static:{anchors[0]}", profile),
-                        ("static largest", model, f"static:{largest}", profile),
-                        (f"static best-single ({single})", model, f"static:{single}", profile),
-                        ("slackfit", model, "slackfit", profile),
-                        ("infaas", variants, "elastic", variants_profile)]
+            policies = [
+                ("elastic", model, "elastic", profile),
+                ("static smallest", model, f"static:{anchors[0]}", profile),
+                ("static largest", model, f"static:{largest}", profile),
+                (f"static best-single ({single})", model, f"static:{single}", profile),
+                ("slackfit", model, "slackfit", profile),
+                ("infaas", variants, "elastic", variants_profile),
+            ]
             for name, serving_model, policy, prof in policies:
-                with torch.inference_mode(), Runtime(serving_model, max_batch_size=MAX_BATCH, policy=policy,
-                                                     profile=prof) as rt:
+                with (
+                    torch.inference_mode(),
+                    Runtime(serving_model, max_batch_size=MAX_BATCH, policy=policy, profile=prof) as rt,
+                ):
                     report = replay_schedule(rt, images, labels, arrivals, request_budgets, timeout_s=60)
-                runs.append({"pattern": pattern, "load": load, "rate_per_s": rate, "policy": name.split(" (")[0],
-                             "policy_detail": name, **report})
-                log.info("%s %.2fx %s: SLO %.3f, effective accuracy %.3f", pattern, load, name,
-                         report["slo_attainment"], report["effective_accuracy"])
+                runs.append(
+                    {
+                        "pattern": pattern,
+                        "load": load,
+                        "rate_per_s": rate,
+                        "policy": name.split(" (")[0],
+                        "policy_detail": name,
+                        **report,
+                    }
+                )
+                log.info(
+                    "%s %.2fx %s: SLO %.3f, effective accuracy %.3f",
+                    pattern,
+                    load,
+                    name,
+                    report["slo_attainment"],
+                    report["effective_accuracy"],
+                )
     table = markdown_table(
-        ["pattern", "load ×", "policy", "SLO", "admitted SLO", "eff. acc", "p50 ms", "p99 ms", "rejected", "shed",
-         "batch"],
-        [[r["pattern"], r["load"], r["policy_detail"], r["slo_attainment"], r["admitted_slo_attainment"] or 0.0,
-          r["effective_accuracy"], r["latency_ms"]["p50"] or 0.0, r["latency_ms"]["p99"] or 0.0, r["rejected"],
-          r["shed"], r["mean_batch_size"] or 0.0] for r in runs])
-    data = {"capacity_per_s": capacity, "largest_anchor": largest, "budgets": budgets.describe(),
-            "served_largest": vars(served), "served_fastest": vars(fast),
-            "duration_s": duration, "candidates": candidates, "runs": runs}
+        [
+            "pattern",
+            "load ×",
+            "policy",
+            "SLO",
+            "admitted SLO",
+            "eff. acc",
+            "p50 ms",
+            "p99 ms",
+            "rejected",
+            "shed",
+            "batch",
+        ],
+        [
+            [
+                r["pattern"],
+                r["load"],
+                r["policy_detail"],
+                r["slo_attainment"],
+                r["admitted_slo_attainment"] or 0.0,
+                r["effective_accuracy"],
+                r["latency_ms"]["p50"] or 0.0,
+                r["latency_ms"]["p99"] or 0.0,
+                r["rejected"],
+                r["shed"],
+                r["mean_batch_size"] or 0.0,
+            ]
+            for r in runs
+        ],
+    )
+    data = {
+        "capacity_per_s": capacity,
+        "largest_anchor": largest,
+        "budgets": budgets.describe(),
+        "served_largest": vars(served),
+        "served_fastest": vars(fast),
+        "duration_s": duration,
+        "candidates": candidates,
+        "runs": runs,
+    }
     write_results(args.out, "load", data, table, args.command)
     plot(runs, Path(args.out) / "load.png")
     return {**data, "table": table}
@@ -125,8 +178,11 @@ def plot(runs: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(len(patterns), 2, figsize=(11, 4 * len(patterns)), squeeze=False)
     for row, pattern in zip(axes, patterns, strict=True):
         for policy in dict.fromkeys(r["policy"] for r in runs):
-            pts = sorted((r["load"], r["slo_attainment"], r["effective_accuracy"])
-                         for r in runs if r["pattern"] == pattern and r["policy"] == policy)
+            pts = sorted(
+                (r["load"], r["slo_attainment"], r["effective_accuracy"])
+                for r in runs
+                if r["pattern"] == pattern and r["policy"] == policy
+            )
             style = dict(marker="o", lw=2.5 if policy == "elastic" else 1.2, label=policy)
             row[0].plot([p[0] for p in pts], [p[1] for p in pts], **style)
             row[1].plot([p[0] for p in pts], [p[2] for p in pts], **style)

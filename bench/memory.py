@@ -52,10 +52,18 @@ def run(args: argparse.Namespace) -> dict:
     r = measure(demo_model(args.model))
     rows = [
         ["elastic (StitchedNet)", r["subnets"], r["elastic_bytes"] / 2**20, 1.0],
-        ["anchors as separate models", r["anchors_only_points"], r["anchors_only_bytes"] / 2**20,
-         r["anchors_only_bytes"] / r["elastic_bytes"]],
-        ["one model per Pareto subnet", r["pareto_subnets"], r["per_pareto_subnet_bytes"] / 2**20,
-         r["per_pareto_subnet_bytes"] / r["elastic_bytes"]],
+        [
+            "anchors as separate models",
+            r["anchors_only_points"],
+            r["anchors_only_bytes"] / 2**20,
+            r["anchors_only_bytes"] / r["elastic_bytes"],
+        ],
+        [
+            "one model per Pareto subnet",
+            r["pareto_subnets"],
+            r["per_pareto_subnet_bytes"] / 2**20,
+            r["per_pareto_subnet_bytes"] / r["elastic_bytes"],
+        ],
     ]
     table = markdown_table(["deployment", "operating points", "weights MiB", "× elastic"], rows)
     write_results(args.out, "memory", r, table, args.command)

@@ -16,8 +16,9 @@ def demo_model(path: str | Path | None) -> elastic.ElasticModel:
     """The model `elastic demo` saved (accuracies included), in eval mode."""
     path = Path(path) if path else DEFAULT_MODEL
     if not (path / "manifest.json").is_file():
-        raise CheckpointError(f"no saved model at {path}: run `make demo` (or `elastic demo`) first, "
-                              "or pass --model DIR")
+        raise CheckpointError(
+            f"no saved model at {path}: run `make demo` (or `elastic demo`) first, or pass --model DIR"
+        )
     return elastic.load(path).eval()
 
 

@@ -34,8 +34,7 @@ def measure(model, name: str, subnet: int, repeats: int) -> list[dict]:
     x1 = torch.randn(1, *model.input_size())
     x8 = torch.randn(8, *model.input_size())
     rows = []
-    with Runtime(model, max_batch_size=8, policy=f"static:{subnet}",
-                 profile=flat_profile(model, subnet)) as rt:
+    with Runtime(model, max_batch_size=8, policy=f"static:{subnet}", profile=flat_profile(model, subnet)) as rt:
         batches: list[int] = []
 
         def runtime_8():
@@ -48,12 +47,18 @@ def measure(model, name: str, subnet: int, repeats: int) -> list[dict]:
         ):
             times = interleaved({"runtime": served, "direct": direct}, repeats=repeats, warmup=5)
             r, d = summary(times["runtime"]), summary(times["direct"])
-            rows.append({
-                "model": name, "subnet": subnet, "batch": batch, "runtime": r, "direct": d,
-                "ratio": paired_ratio(times["runtime"], times["direct"]),
-                "added_us_per_request": 1e3 * (r["median_ms"] - d["median_ms"]) / batch,
-                "mean_runtime_batch": (sum(batches) / len(batches)) if batch == 8 and batches else 1.0,
-            })
+            rows.append(
+                {
+                    "model": name,
+                    "subnet": subnet,
+                    "batch": batch,
+                    "runtime": r,
+                    "direct": d,
+                    "ratio": paired_ratio(times["runtime"], times["direct"]),
+                    "added_us_per_request": 1e3 * (r["median_ms"] - d["median_ms"]) / batch,
+                    "mean_runtime_batch": (sum(batches) / len(batches)) if batch == 8 and batches else 1.0,
+                }
+            )
     return rows
 
 
@@ -68,7 +73,19 @@ def run(args: argparse.Namespace) -> dict:
         log.warning("demo model skipped: %s", e)
     table = markdown_table(
         ["model", "subnet", "batch", "direct ms", "runtime ms", "ratio", "µs added / request", "runtime batch"],
-        [[r["model"], r["subnet"], r["batch"], r["direct"]["median_ms"], r["runtime"]["median_ms"], r["ratio"],
-          r["added_us_per_request"], r["mean_runtime_batch"]] for r in rows])
+        [
+            [
+                r["model"],
+                r["subnet"],
+                r["batch"],
+                r["direct"]["median_ms"],
+                r["runtime"]["median_ms"],
+                r["ratio"],
+                r["added_us_per_request"],
+                r["mean_runtime_batch"],
+            ]
+            for r in rows
+        ],
+    )
     write_results(args.out, "overhead", {"rows": rows}, table, args.command)
     return {"rows": rows, "table": table}

@@ -26,11 +26,21 @@ def compare(net, name: str, batch_sizes=(1, 8), repeats: int = 30) -> list[dict]
         for b in batch_sizes:
             x = torch.randn(b, c, h, w)
             diff = (net(x, subnet=k) - adapter.model(x)).abs().max().item()
-            times = interleaved({"elastic": lambda x=x, k=k: net(x, subnet=k),
-                                 "timm": lambda x=x, m=adapter.model: m(x)}, repeats=repeats)
-            rows.append({"model": name, "anchor": adapter.name, "batch": b, "max_abs_diff": diff,
-                         "ratio": paired_ratio(times["elastic"], times["timm"]),
-                         "elastic": summary(times["elastic"]), "timm": summary(times["timm"])})
+            times = interleaved(
+                {"elastic": lambda x=x, k=k: net(x, subnet=k), "timm": lambda x=x, m=adapter.model: m(x)},
+                repeats=repeats,
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "anchor": adapter.name,
+                    "batch": b,
+                    "max_abs_diff": diff,
+                    "ratio": paired_ratio(times["elastic"], times["timm"]),
+                    "elastic": summary(times["elastic"]),
+                    "timm": summary(times["timm"]),
+                }
+            )
     return rows
 
 
@@ -43,7 +53,18 @@ def run(args: argparse.Namespace) -> dict:
         log.warning("demo model skipped: %s", e)
     table = markdown_table(
         ["model", "anchor", "batch", "elastic ms", "timm ms", "ratio", "max abs diff"],
-        [[r["model"], r["anchor"], r["batch"], r["elastic"]["median_ms"], r["timm"]["median_ms"],
-          r["ratio"], f"{r['max_abs_diff']:.1e}"] for r in rows])
+        [
+            [
+                r["model"],
+                r["anchor"],
+                r["batch"],
+                r["elastic"]["median_ms"],
+                r["timm"]["median_ms"],
+                r["ratio"],
+                f"{r['max_abs_diff']:.1e}",
+            ]
+            for r in rows
+        ],
+    )
     write_results(args.out, "parity", {"rows": rows}, table, args.command)
     return {"rows": rows, "table": table}

@@ -49,16 +49,27 @@ def decision_time(n: int, policy: str, depth: int, requests: int, seed: int = 0)
         if out.batch is not None:
             sched.update_from_output(out.batch, profile.latency_ms(out.batch.subnet, out.batch.size, "p50"))
         now += 0.0005
-    return {"subnets": n, "candidates": len(sched.candidates), "policy": policy, "queue_depth": depth,
-            "admit_us": 1e6 * admit / (requests + depth), "schedule_us": 1e6 * decide / decisions}
+    return {
+        "subnets": n,
+        "candidates": len(sched.candidates),
+        "policy": policy,
+        "queue_depth": depth,
+        "admit_us": 1e6 * admit / (requests + depth),
+        "schedule_us": 1e6 * decide / decisions,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
     requests = 300 if args.quick else 2000
-    rows = [decision_time(n, policy, depth, requests)
-            for n in (10, 100, 1000) for policy in ("elastic", "slackfit") for depth in (8, 64)]
-    table = markdown_table(["subnets", "candidates", "policy", "queue depth", "admit µs", "schedule µs"],
-                           [[r["subnets"], r["candidates"], r["policy"], r["queue_depth"], r["admit_us"],
-                             r["schedule_us"]] for r in rows])
+    rows = [
+        decision_time(n, policy, depth, requests)
+        for n in (10, 100, 1000)
+        for policy in ("elastic", "slackfit")
+        for depth in (8, 64)
+    ]
+    table = markdown_table(
+        ["subnets", "candidates", "policy", "queue depth", "admit µs", "schedule µs"],
+        [[r["subnets"], r["candidates"], r["policy"], r["queue_depth"], r["admit_us"], r["schedule_us"]] for r in rows],
+    )
     write_results(args.out, "scheduler", {"rows": rows}, table, args.command)
     return {"rows": rows, "table": table}

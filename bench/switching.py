@@ -56,17 +56,26 @@ def measure(net, name: str, repeats: int, batch: int = 1) -> dict:
             net(x, subnet=a)
             net(x, subnet=b)
     moved = sum(p0 != p.data_ptr() for p0, p in zip(ptrs_before, params, strict=True))
-    times = interleaved({
-        "alternating": lambda: (net(x, subnet=a), net(x, subnet=b)),
-        "same_a": lambda: (net(x, subnet=a), net(x, subnet=a)),
-        "same_b": lambda: (net(x, subnet=b), net(x, subnet=b)),
-    }, repeats=repeats)
+    times = interleaved(
+        {
+            "alternating": lambda: (net(x, subnet=a), net(x, subnet=b)),
+            "same_a": lambda: (net(x, subnet=a), net(x, subnet=a)),
+            "same_b": lambda: (net(x, subnet=b), net(x, subnet=b)),
+        },
+        repeats=repeats,
+    )
     same = [(p + q) / 2 for p, q in zip(times["same_a"], times["same_b"], strict=True)]
-    return {"model": name, "subnets": [a, b], "batch": batch,
-            "ratio": paired_ratio(times["alternating"], same),
-            "alternating": summary(times["alternating"]), "same_a": summary(times["same_a"]),
-            "same_b": summary(times["same_b"]),
-            "weight_bytes_copied": counter.bytes, "params_moved": moved}
+    return {
+        "model": name,
+        "subnets": [a, b],
+        "batch": batch,
+        "ratio": paired_ratio(times["alternating"], same),
+        "alternating": summary(times["alternating"]),
+        "same_a": summary(times["same_a"]),
+        "same_b": summary(times["same_b"]),
+        "weight_bytes_copied": counter.bytes,
+        "params_moved": moved,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -80,8 +89,18 @@ def run(args: argparse.Namespace) -> dict:
     rows.append(measure(deit_pair(), "deit pair (224)", repeats // 2))
     table = markdown_table(
         ["model", "subnets", "batch", "alternating ms", "same ms (mean of both)", "ratio", "weight bytes copied"],
-        [[r["model"], f"{r['subnets'][0]} ↔ {r['subnets'][1]}", r["batch"], r["alternating"]["median_ms"],
-          (r["same_a"]["median_ms"] + r["same_b"]["median_ms"]) / 2, r["ratio"], r["weight_bytes_copied"]]
-         for r in rows])
+        [
+            [
+                r["model"],
+                f"{r['subnets'][0]} ↔ {r['subnets'][1]}",
+                r["batch"],
+                r["alternating"]["median_ms"],
+                (r["same_a"]["median_ms"] + r["same_b"]["median_ms"]) / 2,
+                r["ratio"],
+                r["weight_bytes_copied"],
+            ]
+            for r in rows
+        ],
+    )
     write_results(args.out, "switching", {"rows": rows}, table, args.command)
     return {"rows": rows, "table": table}

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from elastic.builders.stitched import StitchedNet
 from elastic.model import ElasticModel
-from elastic.stitched import StitchedNet
 from elastic.subnet import Subnet
 
 

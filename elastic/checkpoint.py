@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from elastic.errors import CheckpointError
-from elastic.model import BUILDERS, ElasticModel
+from elastic.model import BUILDERS, ElasticModel, builder_class
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load(path: str | Path, builder: str | type[ElasticModel] | None = None,
-         map_location: str | torch.device = "cpu") -> ElasticModel:
+def load(
+    path: str | Path, builder: str | type[ElasticModel] | None = None, map_location: str | torch.device = "cpu"
+) -> ElasticModel:
     """Rebuild a saved model without network access.
 
     Args:
@@ -124,21 +125,24 @@ def load(path: str | Path, builder: str | type[ElasticModel] | None = None,
     expected = builder if isinstance(builder, str) or builder is None else builder.builder
     if expected is not None and name != expected:
         raise CheckpointError(f"{path} holds a {name}, not a {expected}")
-    if name not in BUILDERS:
+    cls = builder_class(name) if isinstance(name, str) else None
+    if cls is None:
         raise CheckpointError(f"{path} holds unknown builder {name!r}; known: {', '.join(sorted(BUILDERS))}")
     weights = path / manifest.get("weights", WEIGHTS)
     if not weights.is_file():
         raise CheckpointError(f"{path} has no {weights.name}")
     digest = sha256_file(weights)
     if digest != manifest["weights_sha256"]:
-        raise CheckpointError(f"{weights} does not match its manifest (sha256 {digest[:12]}…, "
-                              f"expected {manifest['weights_sha256'][:12]}…): truncated or modified")
+        raise CheckpointError(
+            f"{weights} does not match its manifest (sha256 {digest[:12]}…, "
+            f"expected {manifest['weights_sha256'][:12]}…): truncated or modified"
+        )
     try:
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} cannot be read: {e}") from e
     try:
-        model = BUILDERS[name].from_config(manifest["anchors"], manifest["config"])
+        model = cls.from_config(manifest["anchors"], manifest["config"])
     except Exception as e:
         raise CheckpointError(f"cannot rebuild {name} from {path / MANIFEST}: {e}") from e
     try:

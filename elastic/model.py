@@ -9,6 +9,8 @@ Builders register by name so `elastic.load` can rebuild any of them from a manif
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -26,6 +28,17 @@ def register_builder(cls: type[ElasticModel]) -> type[ElasticModel]:
     """Class decorator: make a builder loadable by its class name."""
     BUILDERS[cls.__name__] = cls
     return cls
+
+
+def builder_class(name: str) -> type[ElasticModel] | None:
+    """The registered builder called `name`, importing the modules of `elastic.builders`
+    (where every builder registers itself) on first need; None if there is none."""
+    if name not in BUILDERS:
+        import elastic.builders
+
+        for info in pkgutil.iter_modules(elastic.builders.__path__, "elastic.builders."):
+            importlib.import_module(info.name)
+    return BUILDERS.get(name)
 
 
 class ElasticModel(nn.Module):

@@ -30,8 +30,7 @@ class Subnet:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Subnet:
-        return cls(**{k: d[k] for k in ("id", "kind", "description", "flops", "params")},
-                   accuracy=d.get("accuracy"))
+        return cls(**{k: d[k] for k in ("id", "kind", "description", "flops", "params")}, accuracy=d.get("accuracy"))
 
 
 def pareto(

@@ -39,8 +39,10 @@ def requested_backend(backend: str | None = None) -> str:
     """The backend asked for: `backend` if given, else env ELASTIC_KERNELS, else "auto"."""
     mode = (backend if backend is not None else os.environ.get(ENV_VAR, "auto")).lower()
     if mode not in BACKENDS:
-        raise ValueError(f"kernel backend must be one of {BACKENDS}, not {mode!r} "
-                         f"(from {'the backend argument' if backend is not None else ENV_VAR})")
+        raise ValueError(
+            f"kernel backend must be one of {BACKENDS}, not {mode!r} "
+            f"(from {'the backend argument' if backend is not None else ENV_VAR})"
+        )
     return mode
 
 
@@ -89,8 +91,7 @@ def _why_not_triton(x: torch.Tensor, tensors: tuple[torch.Tensor | None, ...]) -
         return f"dtype {x.dtype} (the kernel takes fp32, fp16, bf16)"
     for t in tensors:
         if t is not None and (t.dtype != x.dtype or t.device != x.device):
-            return (f"mixed dtypes or devices ({t.dtype} on {t.device} "
-                    f"with x {x.dtype} on {x.device})")
+            return f"mixed dtypes or devices ({t.dtype} on {t.device} with x {x.dtype} on {x.device})"
     return triton_import_error()
 
 
@@ -196,7 +197,5 @@ def stitch_linear_layernorm(
     check_lora(lora_a, lora_b)
     cast = _autocast(x, weight, bias, lora_a, lora_b)
     if use_triton(*cast, backend=backend):
-        return ops.stitch_linear_layernorm_op(*cast, float(lora_scale), ln_weight, ln_bias,
-                                              float(eps))
-    return stitch_linear_layernorm_ref(x, weight, bias, lora_a, lora_b, lora_scale,
-                                       ln_weight, ln_bias, eps)
+        return ops.stitch_linear_layernorm_op(*cast, float(lora_scale), ln_weight, ln_bias, float(eps))
+    return stitch_linear_layernorm_ref(x, weight, bias, lora_a, lora_b, lora_scale, ln_weight, ln_bias, eps)

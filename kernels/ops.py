@@ -74,8 +74,9 @@ def stitch_linear_layernorm_op(
         x: (..., C_in), weight: (C_out, C_in), bias / ln_weight / ln_bias: (C_out,),
         lora_a: (r, C_in), lora_b: (C_out, r) -> ((..., C_out), (..., C_out))
     """
-    return _launch(x, weight, bias, lora_a, lora_b, lora_scale, layernorm=True,
-                   ln_weight=ln_weight, ln_bias=ln_bias, eps=eps)
+    return _launch(
+        x, weight, bias, lora_a, lora_b, lora_scale, layernorm=True, ln_weight=ln_weight, ln_bias=ln_bias, eps=eps
+    )
 
 
 @stitch_linear_layernorm_op.register_fake
@@ -147,8 +148,7 @@ def _layernorm_backward(ctx, grad_y, grad_ln):
     if grad_ln is not None:
         _, mean, rstd = torch.ops.aten.native_layer_norm(y, n, ln_weight, ln_bias, ctx.eps)
         mask = [True, ln_weight is not None and needs[6], ln_bias is not None and needs[7]]
-        dy, dlnw, dlnb = torch.ops.aten.native_layer_norm_backward(
-            grad_ln, y, n, mean, rstd, ln_weight, ln_bias, mask)
+        dy, dlnw, dlnb = torch.ops.aten.native_layer_norm_backward(grad_ln, y, n, mean, rstd, ln_weight, ln_bias, mask)
         grad = dy if grad is None else grad + dy
     if grad is None:
         grad = torch.zeros_like(y)
@@ -174,12 +174,14 @@ def _flops(x_shape, w_shape, lora_a_shape) -> int:
 
 
 @register_flop_formula(torch.ops.elastic.stitch_linear)
-def _stitch_linear_flop(x_shape, w_shape, bias_shape, lora_a_shape, lora_b_shape, *args,
-                        out_shape=None, **kwargs) -> int:
+def _stitch_linear_flop(
+    x_shape, w_shape, bias_shape, lora_a_shape, lora_b_shape, *args, out_shape=None, **kwargs
+) -> int:
     return _flops(x_shape, w_shape, lora_a_shape if lora_b_shape is not None else None)
 
 
 @register_flop_formula(torch.ops.elastic.stitch_linear_layernorm)
-def _stitch_linear_layernorm_flop(x_shape, w_shape, bias_shape, lora_a_shape, lora_b_shape, *args,
-                                  out_shape=None, **kwargs) -> int:
+def _stitch_linear_layernorm_flop(
+    x_shape, w_shape, bias_shape, lora_a_shape, lora_b_shape, *args, out_shape=None, **kwargs
+) -> int:
     return _flops(x_shape, w_shape, lora_a_shape if lora_b_shape is not None else None)

@@ -42,13 +42,13 @@ LN_MAX_BLOCK_N = 2048  # widest C_out (rounded up to a power of two) fused with 
 
 
 def _cfg(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                         num_warps=warps, num_stages=stages)
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps, num_stages=stages
+    )
 
 
 def _ln_cfg(bm: int, bk: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "GROUP_M": 1},
-                         num_warps=warps, num_stages=stages)
+    return triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "GROUP_M": 1}, num_warps=warps, num_stages=stages)
 
 
 GPU_LINEAR_CONFIGS = [
@@ -106,17 +106,34 @@ def _stitch_linear_kernel(
     lnw_ptr,  # (N,) LayerNorm weight, contiguous; unused unless FUSE_LN and HAS_LN_W
     lnb_ptr,  # (N,) LayerNorm bias, contiguous; unused unless FUSE_LN and HAS_LN_B
     ln_ptr,  # (M, N) LayerNorm output, contiguous; unused unless FUSE_LN
-    M, N, K, R, P,
-    stride_xb, stride_xp, stride_xk,
-    stride_wn, stride_wk,
-    stride_ar, stride_ak,
-    stride_lbn, stride_lbr,
-    lora_scale, eps,
+    M,
+    N,
+    K,
+    R,
+    P,
+    stride_xb,
+    stride_xp,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_ar,
+    stride_ak,
+    stride_lbn,
+    stride_lbr,
+    lora_scale,
+    eps,
     M_KEY,  # power-of-two bucket of M, only an autotune key
-    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, FUSE_LN: tl.constexpr,
-    HAS_LN_W: tl.constexpr, HAS_LN_B: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, R_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_LORA: tl.constexpr,
+    FUSE_LN: tl.constexpr,
+    HAS_LN_W: tl.constexpr,
+    HAS_LN_B: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    R_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     # Grouped tile order: GROUP_M row tiles share each weight tile while it sits in L2.
     pid = tl.program_id(0)
@@ -185,12 +202,12 @@ def _stitch_linear_kernel(
 
 
 _TUNE_KEY = ["M_KEY", "N", "K", "HAS_LORA", "R_PAD"]  # the autotuner adds the dtypes
-_linear_tuned = triton.autotune(configs=LINEAR_CONFIGS, key=_TUNE_KEY,
-                                prune_configs_by={"early_config_prune": _prune_linear_configs})(
-    _stitch_linear_kernel)
-_layernorm_tuned = triton.autotune(configs=LN_CONFIGS, key=_TUNE_KEY,
-                                   prune_configs_by={"early_config_prune": _prune_ln_configs})(
-    _stitch_linear_kernel)
+_linear_tuned = triton.autotune(
+    configs=LINEAR_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_linear_configs}
+)(_stitch_linear_kernel)
+_layernorm_tuned = triton.autotune(
+    configs=LN_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_ln_configs}
+)(_stitch_linear_kernel)
 
 
 def _as_rows(x: torch.Tensor) -> torch.Tensor:
@@ -201,19 +218,19 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, k)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor,
-           *others: tuple[str, torch.Tensor | None, tuple[int, ...]]) -> None:
+def _check(x: torch.Tensor, weight: torch.Tensor, *others: tuple[str, torch.Tensor | None, tuple[int, ...]]) -> None:
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"stitch_linear kernel: x must be fp32, fp16 or bf16, not {x.dtype}")
     if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"stitch_linear kernel: weight {tuple(weight.shape)} does not map "
-                         f"x (..., {x.shape[-1]}) (expected (C_out, {x.shape[-1]}))")
+        raise ValueError(
+            f"stitch_linear kernel: weight {tuple(weight.shape)} does not map "
+            f"x (..., {x.shape[-1]}) (expected (C_out, {x.shape[-1]}))"
+        )
     for name, t, shape in (("weight", weight, tuple(weight.shape)), *others):
         if t is None:
             continue
         if tuple(t.shape) != shape:
-            raise ValueError(f"stitch_linear kernel: {name} has shape {tuple(t.shape)}, "
-                             f"expected {shape}")
+            raise ValueError(f"stitch_linear kernel: {name} has shape {tuple(t.shape)}, expected {shape}")
         if t.device != x.device:
             raise ValueError(f"stitch_linear kernel: {name} is on {t.device}, x on {x.device}")
         if name != "ln_weight" and name != "ln_bias" and t.dtype != x.dtype:
@@ -245,9 +262,15 @@ def stitch_linear_triton(
     n, k = weight.shape[0], x.shape[-1]
     has_lora = lora_a is not None and lora_b is not None
     r = lora_a.shape[0] if has_lora else 0
-    _check(x, weight, ("bias", bias, (n,)), ("lora_a", lora_a, (r, k)), ("lora_b", lora_b, (n, r)),
-           ("ln_weight", ln_weight if layernorm else None, (n,)),
-           ("ln_bias", ln_bias if layernorm else None, (n,)))
+    _check(
+        x,
+        weight,
+        ("bias", bias, (n,)),
+        ("lora_a", lora_a, (r, k)),
+        ("lora_b", lora_b, (n, r)),
+        ("ln_weight", ln_weight if layernorm else None, (n,)),
+        ("ln_bias", ln_bias if layernorm else None, (n,)),
+    )
     out_shape = (*x.shape[:-1], n)
     y = torch.empty(out_shape, device=x.device, dtype=x.dtype)
     ln_y = torch.empty_like(y) if layernorm else None
@@ -266,22 +289,32 @@ def stitch_linear_triton(
     fp32_ieee = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     bias_c = bias.contiguous() if bias is not None else None
     block_n = triton.next_power_of_2(n)
-    fuse_ln = (layernorm and block_n <= LN_MAX_BLOCK_N
-               and any(_fits(c, block_n, x.element_size()) for c in LN_CONFIGS))
+    fuse_ln = layernorm and block_n <= LN_MAX_BLOCK_N and any(_fits(c, block_n, x.element_size()) for c in LN_CONFIGS)
     ln_w = ln_weight.contiguous() if fuse_ln and ln_weight is not None else None
     ln_b = ln_bias.contiguous() if fuse_ln and ln_bias is not None else None
     common = dict(
-        M=m, N=n, K=k, R=r, P=x3.shape[1],
-        stride_xb=x3.stride(0), stride_xp=x3.stride(1), stride_xk=x3.stride(2),
-        stride_wn=weight.stride(0), stride_wk=weight.stride(1),
+        M=m,
+        N=n,
+        K=k,
+        R=r,
+        P=x3.shape[1],
+        stride_xb=x3.stride(0),
+        stride_xp=x3.stride(1),
+        stride_xk=x3.stride(2),
+        stride_wn=weight.stride(0),
+        stride_wk=weight.stride(1),
         stride_ar=lora_a.stride(0) if has_lora else 0,
         stride_ak=lora_a.stride(1) if has_lora else 0,
         stride_lbn=lora_b.stride(0) if has_lora else 0,
         stride_lbr=lora_b.stride(1) if has_lora else 0,
-        lora_scale=float(lora_scale), eps=float(eps),
+        lora_scale=float(lora_scale),
+        eps=float(eps),
         M_KEY=min(triton.next_power_of_2(m), 1 << 16),
-        HAS_BIAS=bias is not None, HAS_LORA=has_lora, FUSE_LN=fuse_ln,
-        HAS_LN_W=ln_w is not None, HAS_LN_B=ln_b is not None,
+        HAS_BIAS=bias is not None,
+        HAS_LORA=has_lora,
+        FUSE_LN=fuse_ln,
+        HAS_LN_W=ln_w is not None,
+        HAS_LN_B=ln_b is not None,
         INPUT_PRECISION="ieee" if fp32_ieee else "tf32",
         R_PAD=max(16, triton.next_power_of_2(r)),
     )

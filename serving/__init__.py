@@ -11,25 +11,46 @@ Pieces: `LatencyProfile` (profile.py) and `measure_latency` (profiler.py);
 `BudgetScheduler` (scheduler.py) behind `SchedulerInterface` (interface.py), emitting
 `SchedulerOutput` (output.py); policies `elastic`, `slackfit`, `static:<id>`
 (policies.py); `Runtime` (runtime.py); `ServingMetrics` (metrics.py) with the Grafana
-dashboard in dashboards/elastic.json (`dashboard_path()`); `replay` (replay.py).
+dashboard in dashboards/elastic.json (`dashboard_path()`); `replay` (loadgen.py).
+
 The scheduler side (scheduler, policies, profile, predictor, request, output) never
-imports torch.
+imports torch, and neither does this package: its names are resolved lazily (PEP 562), so
+`import elastic.serving.scheduler` stays pure Python.
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-from .capacity import ServedCapacity, budget_range, served_capacity
-from .interface import SchedulerInterface
-from .metrics import ServingMetrics
-from .output import ScheduledBatch, SchedulerOutput, ShedRequest
-from .policies import Decision, ElasticPolicy, Policy, SlackFitPolicy, StaticPolicy, make_policy
-from .predictor import LatencyPredictor
-from .profile import LatencyProfile, profile_path
-from .profiler import measure_latency
-from .replay import replay, replay_schedule
-from .request import Request, Result
-from .runtime import Runtime
-from .scheduler import BudgetScheduler
+import importlib
+from pathlib import Path
+from typing import Any
+
+# public name -> module (relative to this package) that defines it
+_LAZY = {
+    "BudgetScheduler": "scheduler",
+    "Decision": "policies",
+    "ElasticPolicy": "policies",
+    "Policy": "policies",
+    "SlackFitPolicy": "policies",
+    "StaticPolicy": "policies",
+    "make_policy": "policies",
+    "LatencyPredictor": "predictor",
+    "LatencyProfile": "profile",
+    "profile_path": "profile",
+    "Request": "request",
+    "Result": "request",
+    "ScheduledBatch": "output",
+    "SchedulerOutput": "output",
+    "ShedRequest": "output",
+    "SchedulerInterface": "interface",
+    "ServingMetrics": "metrics",
+    "measure_latency": "profiler",
+    "Runtime": "runtime",
+    "ServedCapacity": "capacity",
+    "served_capacity": "capacity",
+    "budget_range": "capacity",
+    "replay": "loadgen",
+    "replay_schedule": "loadgen",
+}
 
 
 def dashboard_path() -> Path:
@@ -37,30 +58,17 @@ def dashboard_path() -> Path:
     return Path(__file__).parent / "dashboards" / "elastic.json"
 
 
-__all__ = [
-    "BudgetScheduler",
-    "Decision",
-    "ElasticPolicy",
-    "LatencyPredictor",
-    "LatencyProfile",
-    "Policy",
-    "Request",
-    "Result",
-    "Runtime",
-    "ScheduledBatch",
-    "SchedulerInterface",
-    "SchedulerOutput",
-    "ServingMetrics",
-    "ShedRequest",
-    "SlackFitPolicy",
-    "StaticPolicy",
-    "dashboard_path",
-    "make_policy",
-    "measure_latency",
-    "profile_path",
-    "ServedCapacity",
-    "served_capacity",
-    "budget_range",
-    "replay",
-    "replay_schedule",
-]
+__all__ = ["dashboard_path", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -32,15 +32,24 @@ class ServedCapacity:
     mean_batch: float  # batch size the runtime formed under the burst
 
 
-def served_capacity(model: ElasticModel, example: torch.Tensor, subnet: int, profile: LatencyProfile,
-                    max_batch_size: int = 8, burst: int = 256, singles: int = 30) -> ServedCapacity:
+def served_capacity(
+    model: ElasticModel,
+    example: torch.Tensor,
+    subnet: int,
+    profile: LatencyProfile,
+    max_batch_size: int = 8,
+    burst: int = 256,
+    singles: int = 30,
+) -> ServedCapacity:
     """Measure `subnet`'s served throughput (a burst of `burst` requests) and batch-1 latency.
 
     Shape:
         example: (C, H, W), one sample.
     """
-    with torch.inference_mode(), Runtime(model, max_batch_size=max_batch_size, policy=f"static:{subnet}",
-                                         profile=profile) as rt:
+    with (
+        torch.inference_mode(),
+        Runtime(model, max_batch_size=max_batch_size, policy=f"static:{subnet}", profile=profile) as rt,
+    ):
         for _ in range(5):
             rt.infer(example, math.inf)
         single = []
@@ -50,8 +59,9 @@ def served_capacity(model: ElasticModel, example: torch.Tensor, subnet: int, pro
         futures = [rt.submit(example, math.inf) for _ in range(burst)]
         results = [f.result() for f in futures]
         elapsed = time.perf_counter() - t0
-    return ServedCapacity(subnet, burst / elapsed, statistics.median(single),
-                          statistics.fmean(r.batch_size for r in results))
+    return ServedCapacity(
+        subnet, burst / elapsed, statistics.median(single), statistics.fmean(r.batch_size for r in results)
+    )
 
 
 def budget_range(fastest: ServedCapacity, largest: ServedCapacity, max_batch_size: int = 8) -> tuple[float, float]:

@@ -18,9 +18,19 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def tiny_vit_specs(widths=(32, 64, 128), depth=4, img=32, in_chans=3, classes=10, patch=8):
     """(timm name, kwargs, label) for a family of tiny ViTs, widths ×2 apart like DeiT Ti/S/B."""
     return [
-        ("vit_tiny_patch16_224",
-         dict(embed_dim=w, num_heads=max(1, w // 32), depth=depth, img_size=img, patch_size=patch,
-              in_chans=in_chans, num_classes=classes), f"vit-w{w}")
+        (
+            "vit_tiny_patch16_224",
+            dict(
+                embed_dim=w,
+                num_heads=max(1, w // 32),
+                depth=depth,
+                img_size=img,
+                patch_size=patch,
+                in_chans=in_chans,
+                num_classes=classes,
+            ),
+            f"vit-w{w}",
+        )
         for w in widths
     ]
 

@@ -67,9 +67,20 @@ def _corrupt(saved, how):
     return saved
 
 
-@pytest.mark.parametrize("how", ["missing dir", "missing manifest", "missing weights", "truncated weights",
-                                 "flipped byte", "bad json", "unknown builder", "truncated, hash updated",
-                                 "wrong config"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "missing dir",
+        "missing manifest",
+        "missing weights",
+        "truncated weights",
+        "flipped byte",
+        "bad json",
+        "unknown builder",
+        "truncated, hash updated",
+        "wrong config",
+    ],
+)
 def test_bad_checkpoints_raise_checkpoint_error(saved, how):
     with pytest.raises(CheckpointError):
         elastic.load(_corrupt(saved, how))
@@ -92,11 +103,13 @@ def test_models_without_specs_cannot_be_saved(tmp_path):
 
 
 def test_cli_info_prints_the_table(saved):
-    out = subprocess.run([sys.executable, "-m", "elastic.cli", "info", str(saved)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "elastic.cli", "info", str(saved)], capture_output=True, text=True, check=True
+    ).stdout
     assert "23 subnets" in out
     assert "vit-w32[0:1] -> vit-w64[1:4]" in out
     assert "62.50" in out
-    bad = subprocess.run([sys.executable, "-m", "elastic.cli", "info", str(saved / "x")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "elastic.cli", "info", str(saved / "x")], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "error:" in bad.stderr

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     suites = SUITES if args.suite == "all" else [args.suite]
     argv = sys.argv[1:]
-    options = argv[argv.index(args.suite) + 1:] if args.suite in argv else []
+    options = argv[argv.index(args.suite) + 1 :] if args.suite in argv else []
     for suite in suites:
         args.command = "elastic bench " + shlex.join([suite, *options])
         t0 = time.perf_counter()

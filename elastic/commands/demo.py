@@ -1,6 +1,6 @@
 """`elastic demo`: the main job on real data — train anchors on Fashion-MNIST, stitch, report.
 
-Runs `elastic.demo.run_demo` (SN-Net, Pan et al., CVPR 2023, over a timm ViT family it
+Runs `elastic.demo.pipeline.run_demo` (SN-Net, Pan et al., CVPR 2023, over a timm ViT family it
 trains itself) and prints the subnet table; the files land in `--out`.
 """
 
@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elastic.demo import DemoConfig, run_demo
-    from elastic.report import format_table, summary_lines
+    from elastic.demo.pipeline import DemoConfig, run_demo
+    from elastic.demo.report import format_table, summary_lines
 
     overrides = {"seed": args.seed}
     if args.epochs is not None:

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from elastic.checkpoint import atomic_write_json, load
-    from elastic.data import fashion_mnist
+    from elastic.demo.data import fashion_mnist
     from elastic.serving import Runtime, profile_path, replay
 
     model = load(args.model, map_location=args.device)

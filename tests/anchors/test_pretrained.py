@@ -40,8 +40,11 @@ def test_family_takes_a_path_per_anchor(tmp_path, source_model):
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in source_model.state_dict().items()}, str(path))
     family = AnchorFamily.from_timm(
-        ["vit_tiny_patch16_224", "vit_small_patch16_224"], pretrained={"vit_tiny_patch16_224": path},
-        num_classes=10, **KW)
+        ["vit_tiny_patch16_224", "vit_small_patch16_224"],
+        pretrained={"vit_tiny_patch16_224": path},
+        num_classes=10,
+        **KW,
+    )
     assert torch.equal(family[0].model.blocks[0].attn.qkv.weight, source_model.blocks[0].attn.qkv.weight)
 
 

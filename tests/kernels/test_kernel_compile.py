@@ -77,9 +77,14 @@ def _stitched_id(net):
 def tiny_stitched():
     """Two tiny ViT anchors (widths 32, 64; depth 2), stitched; built once for this module."""
     torch.manual_seed(0)
-    specs = [("vit_tiny_patch16_224", dict(embed_dim=w, num_heads=w // 32, depth=2, img_size=32,
-                                           patch_size=8, num_classes=10), f"vit-w{w}")
-             for w in (32, 64)]
+    specs = [
+        (
+            "vit_tiny_patch16_224",
+            dict(embed_dim=w, num_heads=w // 32, depth=2, img_size=32, patch_size=8, num_classes=10),
+            f"vit-w{w}",
+        )
+        for w in (32, 64)
+    ]
     net = elastic.StitchedNet(elastic.anchors.AnchorFamily.from_timm(specs)).eval()
     net.init_stitches(torch.randn(8, 3, 32, 32))
     return net

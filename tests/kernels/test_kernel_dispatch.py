@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from elastic import kernels
-from elastic.stitch_layer import StitchLayer
+from elastic.builders.stitch_layer import StitchLayer
 
 dispatch = kernels.dispatch
 stitch_linear, stitch_linear_layernorm = kernels.stitch_linear, kernels.stitch_linear_layernorm
@@ -23,20 +23,17 @@ def fresh(monkeypatch):
     calls = []
     for name in ("stitch_linear_op", "stitch_linear_layernorm_op"):
         real = getattr(dispatch.ops, name)
-        monkeypatch.setattr(dispatch.ops, name,
-                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+        monkeypatch.setattr(dispatch.ops, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     return calls
 
 
 def operands():
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(7, 24, generator=g), torch.randn(40, 24, generator=g),
-            torch.randn(40, generator=g))
+    return (torch.randn(7, 24, generator=g), torch.randn(40, 24, generator=g), torch.randn(40, generator=g))
 
 
 def reference_records(caplog):
-    return [r for r in caplog.records
-            if r.name == dispatch.__name__ and "torch reference" in r.getMessage()]
+    return [r for r in caplog.records if r.name == dispatch.__name__ and "torch reference" in r.getMessage()]
 
 
 def test_cpu_tensor_falls_back_to_reference_logged_once(fresh, caplog):

@@ -18,8 +18,13 @@ def test_interpret_smoke_writes_json(tmp_path):
     out = tmp_path / "kernels.json"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     env.pop("ELASTIC_KERNELS", None)
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--interpret-smoke", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--interpret-smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["mode"] == "interpret-smoke" and result["all_correct"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from elastic import kernels
-from elastic.stitch_layer import StitchLayer
+from elastic.builders.stitch_layer import StitchLayer
 
 stitch_linear, stitch_linear_layernorm = kernels.stitch_linear, kernels.stitch_linear_layernorm
 stitch_linear_ref = kernels.stitch_linear_ref
@@ -29,11 +29,11 @@ def make_operands(rows, c_in, c_out, variant, dtype=torch.float32, device="cpu",
     def leaf(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(device, dtype).requires_grad_()
 
-    kw = dict(x=leaf(rows, c_in), weight=leaf(c_out, c_in, scale=c_in ** -0.5))
+    kw = dict(x=leaf(rows, c_in), weight=leaf(c_out, c_in, scale=c_in**-0.5))
     if variant != "plain" and variant != "layernorm-plain":
         kw["bias"] = leaf(c_out, scale=0.1)
     if variant == "lora":
-        kw.update(lora_a=leaf(3, c_in, scale=c_in ** -0.5), lora_b=leaf(c_out, 3), lora_scale=0.5)
+        kw.update(lora_a=leaf(3, c_in, scale=c_in**-0.5), lora_b=leaf(c_out, 3), lora_scale=0.5)
     if variant == "layernorm":
         kw.update(ln_weight=leaf(c_out), ln_bias=leaf(c_out), eps=1e-5)
     return kw
@@ -65,10 +65,10 @@ def assert_matches(kw, variant, atol=1e-5, rtol=1e-4):
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
-    for name, a, b in zip([k for k, v in kw.items() if torch.is_tensor(v)],
-                          grads(got, leaves), grads(want, leaves), strict=True):
-        torch.testing.assert_close(a, b, atol=atol * 10, rtol=rtol * 10,
-                                   msg=lambda m, n=name: f"d{n}: {m}")
+    for name, a, b in zip(
+        [k for k, v in kw.items() if torch.is_tensor(v)], grads(got, leaves), grads(want, leaves), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=atol * 10, rtol=rtol * 10, msg=lambda m, n=name: f"d{n}: {m}")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -143,13 +143,17 @@ def test_conv_stitch_nchw_through_stitch_layer(monkeypatch, lora_rank):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
-GPU_DTYPES = [(torch.float32, 1e-4, 1e-4), (torch.float16, 2e-3, 2e-3),
-              (torch.bfloat16, 2e-2, 2e-2)]
+GPU_DTYPES = [(torch.float32, 1e-4, 1e-4), (torch.float16, 2e-3, 2e-3), (torch.bfloat16, 2e-2, 2e-2)]
 
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
-GPU_SKIP = ("needs a CUDA device" if not torch.cuda.is_available()
-            else "compiled Triton needs TRITON_INTERPRET=0" if INTERPRETER else None)
+GPU_SKIP = (
+    "needs a CUDA device"
+    if not torch.cuda.is_available()
+    else "compiled Triton needs TRITON_INTERPRET=0"
+    if INTERPRETER
+    else None
+)
 
 
 @pytest.mark.gpu

@@ -69,7 +69,7 @@ def test_replay_validates_its_arguments(served_model, served_profile):
 
 
 def test_serve_demo_command_adds_serving_to_the_report(served_model, tmp_path, monkeypatch, capsys):
-    """`elastic serve-demo` with `elastic.data.fashion_mnist` replaced by synthetic images."""
+    """`elastic serve-demo` with `elastic.demo.data.fashion_mnist` replaced by synthetic images."""
     import elastic
     from elastic.commands import serve_demo
 
@@ -82,7 +82,7 @@ def test_serve_demo_command_adds_serving_to_the_report(served_model, tmp_path, m
         calls.append((root, split))
         return images, labels
 
-    monkeypatch.setitem(sys.modules, "elastic.data", types.SimpleNamespace(fashion_mnist=fashion_mnist))
+    monkeypatch.setitem(sys.modules, "elastic.demo.data", types.SimpleNamespace(fashion_mnist=fashion_mnist))
     report_path = tmp_path / "report.json"
     report_path.write_text(json.dumps({"train": {"epochs": 1}}))
 

@@ -38,16 +38,16 @@ from typing import Any
 import torch
 
 from elastic.anchors import AnchorFamily
+from elastic.builders.stitched import StitchedNet
 from elastic.checkpoint import atomic_write_json, save
-from elastic.data import fashion_mnist, fingerprint
+from elastic.demo.data import fashion_mnist, fingerprint
+from elastic.demo.evaluate import accuracy, evaluate_subnets
+from elastic.demo.latency import measure_latency
+from elastic.demo.plot import plot_pareto
+from elastic.demo.report import interpolation, latency_fronts, subnet_rows, summary_lines, write_report
+from elastic.demo.train import FitConfig, fit
 from elastic.errors import CheckpointError
-from elastic.evaluate import accuracy, evaluate_subnets
-from elastic.latency import measure_latency
-from elastic.plot import plot_pareto
-from elastic.report import interpolation, latency_fronts, subnet_rows, summary_lines, write_report
-from elastic.stitched import StitchedNet
 from elastic.subnet import pareto
-from elastic.train import FitConfig, fit
 
 log = logging.getLogger(__name__)
 

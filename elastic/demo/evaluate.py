@@ -71,7 +71,7 @@ def evaluate_subnets(
     Shape:
         images: (N, C, H, W), labels: (N,)
     """
-    from elastic.stitched import StitchedNet
+    from elastic.builders.stitched import StitchedNet
 
     was_training = model.training
     model.eval()

@@ -1,4 +1,4 @@
-"""Replay a labelled image stream through a `Runtime` and score it: the serving demo stage.
+"""Open-loop load generation: replay a labelled image stream through a `Runtime` and score it.
 
 An open-loop load generator, as in the evaluations of Clockwork (OSDI'20) and SuperServe
 (NSDI'25): requests arrive as a Poisson process at `rate_per_s` whether or not earlier ones
@@ -78,10 +78,21 @@ def replay(
         t += rng.expovariate(rate_per_s) if math.isfinite(rate_per_s) else 0.0
         arrivals.append(t)
     budgets = [float(rng.choice(list(budgets_ms))) for _ in range(n)]
-    report = replay_schedule(runtime, images, labels, arrivals, budgets, min_accuracy=min_accuracy,
-                             best_effort=best_effort, timeout_s=timeout_s)
-    report.update(offered_rate_per_s=rate_per_s if math.isfinite(rate_per_s) else None,
-                  budgets_ms=sorted(float(b) for b in budgets_ms), seed=seed)
+    report = replay_schedule(
+        runtime,
+        images,
+        labels,
+        arrivals,
+        budgets,
+        min_accuracy=min_accuracy,
+        best_effort=best_effort,
+        timeout_s=timeout_s,
+    )
+    report.update(
+        offered_rate_per_s=rate_per_s if math.isfinite(rate_per_s) else None,
+        budgets_ms=sorted(float(b) for b in budgets_ms),
+        seed=seed,
+    )
     return report
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from elastic import StitchedNet, Subnet, pareto
+from elastic.builders.stitch_layer import flatten_channels
+from elastic.builders.stitched import stitch_error
 from elastic.errors import InvalidInput, UnknownSubnet
-from elastic.stitch_layer import flatten_channels
-from elastic.stitched import stitch_error
 
 
 def _held_out_error(net, images):
@@ -50,14 +50,17 @@ def test_subnet_costs_are_consistent(tiny_stitched):
     assert max(s.params for s in subnets) < total
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.randn(2, 3, 16, 16), "shape"),
-    (torch.randn(3, 32, 32), "shape"),
-    (torch.zeros(0, 3, 32, 32), "shape"),
-    (torch.ones(2, 3, 32, 32, dtype=torch.int64), "floating"),
-    (torch.full((2, 3, 32, 32), float("nan")), "NaN"),
-    ([[1.0]], "Tensor"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.randn(2, 3, 16, 16), "shape"),
+        (torch.randn(3, 32, 32), "shape"),
+        (torch.zeros(0, 3, 32, 32), "shape"),
+        (torch.ones(2, 3, 32, 32, dtype=torch.int64), "floating"),
+        (torch.full((2, 3, 32, 32), float("nan")), "NaN"),
+        ([[1.0]], "Tensor"),
+    ],
+)
 def test_bad_inputs_raise_invalid_input(tiny_stitched, bad, match):
     with pytest.raises(InvalidInput, match=match):
         tiny_stitched(bad, subnet=0)
@@ -77,9 +80,14 @@ def test_subnet_from_another_model_is_rejected(tiny_stitched):
 
 
 def test_pareto_keeps_the_non_dominated():
-    subnets = [Subnet(0, "anchor", "a", 10, 1, 0.5), Subnet(1, "anchor", "b", 30, 1, 0.9),
-               Subnet(2, "stitch", "c", 20, 1, 0.7), Subnet(3, "stitch", "d", 25, 1, 0.6),
-               Subnet(4, "stitch", "e", 20, 1, 0.65), Subnet(5, "stitch", "f", 5, 1, None)]
+    subnets = [
+        Subnet(0, "anchor", "a", 10, 1, 0.5),
+        Subnet(1, "anchor", "b", 30, 1, 0.9),
+        Subnet(2, "stitch", "c", 20, 1, 0.7),
+        Subnet(3, "stitch", "d", 25, 1, 0.6),
+        Subnet(4, "stitch", "e", 20, 1, 0.65),
+        Subnet(5, "stitch", "f", 5, 1, None),
+    ]
     assert pareto(subnets) == [0, 2, 1]
     assert pareto(subnets, key=lambda s: -s.flops) == [1]
 

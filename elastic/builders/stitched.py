@@ -2,7 +2,7 @@
 
 One set of weights — a family of pretrained anchors plus small stitching layers — holds
 many subnets: each anchor alone, and "front blocks of anchor a -> stitch -> back blocks of
-anchor b" for the block pairs of `elastic.stitch_plan`. Subnet ids: anchors first
+anchor b" for the block pairs of `elastic.builders.stitch_plan`. Subnet ids: anchors first
 (0..k-1, cheapest first), then the stitched paths in plan order.
 
 A stitched path starts with the front anchor's stem and ends with the back anchor's final
@@ -20,10 +20,10 @@ from torch import nn
 
 from elastic.anchors import AnchorFamily
 from elastic.anchors.cost import count_flops
+from elastic.builders.stitch_layer import StitchLayer, flatten_channels, least_squares
+from elastic.builders.stitch_plan import StitchPath, anchor_pairs, block_pairs
 from elastic.errors import CheckpointError
 from elastic.model import ElasticModel, register_builder
-from elastic.stitch_layer import StitchLayer, flatten_channels, least_squares
-from elastic.stitch_plan import StitchPath, anchor_pairs, block_pairs
 from elastic.subnet import Subnet
 
 log = logging.getLogger(__name__)
@@ -58,24 +58,32 @@ class StitchedNet(ElasticModel):
     ):
         super().__init__()
         self.family = family
-        self._config = dict(window=window, stride=stride, nearest=nearest, two_way=two_way,
-                            shared_stitches=shared_stitches, lora_rank=lora_rank)
+        self._config = dict(
+            window=window,
+            stride=stride,
+            nearest=nearest,
+            two_way=two_way,
+            shared_stitches=shared_stitches,
+            lora_rank=lora_rank,
+        )
         layout = family[0].feature_layout
         self.stitches = nn.ModuleDict()
         self.paths: list[StitchPath | None] = [None] * len(family)
         for front, back in anchor_pairs(len(family), nearest, two_way):
             fa, ba = family[front], family[back]
             f_shapes, b_shapes = family.costs[front].block_shapes, family.costs[back].block_shapes
-            windows = block_pairs([fa.stage(i) for i in range(fa.depth)],
-                                  [ba.stage(j) for j in range(ba.depth)], window, stride)
+            windows = block_pairs(
+                [fa.stage(i) for i in range(fa.depth)], [ba.stage(j) for j in range(ba.depth)], window, stride
+            )
             for w, pairs in enumerate(windows):
                 for i, j in pairs:
                     if _spatial(f_shapes[i], layout) != _spatial(b_shapes[j], layout):
                         continue  # different resolution: not stitchable
                     key = f"{front}to{back}_w{w}" if shared_stitches else f"{front}to{back}_{i}_{j}"
                     if key not in self.stitches:
-                        self.stitches[key] = StitchLayer(_channels(f_shapes[i], layout),
-                                                         _channels(b_shapes[j], layout), layout, lora_rank)
+                        self.stitches[key] = StitchLayer(
+                            _channels(f_shapes[i], layout), _channels(b_shapes[j], layout), layout, lora_rank
+                        )
                     self.paths.append(StitchPath(front, i, back, j, key))
 
     # ---- subnets -----------------------------------------------------------------------
@@ -91,10 +99,20 @@ class StitchedNet(ElasticModel):
             f, b = costs[path.front], costs[path.back]
             i, j = path.front_block, path.back_block
             layer = self.stitches[path.layer]
-            flops = (f.stem_flops + sum(f.block_flops[: i + 1]) + stitch_flops[path.layer]
-                     + sum(b.block_flops[j + 1:]) + b.head_flops)
-            params = (f.stem_params + sum(f.block_params[: i + 1]) + sum(p.numel() for p in layer.parameters())
-                      + sum(b.block_params[j + 1:]) + b.head_params)
+            flops = (
+                f.stem_flops
+                + sum(f.block_flops[: i + 1])
+                + stitch_flops[path.layer]
+                + sum(b.block_flops[j + 1 :])
+                + b.head_flops
+            )
+            params = (
+                f.stem_params
+                + sum(f.block_params[: i + 1])
+                + sum(p.numel() for p in layer.parameters())
+                + sum(b.block_params[j + 1 :])
+                + b.head_params
+            )
             fa, ba = self.family[path.front], self.family[path.back]
             desc = f"{fa.name}[0:{i + 1}] -> {ba.name}[{j + 1}:{ba.depth}]"
             subnets.append(Subnet(sid, "stitch", desc, flops, params))
@@ -164,8 +182,12 @@ class StitchedNet(ElasticModel):
             layer = self.stitches[key]
             layer.set_solution(weight.to(layer.weight.dtype), bias.to(layer.bias.dtype))
             errors[key] = sum(stitch_error(layer, a, b) for a, b in operands[key]) / len(sols)
-        log.info("initialised %d stitching layers by least squares on %d images; mean relative error %.4f",
-                 len(errors), images.shape[0], sum(errors.values()) / max(1, len(errors)))
+        log.info(
+            "initialised %d stitching layers by least squares on %d images; mean relative error %.4f",
+            len(errors),
+            images.shape[0],
+            sum(errors.values()) / max(1, len(errors)),
+        )
         return errors
 
     # ---- save / load -------------------------------------------------------------------
@@ -174,8 +196,10 @@ class StitchedNet(ElasticModel):
 
     def anchor_specs(self) -> list[dict[str, Any]]:
         if self.family.specs is None:
-            raise CheckpointError("anchors built from model objects cannot be rebuilt on load; "
-                                  "build them with AnchorFamily.from_timm(...) to save")
+            raise CheckpointError(
+                "anchors built from model objects cannot be rebuilt on load; "
+                "build them with AnchorFamily.from_timm(...) to save"
+            )
         return [s.to_dict() for s in self.family.specs]
 
     @classmethod

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from elastic.data import (
+from elastic.demo.data import (
     DEBIAN_ROOT,
     FILES,
     IMAGE_MAGIC,

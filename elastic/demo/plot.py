@@ -56,7 +56,7 @@ def plot_pareto(report: Mapping[str, Any], path: str | Path, batch_size: str = "
         fy = [100 * by_id[i].accuracy for i in front]
         ax.step(fx, fy, where="post", color="tab:green", lw=1.4, label="Pareto front")
         ax.scatter(fx, fy, s=22, color="tab:green", zorder=3)
-        if kind == "flops":  # the line `elastic.report.interpolation` measures against
+        if kind == "flops":  # the line `elastic.demo.report.interpolation` measures against
             ax.plot(
                 [cost(a) for a in anchors],
                 [100 * a.accuracy for a in anchors],

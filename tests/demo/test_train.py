@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from elastic.train import FitConfig, augment, distillation_loss, fit, param_groups, warmup_cosine
+from elastic.demo.train import FitConfig, augment, distillation_loss, fit, param_groups, warmup_cosine
 
 
 def _random_data(n=32, shape=(3, 32, 32), seed=0):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import elastic
-from elastic.data import DEBIAN_ROOT, fashion_mnist
+from elastic.demo.data import DEBIAN_ROOT, fashion_mnist
 
 pytestmark = pytest.mark.skipif(
     not (DEBIAN_ROOT / "t10k-labels-idx1-ubyte.gz").is_file(),
@@ -42,7 +42,7 @@ def _run_cli(argv):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """One tiny demo through the CLI code path (`--quick` swapped for the tiny config)."""
-    from elastic.demo import DemoConfig
+    from elastic.demo.pipeline import DemoConfig
 
     out = tmp_path_factory.mktemp("demo")
     cache = tmp_path_factory.mktemp("cache")
@@ -83,7 +83,7 @@ def test_accuracies_are_real_and_match_the_saved_model(demo_run):
     model = elastic.load(out / "model")
     x, y = fashion_mnist(split="test")
     x, y = x[:400], y[:400]
-    from elastic.evaluate import accuracy
+    from elastic.demo.evaluate import accuracy
 
     for s in report["subnets"][:3] + report["subnets"][-2:]:
         assert accuracy(model, x, y, subnet=s["id"]) == pytest.approx(s["accuracy"])
@@ -108,7 +108,7 @@ def test_info_reads_the_saved_model(demo_run, capsys):
 
 @pytest.mark.slow
 def test_anchor_cache_reloads_identical_weights(demo_run):
-    from elastic.demo import DemoConfig, load_anchors
+    from elastic.demo.pipeline import DemoConfig, load_anchors
 
     _, cache, report = demo_run
     cfg = DemoConfig(**TINY)
@@ -122,7 +122,7 @@ def test_anchor_cache_reloads_identical_weights(demo_run):
     ]
     family, meta = load_anchors(cfg, folder)
     assert set(meta["accuracy"]) == {"vit-ti", "vit-s", "vit-b"}
-    from elastic.evaluate import accuracy
+    from elastic.demo.evaluate import accuracy
 
     x, y = fashion_mnist(split="test")
     for anchor in family:  # the trained weights came back: same accuracy as right after training
@@ -133,7 +133,7 @@ def test_anchor_cache_reloads_identical_weights(demo_run):
 
 
 def test_config_key_changes_with_what_decides_the_anchors():
-    from elastic.demo import DemoConfig
+    from elastic.demo.pipeline import DemoConfig
 
     base = DemoConfig(**TINY)
     assert base.anchor_key("data") == DemoConfig(**TINY).anchor_key("data")
@@ -145,7 +145,7 @@ def test_config_key_changes_with_what_decides_the_anchors():
 
 
 def test_interpolation_measures_the_front_against_the_anchor_line():
-    from elastic.report import anchor_line, interpolation
+    from elastic.demo.report import anchor_line, interpolation
     from elastic.subnet import Subnet
 
     subnets = [
@@ -167,7 +167,7 @@ def test_interpolation_measures_the_front_against_the_anchor_line():
 
 
 def test_shared_prefix_evaluation_equals_running_each_subnet(tiny_stitched):
-    from elastic.evaluate import _stitched_logits, accuracy, evaluate_subnets
+    from elastic.demo.evaluate import _stitched_logits, accuracy, evaluate_subnets
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(24, 3, 32, 32, generator=g), torch.randint(0, 10, (24,), generator=g)
@@ -181,7 +181,7 @@ def test_shared_prefix_evaluation_equals_running_each_subnet(tiny_stitched):
 
 
 def test_latency_has_every_subnet_and_batch_size(tiny_stitched):
-    from elastic.latency import measure_latency
+    from elastic.demo.latency import measure_latency
 
     lat = measure_latency(tiny_stitched, batch_sizes=(1, 2), repeats=2, warmup=1, subnets=[0, 5], progress=False)
     assert set(lat) == {0, 5} and all(set(v) == {1, 2} and min(v.values()) > 0 for v in lat.values())

@@ -4,7 +4,7 @@ import torch
 
 from elastic import StitchedNet
 from elastic.anchors import AnchorFamily
-from elastic.stitch_plan import anchor_pairs, block_pairs, match_block
+from elastic.builders.stitch_plan import anchor_pairs, block_pairs, match_block
 
 
 def test_windows_follow_snnet_v1_order():

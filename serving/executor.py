@@ -1,0 +1,60 @@
+"""Executors: how the engine runs one subnet on one batch.
+
+The engine never calls the model itself; it hands a stacked batch and a subnet id to an
+`Executor` (vLLM v1 keeps its executor apart from its scheduler the same way). Profiles are
+measured through the executor in use, so the scheduler plans with the latencies the engine
+will really see. `EagerExecutor` runs the model's own `forward`; other executors (compiled,
+CUDA graphs, onnxruntime) keep their own per-(subnet, batch size) artefacts and prepare
+them in `warmup`. Every executor must give the eager outputs (tests check it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from elastic.model import ElasticModel
+
+
+class Executor(ABC):
+    """Runs `subnet` of one elastic model on a batch, on one device.
+
+    Args:
+        model: the elastic model, already on `device` and in eval mode.
+        device: where batches run; inputs arrive on the CPU or already there.
+    """
+
+    name: str = "executor"
+
+    def __init__(self, model: ElasticModel, device: str | torch.device = "cpu"):
+        self.model = model
+        self.device = torch.device(device)
+
+    @abstractmethod
+    def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits of `subnet` on `x`, on `self.device`.
+
+        Shape:
+            x: (B, C, H, W) -> (B, num_classes)
+        """
+
+    def warmup(self, subnet: int, batch: int) -> None:
+        """Prepare (compile, capture, load) and run once for this (subnet, batch size)."""
+        x = torch.zeros(batch, *self.model.input_size(), device=self.device)
+        self.run(subnet, x)
+
+    def synchronize(self) -> None:
+        """Wait for the device: a timed `run` is bracketed by this on CUDA."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class EagerExecutor(Executor):
+    """The model's own forward, in inference mode."""
+
+    name = "eager"
+
+    @torch.inference_mode()
+    def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.device, non_blocking=True), subnet=subnet)
