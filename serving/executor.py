@@ -10,7 +10,9 @@ them in `warmup`. Every executor must give the eager outputs (tests check it).
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 
@@ -58,3 +60,26 @@ class EagerExecutor(Executor):
     @torch.inference_mode()
     def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.to(self.device, non_blocking=True), subnet=subnet)
+
+
+# executor name -> "module:Class"; a module registers more by adding to this table
+EXECUTORS: dict[str, str] = {
+    "eager": "elastic.serving.executor:EagerExecutor",
+}
+
+
+def make_executor(
+    spec: str | Executor, model: ElasticModel, device: str | torch.device = "cpu", **options: Any
+) -> Executor:
+    """An executor from its name (see `EXECUTORS`) or an instance, which is returned as is.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if isinstance(spec, Executor):
+        return spec
+    target = EXECUTORS.get(spec) if isinstance(spec, str) else None
+    if target is None:
+        raise ValueError(f"unknown executor {spec!r}; use one of {sorted(EXECUTORS)} or an Executor")
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)(model, device, **options)

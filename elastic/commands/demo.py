@@ -7,7 +7,16 @@ trains itself) and prints the subnet table; the files land in `--out`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
+
+# --builder NAME -> the module whose `run_builder_demo(args) -> int` runs that builder's demo;
+# "stitched" (SN-Net) is this file's own `run`
+BUILDER_DEMOS = {
+    "stitched": None,
+    "sorted": "elastic.demo.sorted",
+    "learngene": "elastic.demo.learngene",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,10 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="train the anchors even if cached; store nothing")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the idle cores, at least 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--builder",
+        choices=sorted(BUILDER_DEMOS),
+        default="stitched",
+        help="which builder's demo: stitched (SN-Net, default), sorted (SortedNet), learngene (Learngene Pool)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    module = BUILDER_DEMOS[getattr(args, "builder", "stitched")]
+    if module is not None:
+        return int(importlib.import_module(module).run_builder_demo(args) or 0)
     from elastic.demo.pipeline import DemoConfig, run_demo
     from elastic.demo.report import format_table, summary_lines
 
