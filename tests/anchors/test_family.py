@@ -89,4 +89,11 @@ def test_capture_returns_every_block_boundary(tiny_vit_family):
     acts = tiny_vit_family.capture(torch.randn(3, 3, 32, 32))
     assert [len(a) for a in acts] == [4, 4, 4]
     assert acts[2][3].shape == (3, 17, 128)
-    assert tiny_vit_family.training is True or tiny_vit_family.training is False
+
+
+def test_capture_restores_training_mode(tiny_vit_family):
+    for mode in (True, False):
+        tiny_vit_family.train(mode)
+        tiny_vit_family.capture(torch.randn(1, 3, 32, 32))
+        assert tiny_vit_family.training is mode
+        assert all(m.training is mode for m in tiny_vit_family.modules())
