@@ -26,6 +26,10 @@ class CheckpointError(ElasticError):
     """A checkpoint directory is missing, truncated, corrupt or for another builder."""
 
 
+class ExportError(CheckpointError):
+    """An ONNX export is missing, corrupt, tampered with, of another model, or lacks a subnet."""
+
+
 class UnsupportedArchitecture(ElasticError, TypeError):
     """A timm model whose family has no anchor adapter, or a family that mixes architectures."""
 
