@@ -48,3 +48,17 @@ class Overloaded(ElasticError):
 
 class ExecutionError(ElasticError):
     """A batch's forward pass failed; the original exception is attached as `__cause__`."""
+
+
+class StreamError(ElasticError):
+    """A stream that is unknown or closed, or stream states stepped in a way their phases do not allow."""
+
+
+class ConfigError(ElasticError, ValueError):
+    """A setting cannot be used: a bad constructor argument, or a resource it names (a
+    metrics port) is not available."""
+
+
+class ReentrantCall(ElasticError, RuntimeError):
+    """A blocking call into a runtime from one of its own threads (e.g. `infer` inside a
+    result callback), which would wait for itself forever."""
