@@ -34,7 +34,10 @@ class ShedRequest:
 
 @dataclass
 class SchedulerOutput:
-    """Result of one `schedule()` call: at most one batch, and the requests shed on the way."""
+    """Result of one `schedule()` call: at most one batch, and the requests shed on the way;
+    with no batch, `wait_until` (scheduler clock, seconds) asks the engine to hold a partial
+    batch back until then, or until a new request arrives, to fill it."""
 
     batch: ScheduledBatch | None = None
     shed: list[ShedRequest] = field(default_factory=list)
+    wait_until: float | None = None

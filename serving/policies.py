@@ -21,6 +21,16 @@ hope ride along without constraining the batch. Policies are pure Python over a 
   it trades accuracy for batch size exactly when serving the head alone would make later
   requests miss. The look-ahead is a lower bound in the spirit of Clockwork's (OSDI'20)
   feasibility checks and INFaaS's (ATC'21) variant selection under SLOs.
+  On a `BudgetScheduler` (which offers per-batch-size Pareto fronts, `best_within`) the
+  decision takes a binary search per batch size instead of a loop over subnets, and the
+  look-ahead is a hard constraint rather than a score: for every batch size b it computes
+  the latest end of the batch that keeps every planned request behind it on time (those
+  requests served in full batches on the fastest eligible subnet, in order), and takes the
+  most accurate subnet that ends by then and by the batch's own deadline; among batch
+  sizes, the most accuracy delivered (rest counted at the fastest subnet's accuracy). A
+  request is so moved to a cheaper subnet exactly when the more accurate one would make an
+  admitted request miss. Only when no choice keeps everyone on time does it serve the
+  largest prefix it can still serve on time.
 - `StaticPolicy` ("static:<id>"): always one subnet; batches greedily, as large as every
   member's deadline allows (the fixed-model baseline, like one Triton model instance with
   dynamic batching).
@@ -42,9 +52,15 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Protocol
 
+from elastic.errors import ConfigError
+
 from .request import Request
+
+_INF = math.inf
+_NO_FLOOR = -math.inf
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,87 @@ class ElasticPolicy(Policy):
         self.horizon = horizon
 
     def choose(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
+        if hasattr(costs, "best_within"):
+            return self._choose_on_fronts(queue, now, costs, max_batch)
+        return self._choose_generic(queue, now, costs, max_batch)
+
+    def _choose_on_fronts(self, queue: Sequence[Request], now: float, costs, max_batch: int) -> Decision | None:
+        """The decision on a `BudgetScheduler`'s fronts: O(max_batch × (horizon / max_batch
+        + log subnets)), no loop over subnets."""
+        horizon = self.horizon if self.horizon is not None else 4 * max_batch
+        hard, floors = costs.queue_arrays(queue)
+        n = min(len(queue), max_batch)
+        h = min(len(queue), max_batch + horizon)
+        window = hard[:h]
+        suffix_min = list(accumulate(reversed(window), min))
+        suffix_min.reverse()  # suffix_min[i] = earliest binding deadline among positions i..h-1
+        f_rest = max(floors[:h])
+        fast = costs.fastest(None if f_rest == _NO_FLOOR else f_rest, max_batch)
+        if fast is None:
+            return None
+        t_full = fast[1] / 1e3
+        acc_fast = costs.accuracy(fast[0])
+        n_hard = h - window.count(_INF)
+        prefix_deadline = list(accumulate(hard[:n], min))
+        prefix_floor = list(accumulate(floors[:n], max))
+        best: tuple | None = None
+        decision = None
+        hard_b = soft_b = 0
+        soft_d = _INF  # earliest deadline of the best-effort members (they never bind)
+        for b in range(1, n + 1):
+            if hard[b - 1] < _INF:
+                hard_b += 1
+            elif queue[b - 1].best_effort:
+                soft_b += 1
+                soft_d = min(soft_d, queue[b - 1].deadline)
+            latest = _INF  # latest end of this batch that keeps the planned rest on time
+            k, c = b, t_full
+            while k < h:
+                v = suffix_min[k] - c
+                if v < latest:
+                    latest = v
+                k += max_batch
+                c += t_full
+            d = prefix_deadline[b - 1]
+            f = prefix_floor[b - 1]
+            limit = d if d < latest else latest
+            found = costs.best_within(b, f, (min(limit, soft_d) - now) * 1e3) if soft_b else None
+            if found is not None:  # best-effort members on time too: they count like the rest
+                sid, t = found
+                acc = costs.accuracy(sid)
+                key = (1, (hard_b + soft_b) * acc + (n_hard - hard_b) * acc_fast, b, acc, -t)
+            elif hard_b:
+                found = costs.best_within(b, f, (limit - now) * 1e3)
+                if found is not None:
+                    sid, t = found
+                    acc = costs.accuracy(sid)
+                    key = (1, hard_b * acc + (n_hard - hard_b) * acc_fast, b, acc, -t)
+            else:  # only late best-effort members: the fastest subnet that keeps the rest on time
+                found = costs.fastest(None if f == _NO_FLOOR else f, b)
+                if found is not None and now + found[1] / 1e3 <= latest:
+                    sid, t = found
+                    acc = costs.accuracy(sid)
+                    key = (1, (n_hard - hard_b) * acc_fast, b, -t, -t)
+                else:
+                    found = None
+            if found is None:
+                # nobody can keep everyone on time: serve the most of this prefix on time
+                found = costs.best_within(b, f, (d - now) * 1e3) if hard_b else None
+                if found is None:
+                    if hard_b:
+                        continue
+                    found = costs.fastest(None if f == _NO_FLOOR else f, b)
+                    if found is None:
+                        continue
+                sid, t = found
+                acc = costs.accuracy(sid)
+                key = (0, hard_b, b, acc if hard_b else -t, -t)
+            if best is None or key > best:
+                best, decision = key, (sid, b)
+        return Decision(*decision) if decision is not None else None
+
+    def _choose_generic(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
+        """Any `CostView`: score every (prefix, eligible subnet) with the look-ahead curve."""
         horizon = self.horizon if self.horizon is not None else 4 * max_batch
         best: tuple | None = None
         decision = None
@@ -186,6 +283,17 @@ class StaticPolicy(Policy):
 
     def choose(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
         size = 1
+        if hasattr(costs, "queue_arrays"):
+            hard, floors = costs.queue_arrays(queue)
+            d, f = _INF, _NO_FLOOR
+            for b in range(1, min(len(queue), max_batch) + 1):
+                d = min(d, hard[b - 1])
+                f = max(f, floors[b - 1])
+                found = costs.fastest(None if f == _NO_FLOOR else f, b)
+                if found is None or found[0] != self.subnet or now + found[1] / 1e3 > d:
+                    break
+                size = b
+            return Decision(self.subnet, size)
         for p in prefixes(queue, now, costs, max_batch):
             if self.subnet not in costs.eligible(p.min_accuracy):
                 break
@@ -214,6 +322,8 @@ class SlackFitPolicy(Policy):
         return math.floor(math.log(max(ms, 1e-6)) / math.log1p(self.bucket_ratio))
 
     def choose(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
+        if hasattr(costs, "best_within"):
+            return self._choose_on_fronts(queue, now, costs, max_batch)
         best: tuple | None = None
         decision = None
         for p in prefixes(queue, now, costs, max_batch):
@@ -230,6 +340,32 @@ class SlackFitPolicy(Policy):
                     best, decision = key, Decision(s, p.size)
         return decision
 
+    def _choose_on_fronts(self, queue: Sequence[Request], now: float, costs, max_batch: int) -> Decision | None:
+        """On per-batch-size Pareto fronts the best-fitting subnet at batch b is the one with
+        the largest latency within the slack (also the most accurate): one search per b."""
+        hard, floors = costs.queue_arrays(queue)
+        best: tuple | None = None
+        decision = None
+        d, f = _INF, _NO_FLOOR
+        for b in range(1, min(len(queue), max_batch) + 1):
+            d = min(d, hard[b - 1])
+            f = max(f, floors[b - 1])
+            if d < _INF:
+                found = costs.best_within(b, f, (d - now) * 1e3)
+                if found is None:
+                    continue
+                sid, t = found
+                key = (1, self.bucket(t), b, costs.accuracy(sid), -t)
+            else:  # only best-effort requests: fastest, in as few batches as possible
+                found = costs.fastest(None if f == _NO_FLOOR else f, b)
+                if found is None:
+                    continue
+                sid, t = found
+                key = (0, 0, b, -t, costs.accuracy(sid))
+            if best is None or key > best:
+                best, decision = key, Decision(sid, b)
+        return decision
+
 
 def make_policy(spec: str | Policy) -> Policy:
     """A policy from its name: "elastic", "slackfit" or "static:<subnet id>"."""
@@ -244,4 +380,4 @@ def make_policy(spec: str | Policy) -> Policy:
             return StaticPolicy(int(spec.split(":", 1)[1]))
         except ValueError:
             pass
-    raise ValueError(f"unknown policy {spec!r}; use 'elastic', 'slackfit' or 'static:<subnet id>'")
+    raise ConfigError(f"unknown policy {spec!r}; use 'elastic', 'slackfit' or 'static:<subnet id>'")

@@ -1,16 +1,29 @@
-"""`BudgetScheduler`: admission, deadline-ordered queue, load shedding, online correction.
+"""`BudgetScheduler`: queue-aware admission, deadline-ordered queue, shedding, online correction.
 
 The control loop of an SLO-aware model server — Clockwork (Gujarati et al., OSDI'20),
 INFaaS (Romero et al., ATC'21), SuperServe (Khare et al., NSDI'25) — over one elastic
 model whose subnets are the "model variants":
 
-- admission: a request no eligible subnet can finish in time is rejected at once
-  (`BudgetInfeasible`), unless the caller asked for best effort; a full queue rejects
-  (`Overloaded`), or evicts a queued request of lower priority, which is shed;
-- queue: priority level, then earliest deadline first (EDF);
-- step: shed queued requests that can no longer make their deadline (never silently: each
-  one comes back as a `ShedRequest`), then let the policy pick (subnet, batch);
-- feedback: every batch's observed latency corrects the predictions (`LatencyPredictor`).
+- latency model: the profile's forward latency, corrected online, plus the engine's own
+  per-batch and per-request cost (`LatencyModel`); every deadline check uses it;
+- admission (queue-aware): a new request is placed where it belongs in the queue and the
+  whole queue is planned the cheapest way the elastic model allows — earliest deadline
+  first, in full batches on the fastest eligible subnet, after the running batch — which is
+  exactly the plan that moves queued requests to cheaper subnets when that saves them. It is
+  admitted only if it makes its deadline in that plan and no admitted request that made
+  its deadline stops making it; else it is rejected at once (`BudgetInfeasible` when its
+  budget cannot be met even by an idle engine, `Overloaded` when the queue is what stands
+  in the way). A full queue rejects, or evicts a queued request of lower priority;
+- step: shed queued requests that can no longer make their deadline (each comes back as a
+  `ShedRequest`), then let the policy pick (subnet, batch); the elastic policy takes the
+  most accurate subnet that keeps every planned request on time;
+- decision cost: for every batch size a Pareto front (latency ascending, accuracy
+  ascending) is precomputed, so "the fastest subnet meeting an accuracy floor" and "the most
+  accurate subnet within t ms" are binary searches; the queue is a sorted list with
+  parallel deadline / floor arrays, and expiry is a heap, so no step loops over every subnet
+  or (for shedding) over every queued request;
+- feedback: every batch's observed forward time corrects the forward predictions, and the
+  engine reports its overhead (`observe_overhead`).
 
 Pure Python, no torch, single-threaded: the runtime serialises calls, and the clock is an
 argument, so tests drive time by hand. Only subnets on the accuracy/latency Pareto front of
@@ -22,21 +35,36 @@ says so in the log; `min_accuracy` can then not be met by any subnet.
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
 import math
 from collections.abc import Sequence
+from itertools import accumulate
+from numbers import Integral
 
-from elastic.errors import BudgetInfeasible, Overloaded
+from elastic.errors import BudgetInfeasible, ConfigError, Overloaded
 from elastic.subnet import Subnet
 
 from .interface import SchedulerInterface
+from .latency_model import LatencyModel, OverheadModel
 from .output import ScheduledBatch, SchedulerOutput, ShedRequest
 from .policies import Decision, Policy, make_policy
-from .predictor import LatencyPredictor
-from .profile import LatencyProfile
+from .profile import QUANTILES, LatencyProfile
 from .request import Request
 
 log = logging.getLogger(__name__)
+
+_INF = math.inf
+_NO_FLOOR = -math.inf
+_REFRONT = 0.05  # rebuild the fronts once a latency correction moved this much (relative)
+_ELIGIBLE_CACHE = 256  # most distinct min_accuracy values remembered by `eligible`
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """`value` as an int >= 1, or `ConfigError` naming `name` (bools and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class BudgetScheduler(SchedulerInterface):
@@ -50,6 +78,12 @@ class BudgetScheduler(SchedulerInterface):
         max_queue: most requests waiting (not counting the batch running).
         quantile: which profiled quantile to plan with, "p99" (default) or "p50".
         ewma_alpha: weight of a new observation in the online latency correction.
+        overhead: the engine's overhead model (zero until the engine reports any).
+        batch_wait_ms: longest the head request may be held back to fill a batch, when
+            every member's slack allows and requests are arriving faster than that (0: never).
+
+    Raises:
+        ConfigError: a bad setting (also a `ValueError`).
     """
 
     def __init__(
@@ -61,53 +95,100 @@ class BudgetScheduler(SchedulerInterface):
         max_queue: int = 256,
         quantile: str = "p99",
         ewma_alpha: float = 0.2,
+        *,
+        overhead: OverheadModel | None = None,
+        batch_wait_ms: float = 0.0,
     ):
-        if max_batch_size < 1 or max_queue < 1:
-            raise ValueError(f"max_batch_size and max_queue must be >= 1, got {max_batch_size}, {max_queue}")
+        self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
+        self.max_queue = check_positive_int("max_queue", max_queue)
+        if quantile not in QUANTILES:
+            raise ConfigError(f"quantile must be one of {QUANTILES}, got {quantile!r}")
+        if isinstance(ewma_alpha, bool) or not isinstance(ewma_alpha, (int, float)) or not 0 < ewma_alpha <= 1:
+            raise ConfigError(f"ewma_alpha must be a number in (0, 1], got {ewma_alpha!r}")
+        if isinstance(batch_wait_ms, bool) or not isinstance(batch_wait_ms, (int, float)) or not batch_wait_ms >= 0:
+            raise ConfigError(f"batch_wait_ms must be a number >= 0, got {batch_wait_ms!r}")
         self.policy = make_policy(policy)
-        self.max_batch_size = max_batch_size
-        self.max_queue = max_queue
         self.quantile = quantile
-        self.ewma_alpha = ewma_alpha
+        self.ewma_alpha = float(ewma_alpha)
+        self.batch_wait_ms = float(batch_wait_ms)
+        self.overhead = overhead if overhead is not None else OverheadModel()
         self._subnets = list(subnets)
-        self._queue: list[tuple[tuple[int, float, int], Request]] = []  # sorted by Request.order_key
+        # the queue, in Request.order_key order, as parallel arrays
+        self._keys: list[tuple[int, float, int]] = []
+        self._reqs: list[Request] = []
+        self._hard: list[float] = []  # deadline, or inf for best-effort requests (they never bind)
+        self._floor: list[float] = []  # min_accuracy, or -inf
+        self._n_floored = 0  # queued requests with an accuracy floor
+        self._queued: dict[int, Request] = {}
+        self._expiry: list[tuple[float, int]] = []  # heap of (latest start, request id); lazy deletion
         self._busy_until: float | None = None  # predicted end of the batch running
+        self._gap_s: float | None = None  # EWMA of the time between arrivals
+        self._last_arrival: float | None = None
         self._eligible_cache: dict[float | None, list[int]] = {}
-        self._fastest_cache: dict[tuple[float | None, int], tuple[int, float] | None] = {}
         self.set_profile(profile)
 
     # ---- cost table --------------------------------------------------------------------
     def set_profile(self, profile: LatencyProfile, subnets: Sequence[Subnet] | None = None) -> None:
         """Install a (new) profile, and optionally a new subnet table (fresh accuracies):
-        recompute the candidates and reset the online correction."""
+        recompute the candidates and reset the online forward correction."""
         if subnets is not None:
             self._subnets = list(subnets)
         known = {s.id: s.accuracy for s in self._subnets if s.accuracy is not None}
         if known:
-            self._value = dict(known)
+            value = dict(known)
             self.accuracy_known = True
         else:
             top = max((s.flops for s in self._subnets), default=1) or 1
-            self._value = {s.id: s.flops / top for s in self._subnets}
+            value = {s.id: s.flops / top for s in self._subnets}
             self.accuracy_known = False
             log.warning("no subnet has a measured accuracy: planning with FLOPs as a stand-in")
+        front = profile.candidates(self._subnets, value=value)
+        candidates = self.policy.restrict(front)
+        missing = [sid for sid in candidates if sid not in profile.p50_ms]
+        if missing or not candidates:
+            raise ConfigError(f"policy {self.policy.name} needs subnets {missing or '(any)'} the profile lacks")
+        for sid in candidates:
+            value.setdefault(sid, 0.0)
+        self._value = value
         self._real_accuracy = known
-        front = profile.candidates(self._subnets, value=self._value)
-        self.candidates = self.policy.restrict(front)
-        missing = [sid for sid in self.candidates if sid not in profile.p50_ms]
-        if missing or not self.candidates:
-            raise ValueError(f"policy {self.policy.name} needs subnets {missing or '(any)'} the profile lacks")
-        for sid in self.candidates:
-            self._value.setdefault(sid, 0.0)
+        self.candidates = candidates
         self.profile = profile
-        self.predictor = LatencyPredictor(profile, self.quantile, self.ewma_alpha)
+        self.latency = LatencyModel(profile, self.quantile, self.ewma_alpha, self.overhead)
         self._eligible_cache.clear()
-        self._fastest_cache.clear()
+        self._build_fronts()
         log.info("scheduler %s: candidates %s", self.policy.name, self.candidates)
+
+    @property
+    def predictor(self):
+        """The online-corrected forward predictor (`LatencyPredictor`)."""
+        return self.latency.forward
+
+    def _build_fronts(self) -> None:
+        """Per batch size: the Pareto front of candidates, latency and accuracy ascending."""
+        forward = self.latency.forward
+        self._front_lat: list[list[float]] = [[]]
+        self._front_ids: list[list[int]] = [[]]
+        self._front_acc: list[list[float]] = [[]]
+        for b in range(1, self.max_batch_size + 1):
+            rows = sorted((forward.predict_ms(s, b), -self._value[s], s) for s in self.candidates)
+            lat, ids, acc = [], [], []
+            for ms, neg_acc, sid in rows:
+                if not acc or -neg_acc > acc[-1]:
+                    lat.append(ms)
+                    ids.append(sid)
+                    acc.append(-neg_acc)
+            self._front_lat.append(lat)
+            self._front_ids.append(ids)
+            self._front_acc.append(acc)
+        self._front_corrections = {s: forward.correction(s) for s in self.candidates}
 
     # the CostView protocol the policies read
     def predict_ms(self, subnet: int, batch: int) -> float:
-        return self.predictor.predict_ms(subnet, batch)
+        """Predicted service time of one batch: corrected forward + the engine's overhead."""
+        return self.latency.service_ms(subnet, batch)
+
+    def overhead_ms(self, batch: int) -> float:
+        return self.overhead.ms(batch)
 
     def accuracy(self, subnet: int) -> float:
         return self._value[subnet]
@@ -117,7 +198,9 @@ class BudgetScheduler(SchedulerInterface):
         return self._real_accuracy.get(subnet)
 
     def eligible(self, min_accuracy: float | None) -> list[int]:
-        if min_accuracy not in self._eligible_cache:
+        """Candidate ids meeting `min_accuracy` (all for None), fastest first at batch 1."""
+        ids = self._eligible_cache.get(min_accuracy)
+        if ids is None:
             if min_accuracy is None:
                 ids = list(self.candidates)
             else:
@@ -126,108 +209,332 @@ class BudgetScheduler(SchedulerInterface):
                     for s in self.candidates
                     if (acc := self._real_accuracy.get(s)) is not None and acc >= min_accuracy
                 ]
+            if len(self._eligible_cache) >= _ELIGIBLE_CACHE:  # bounded: clients choose the floors
+                self._eligible_cache.clear()
             self._eligible_cache[min_accuracy] = ids
-        return self._eligible_cache[min_accuracy]
+        return ids
 
     def fastest(self, min_accuracy: float | None, batch: int = 1) -> tuple[int, float] | None:
-        key = (min_accuracy, batch)
-        if key not in self._fastest_cache:  # cleared whenever predictions change
-            options = [(s, self.predict_ms(s, batch)) for s in self.eligible(min_accuracy)]
-            self._fastest_cache[key] = min(options, key=lambda o: o[1]) if options else None
-        return self._fastest_cache[key]
+        """(id, predicted service ms) of the fastest candidate meeting `min_accuracy` at `batch`."""
+        if min_accuracy is not None and not self.accuracy_known:
+            return None
+        b = min(max(1, batch), self.max_batch_size)
+        acc = self._front_acc[b]
+        i = 0 if min_accuracy is None else bisect.bisect_left(acc, min_accuracy)
+        if i == len(acc):
+            return None
+        if batch > self.max_batch_size:
+            sid = self._front_ids[b][i]
+            return sid, self.predict_ms(sid, batch)
+        return self._front_ids[b][i], self._front_lat[b][i] + self.overhead.ms(b)
+
+    def best_within(self, batch: int, floor: float, max_ms: float) -> tuple[int, float] | None:
+        """(id, service ms) of the most accurate candidate with accuracy >= `floor` whose
+        service time at `batch` is <= `max_ms`; None if there is none. Two binary searches."""
+        lat = self._front_lat[batch]
+        over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
+        j = bisect.bisect_right(lat, max_ms - over) - 1
+        if j < 0:
+            return None
+        if floor > _NO_FLOOR and (not self.accuracy_known or self._front_acc[batch][j] < floor):
+            return None
+        return self._front_ids[batch][j], lat[j] + over
 
     def fastest_ms(self, request: Request) -> float:
         found = self.fastest(request.min_accuracy, 1)
         return found[1] if found is not None else math.inf
+
+    def queue_arrays(self, queue: Sequence[Request]) -> tuple[list[float], list[float]]:
+        """(binding deadlines, accuracy floors) of `queue`, position by position: the
+        scheduler's own arrays when `queue` is its queue (no copy), else computed."""
+        if queue is self._reqs:
+            return self._hard, self._floor
+        hard = [_INF if r.best_effort else r.deadline for r in queue]
+        floors = [_NO_FLOOR if r.min_accuracy is None else r.min_accuracy for r in queue]
+        return hard, floors
 
     # ---- SchedulerInterface ------------------------------------------------------------
     def add_request(self, request: Request, now: float) -> list[ShedRequest]:
         budget = request.budget_ms
         if not budget > 0:  # also catches NaN
             raise BudgetInfeasible(f"budget must be > 0 ms, got {budget}")
-        if not self.eligible(request.min_accuracy):
+        floor = request.min_accuracy
+        found = self.fastest(floor, 1)
+        if found is None:
             known = [self._real_accuracy[s] for s in self.candidates if s in self._real_accuracy]
             best = f"the best candidate reaches {max(known):.4f}" if known else "no candidate has a measured accuracy"
-            raise BudgetInfeasible(f"no subnet meets min_accuracy={request.min_accuracy}: {best}")
-        fastest = self.fastest_ms(request)
-        wait_ms = max(0.0, (self._busy_until - now) * 1e3) if self._busy_until is not None else 0.0
-        if not request.best_effort and now + (wait_ms + fastest) / 1e3 > request.deadline:
-            raise BudgetInfeasible(
-                f"budget {budget:.3g} ms < {fastest:.3g} ms predicted for the fastest subnet"
-                + (f" + {wait_ms:.3g} ms until the running batch ends" if wait_ms else "")
-            )
-        evicted: list[ShedRequest] = []
-        if len(self._queue) >= self.max_queue:
+            raise BudgetInfeasible(f"no subnet meets min_accuracy={floor}: {best}")
+        fastest = found[1]
+        deadline = request.deadline
+        hard = not request.best_effort
+        start = self._busy_until if self._busy_until is not None and self._busy_until > now else now
+        if hard:
+            if now + fastest / 1e3 > deadline:
+                raise BudgetInfeasible(f"budget {budget:.3g} ms < {fastest:.3g} ms predicted for the fastest subnet")
+            if start + fastest / 1e3 > deadline:
+                raise BudgetInfeasible(
+                    f"budget {budget:.3g} ms < {fastest:.3g} ms predicted for the fastest subnet"
+                    f" + {(start - now) * 1e3:.3g} ms until the running batch ends"
+                )
+        victim = None
+        if len(self._reqs) >= self.max_queue:
             victim = self._eviction_victim()
             if victim is None or victim.priority >= request.priority:
                 raise Overloaded(f"queue full ({self.max_queue} requests waiting)")
+        key = request.order_key()
+        p = bisect.bisect_left(self._keys, key)
+        if hard and self._reqs:
+            why = self._admission_check(p, deadline, _NO_FLOOR if floor is None else floor, start)
+            if why is not None:
+                raise Overloaded(why)
+        evicted: list[ShedRequest] = []
+        if victim is not None:
             self._remove(victim)
             evicted.append(
-                ShedRequest(
-                    victim.id,
-                    "evicted",
-                    f"evicted from a full queue by a priority-{request.priority} request",
-                )
+                ShedRequest(victim.id, "evicted", f"evicted from a full queue by a priority-{request.priority} request")
             )
-        key = request.order_key()
-        bisect.insort(self._queue, (key, request))  # keys are unique: they end in the request id
+            p = bisect.bisect_left(self._keys, key)
+        self._insert(p, key, request, deadline if hard else _INF, _NO_FLOOR if floor is None else floor)
+        if hard and deadline < _INF:
+            heapq.heappush(self._expiry, (deadline - fastest / 1e3, request.id))
+        if self._last_arrival is not None:
+            gap = max(0.0, now - self._last_arrival)
+            self._gap_s = gap if self._gap_s is None else self._gap_s + 0.2 * (gap - self._gap_s)
+        self._last_arrival = now
         return evicted
 
     def schedule(self, now: float) -> SchedulerOutput:
-        out = SchedulerOutput()
-        kept = []
-        for key, r in self._queue:
-            if not r.best_effort and now + self.fastest_ms(r) / 1e3 > r.deadline:
-                waited = (now - r.arrival) * 1e3
-                out.shed.append(
-                    ShedRequest(
-                        r.id,
-                        "deadline",
-                        f"budget {r.budget_ms:.3g} ms can no longer be met after {waited:.3g} ms in the queue",
-                    )
-                )
-            else:
-                kept.append((key, r))
-        self._queue = kept
-        if not kept:
+        out = SchedulerOutput(shed=self.shed_expired(now))
+        queue = self._reqs
+        if not queue:
             return out
-        queue = [r for _, r in kept]
-        decision = self.policy.choose(queue, now, self, self.max_batch_size)
-        if decision is None or not 1 <= decision.size <= min(len(queue), self.max_batch_size):
+        b_max = self.max_batch_size
+        decision = self.policy.choose(queue, now, self, b_max)
+        if decision is None or not 1 <= decision.size <= min(len(queue), b_max):
             decision = Decision(self.fastest(queue[0].min_accuracy, 1)[0], 1)
-        members = queue[: decision.size]
-        del self._queue[: decision.size]
-        predicted = self.predict_ms(decision.subnet, decision.size)
+        size = decision.size
+        predicted = self.predict_ms(decision.subnet, size)
+        if self.batch_wait_ms > 0 and size == len(queue) and size < b_max:
+            wait_until = self._fill_wait_until(now, decision.subnet, size, predicted)
+            if wait_until is not None:
+                out.wait_until = wait_until
+                return out
+        members = queue[:size]
+        del self._keys[:size], self._reqs[:size], self._hard[:size], self._floor[:size]
+        for r in members:
+            del self._queued[r.id]
+            if r.min_accuracy is not None:
+                self._n_floored -= 1
         self._busy_until = now + predicted / 1e3
         out.batch = ScheduledBatch(decision.subnet, tuple(r.id for r in members), predicted, now, self.policy.name)
         return out
 
     def update_from_output(self, batch: ScheduledBatch, exec_ms: float | None) -> float | None:
+        """Report a finished batch's forward time (None: it failed); returns observed over
+        predicted forward time (the overhead is reported apart, `observe_overhead`)."""
         self._busy_until = None
         if exec_ms is None:
             return None
-        self.predictor.observe(batch.subnet, batch.size, exec_ms)
-        self._fastest_cache.clear()
-        return exec_ms / batch.predicted_ms if batch.predicted_ms > 0 else None
+        forward = self.latency.forward
+        predicted_forward = forward.predict_ms(batch.subnet, batch.size)
+        forward.observe(batch.subnet, batch.size, exec_ms)
+        self._refresh_fronts(batch.subnet)
+        return exec_ms / predicted_forward if predicted_forward > 0 else None
+
+    def observe_overhead(self, batch_size: int, overhead_ms: float) -> None:
+        """The engine's own time around one batch's forward (wake-up, scheduling, stacking,
+        answering): folded into the overhead model every prediction adds."""
+        self.overhead.observe(batch_size, overhead_ms)
 
     def abort_all(self, reason: str = "closed") -> list[ShedRequest]:
-        shed = [ShedRequest(r.id, reason, "the runtime closed without draining its queue") for _, r in self._queue]
-        self._queue.clear()
+        shed = [ShedRequest(r.id, reason, "the runtime closed without draining its queue") for r in self._reqs]
+        self._keys.clear()
+        self._reqs.clear()
+        self._hard.clear()
+        self._floor.clear()
+        self._queued.clear()
+        self._expiry.clear()
+        self._n_floored = 0
         return shed
 
     def get_num_waiting(self) -> int:
-        return len(self._queue)
+        return len(self._reqs)
+
+    def has_waiting(self) -> bool:
+        return bool(self._reqs)
+
+    # ---- deadlines ---------------------------------------------------------------------
+    def next_expiry(self) -> float | None:
+        """The earliest time a queued request may become impossible to serve (its deadline
+        minus the fastest service it can get), or None: when to call `shed_expired` next."""
+        heap = self._expiry
+        while heap and heap[0][1] not in self._queued:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def shed_expired(self, now: float) -> list[ShedRequest]:
+        """Remove and return the queued requests that can no longer make their deadline
+        even if served alone on the fastest eligible subnet from `now`."""
+        shed: list[ShedRequest] = []
+        heap = self._expiry
+        while heap and heap[0][0] < now:
+            _, rid = heapq.heappop(heap)
+            r = self._queued.get(rid)
+            if r is None:
+                continue  # already scheduled or removed
+            found = self.fastest(r.min_accuracy, 1)
+            latest = r.deadline - (found[1] if found is not None else math.inf) / 1e3
+            if latest >= now:  # predictions improved since it was queued: check again later
+                heapq.heappush(heap, (latest, rid))
+                continue
+            self._remove(r)
+            waited = (now - r.arrival) * 1e3
+            shed.append(
+                ShedRequest(
+                    r.id, "deadline", f"budget {r.budget_ms:.3g} ms can no longer be met after {waited:.3g} ms queued"
+                )
+            )
+        if len(heap) > 4 * len(self._queued) + 64:  # drop stale entries of scheduled requests
+            self._expiry = [e for e in heap if e[1] in self._queued]
+            heapq.heapify(self._expiry)
+        return shed
 
     # ---- helpers -----------------------------------------------------------------------
     def waiting(self) -> list[Request]:
         """The queue in scheduling order (a copy)."""
-        return [r for _, r in self._queue]
+        return list(self._reqs)
+
+    def remove(self, request_id: int) -> bool:
+        """Take a queued request out (a caller gave up on it); False if it is not queued."""
+        r = self._queued.get(request_id)
+        if r is None:
+            return False
+        self._remove(r)
+        return True
+
+    def _insert(self, p: int, key: tuple, request: Request, hard: float, floor: float) -> None:
+        self._keys.insert(p, key)
+        self._reqs.insert(p, request)
+        self._hard.insert(p, hard)
+        self._floor.insert(p, floor)
+        self._queued[request.id] = request
+        if request.min_accuracy is not None:
+            self._n_floored += 1
+
+    def _remove(self, request: Request) -> None:
+        p = bisect.bisect_left(self._keys, request.order_key())
+        del self._keys[p], self._reqs[p], self._hard[p], self._floor[p]
+        del self._queued[request.id]
+        if request.min_accuracy is not None:
+            self._n_floored -= 1
 
     def _eviction_victim(self) -> Request | None:
         """Lowest priority, latest deadline, latest arrival: the cheapest request to shed."""
-        if not self._queue:
+        if not self._reqs:
             return None
-        return max((r for _, r in self._queue), key=lambda r: (-r.priority, r.deadline, r.id))
+        return max(self._reqs, key=lambda r: (-r.priority, r.deadline, r.id))
 
-    def _remove(self, request: Request) -> None:
-        self._queue = [(k, r) for k, r in self._queue if r.id != request.id]
+    def _refresh_fronts(self, subnet: int) -> None:
+        """Rebuild the fronts when the observed subnet's (or the shared) correction has moved
+        enough to reorder them; small drifts only shift latencies the searches still read."""
+        forward = self.latency.forward
+        then = self._front_corrections.get(subnet)
+        now = forward.correction(subnet)
+        if then is not None and abs(now - then) <= _REFRONT * then:
+            # unobserved subnets follow the global correction: check one of them too
+            unseen = next((s for s in self.candidates if s not in forward._ratio), None)
+            if unseen is None or abs(forward.correction(unseen) - self._front_corrections[unseen]) <= (
+                _REFRONT * self._front_corrections[unseen]
+            ):
+                self._update_front_latencies(subnet)
+                return
+        self._build_fronts()
+
+    def _update_front_latencies(self, subnet: int) -> None:
+        """Keep the front latencies of `subnet` current (order kept; a small drift)."""
+        forward = self.latency.forward
+        for b in range(1, self.max_batch_size + 1):
+            ids = self._front_ids[b]
+            if subnet in ids:
+                i = ids.index(subnet)
+                lat = self._front_lat[b]
+                ms = forward.predict_ms(subnet, b)
+                lo = lat[i - 1] if i > 0 else -_INF
+                hi = lat[i + 1] if i + 1 < len(lat) else _INF
+                lat[i] = min(max(ms, lo), hi)  # clipped to keep the list sorted
+
+    def _service_at(self, size: int, floor: float) -> float:
+        """Service ms of `size` requests on the fastest subnet meeting `floor`."""
+        acc = self._front_acc[size]
+        i = 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor)
+        if i == len(acc):
+            return _INF
+        return self._front_lat[size][i] + self.overhead.per_batch_ms + self.overhead.per_request_ms * size
+
+    def _plan_late(self, hard: list[float], floors: list[float] | None, t: float) -> list[int]:
+        """Positions in `hard` that miss their deadline in the engine's cheapest plan, from `t`.
+
+        The plan serves the queue in order, each batch on the fastest subnet meeting its
+        members' floors, as large as every member's deadline allows (full when it can):
+        the batches the scheduler forms when it must save time. A member that cannot make
+        its deadline even alone is counted late and skipped (it would be shed).
+        """
+        B = self.max_batch_size
+        service = self._service_at
+        late: list[int] = []
+        i, n = 0, len(hard)
+        while i < n:
+            m = min(B, n - i)
+            chunk = hard[i : i + m]
+            svc = service(m, max(floors[i : i + m]) if floors else _NO_FLOOR) / 1e3
+            if t + svc <= min(chunk):  # the common case: a full batch makes it
+                t += svc
+                i += m
+                continue
+            earliest = list(accumulate(chunk, min))
+            strictest = list(accumulate(floors[i : i + m], max)) if floors else None
+            lo, hi = 0, m - 1  # the largest size s that makes it: predicate monotone in s
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if t + service(mid, strictest[mid - 1] if strictest else _NO_FLOOR) / 1e3 <= earliest[mid - 1]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo == 0:
+                late.append(i)
+                i += 1
+                continue
+            t += service(lo, strictest[lo - 1] if strictest else _NO_FLOOR) / 1e3
+            i += lo
+        return late
+
+    def _admission_check(self, p: int, deadline: float, floor: float, start: float) -> str | None:
+        """Why inserting a request (deadline, floor) at queue position `p` breaks the plan
+        (`_plan_late`, after the running batch), or None if the new request and every
+        admitted request that was on time in the plan stay on time."""
+        floored = self._n_floored > 0 or floor > _NO_FLOOR
+        tail = self._hard[:p] + [deadline] + self._hard[p:]
+        floors_with = self._floor[:p] + [floor] + self._floor[p:] if floored else None
+        late = self._plan_late(tail, floors_with, start)
+        if not late:
+            return None
+        if p in late:
+            return f"the queue ahead ({p} requests) would finish it after its deadline"
+        before = self._plan_late(self._hard, self._floor if floored else None, start)
+        if len(late) > len(before):
+            return f"admitting it would make {len(late) - len(before)} admitted request(s) miss their deadline"
+        return None
+
+    def _fill_wait_until(self, now: float, subnet: int, size: int, predicted_ms: float) -> float | None:
+        """Until when to hold a partial batch back for more arrivals, or None to run now:
+        only while every member keeps its deadline with the batch's predicted service time,
+        for at most `batch_wait_ms` since the oldest member arrived, and only when requests
+        arrive faster than that."""
+        if self._gap_s is None or self._gap_s * 1e3 >= self.batch_wait_ms:
+            return None
+        oldest = min(r.arrival for r in self._reqs[:size])
+        latest_start = min(self._hard[:size]) - predicted_ms / 1e3
+        # a fuller batch takes longer: keep the margin of one more request's service
+        latest_start -= (self.predict_ms(subnet, size + 1) - predicted_ms) / 1e3
+        until = min(oldest + self.batch_wait_ms / 1e3, latest_start)
+        return until if until > now else None

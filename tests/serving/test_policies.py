@@ -3,7 +3,7 @@
 import pytest
 from test_scheduler import Clock, make  # sibling test module
 
-from elastic.errors import BudgetInfeasible
+from elastic.errors import BudgetInfeasible, Overloaded
 from elastic.serving import Decision, ElasticPolicy, SlackFitPolicy, StaticPolicy, make_policy
 
 
@@ -25,7 +25,9 @@ def test_make_policy_parses_names():
 def test_static_uses_its_subnet_only_and_batches_as_far_as_deadlines_allow():
     s, c = make("static:1"), Clock()
     assert s.candidates == [1]
-    fill(s, c, [12] * 8)  # subnet 1: 5, 7, 9 (interpolated), 11, 13 ms at batch 1, 2, 3, 4, 5
+    fill(s, c, [12] * 4 + [100] * 4)  # subnet 1: 5, 7, 9 (interpolated), 11, 13 ms at batch 1, 2, 3, 4, 5
+    with pytest.raises(Overloaded, match="queue ahead"):
+        fill(s, c, [12])  # a fifth 12 ms request: 13 ms in one batch, 11 + 5 ms in two
     batch = s.schedule(0.0).batch
     assert (batch.subnet, batch.size) == (1, 4)
 
