@@ -23,6 +23,7 @@ _LAZY = {
     "BUILDERS": "elastic.model",
     "ElasticModel": "elastic.model",
     "register_builder": "elastic.model",
+    "LearngenePool": "elastic.builders.learngene",
     "load": "elastic.checkpoint",
     "save": "elastic.checkpoint",
     "StitchLayer": "elastic.builders.stitch_layer",
@@ -32,6 +33,7 @@ _LAZY = {
 __all__ = [
     "BUILDERS",
     "ElasticModel",
+    "LearngenePool",
     "StitchLayer",
     "StitchedNet",
     "Subnet",
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
+    from .builders.learngene import LearngenePool
     from .builders.stitch_layer import StitchLayer
     from .builders.stitched import StitchedNet
     from .checkpoint import load, save
