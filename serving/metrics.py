@@ -11,11 +11,11 @@ report: success, SLO misses and rejections apart, and accuracy delivered within 
 |---|---|---|
 | elastic_requests_total | counter | outcome: ok, late, rejected, shed, error |
 | elastic_rejections_total | counter | reason: infeasible, overloaded, invalid, closed |
-| elastic_shed_total | counter | reason: deadline, evicted, closed |
+| elastic_shed_total | counter | reason: deadline, evicted, closed, timeout, error |
 | elastic_request_latency_seconds | histogram | (end to end, answered requests) |
 | elastic_queue_latency_seconds | histogram | (submit -> start of forward) |
 | elastic_execution_latency_seconds | histogram | (one batch's forward) |
-| elastic_request_budget_seconds | histogram | (budgets asked for, admitted or not) |
+| elastic_request_budget_seconds | histogram | (finite budgets asked for, admitted or not) |
 | elastic_batch_size | histogram | |
 | elastic_subnet_selections_total | counter | subnet: candidate ids |
 | elastic_queue_depth | gauge | |
@@ -23,22 +23,27 @@ report: success, SLO misses and rejections apart, and accuracy delivered within 
 | elastic_slo_attainment | gauge | (rolling) |
 | elastic_prediction_error_ratio | histogram | (observed / predicted batch latency) |
 | elastic_latency_correction | gauge | subnet: candidate ids |
+| elastic_overhead_per_batch_seconds | gauge | (latency model: fitted engine cost per batch) |
+| elastic_overhead_per_request_seconds | gauge | (latency model: fitted engine cost per request) |
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from elastic.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("ok", "late", "rejected", "shed", "error")
 REJECTION_REASONS = ("infeasible", "overloaded", "invalid", "closed")
-SHED_REASONS = ("deadline", "evicted", "closed")
+SHED_REASONS = ("deadline", "evicted", "closed", "timeout", "error")
 
 # seconds: 0.5 ms .. 10 s, roughly x2 apart
 LATENCY_BUCKETS = (
@@ -77,6 +82,8 @@ class ServingMetrics:
         window: int = 1000,
         registry: CollectorRegistry | None = None,
     ):
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ConfigError(f"metrics_window must be an integer >= 1, got {window!r}")
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -166,6 +173,20 @@ class ServingMetrics:
             ["subnet"],
             registry=r,
         )
+        self.overhead_batch = Gauge(
+            "elastic_overhead_per_batch_seconds",
+            "Latency model: the engine's fitted cost per batch around the forward (wake-up, "
+            "scheduling, stacking, answering), added to every prediction.",
+            registry=r,
+        )
+        self.overhead_request = Gauge(
+            "elastic_overhead_per_request_seconds",
+            "Latency model: the engine's fitted cost per request in a batch (slicing, answering).",
+            registry=r,
+        )
+        # label children resolved once: the per-request path only increments
+        self._outcome = {o: self.requests.labels(o) for o in OUTCOMES}
+        self._selected: dict[int, Counter] = {}
         for outcome in OUTCOMES:
             self.requests.labels(outcome)
         for reason in REJECTION_REASONS:
@@ -186,6 +207,7 @@ class ServingMetrics:
         for sid in subnets:
             self.selections.labels(str(sid))
             self.correction.labels(str(sid)).set(1.0)
+            self._selected[sid] = self.selections.labels(str(sid))
 
     # ---- recording ---------------------------------------------------------------------
     def rejected(self, reason: str, budget_ms: float | None = None) -> None:
@@ -208,7 +230,7 @@ class ServingMetrics:
 
     def failed(self, n: int = 1) -> None:
         """Requests whose batch's forward raised."""
-        self.requests.labels("error").inc(n)
+        self._outcome["error"].inc(n)
         for _ in range(n):
             self._roll(0.0, False)
 
@@ -228,8 +250,11 @@ class ServingMetrics:
         met_budget: bool,
     ) -> None:
         """One request answered; `accuracy` None (unknown) weighs as 0 in the rolling gauge."""
-        self.requests.labels("ok" if met_budget else "late").inc()
-        self.selections.labels(str(subnet)).inc()
+        self._outcome["ok" if met_budget else "late"].inc()
+        child = self._selected.get(subnet)
+        if child is None:
+            child = self._selected[subnet] = self.selections.labels(str(subnet))
+        child.inc()
         self.latency.observe(latency_s)
         self.queue_latency.observe(queue_s)
         self._roll(accuracy if (met_budget and accuracy is not None) else 0.0, met_budget)
@@ -237,12 +262,16 @@ class ServingMetrics:
     def set_queue_depth(self, n: int) -> None:
         self.queue_depth.set(n)
 
+    def set_overhead(self, per_batch_ms: float, per_request_ms: float) -> None:
+        self.overhead_batch.set(per_batch_ms / 1e3)
+        self.overhead_request.set(per_request_ms / 1e3)
+
     def set_corrections(self, corrections: dict[int, float]) -> None:
         for sid, value in corrections.items():
             self.correction.labels(str(sid)).set(value)
 
     def _budget(self, budget_ms: float) -> None:
-        if budget_ms == budget_ms and budget_ms > 0:  # NaN and non-positive budgets skipped
+        if 0 < budget_ms < math.inf:  # NaN, infinite and non-positive budgets skipped (an inf sum is useless)
             self.budget.observe(budget_ms / 1e3)
 
     def _roll(self, weight: float, met: bool) -> None:
@@ -267,7 +296,10 @@ class ServingMetrics:
         """
         if self._server is not None:
             return self.port
-        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as e:
+            raise ConfigError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e}") from e
         self.port = self._server.server_port
         log.info("serving metrics on http://%s:%d/metrics", addr, self.port)
         return self.port

@@ -20,6 +20,7 @@ import torch
 
 from elastic.model import ElasticModel
 
+from .executor import Executor
 from .profile import LatencyProfile, fingerprint, quantile
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,13 @@ def measure_latency(
     warmup: int = 2,
     subnets: Sequence[int] | None = None,
     seed: int = 0,
+    executor: Executor | None = None,
+    progress: bool = False,
 ) -> LatencyProfile:
     """Time every subnet at every batch size on the device the model's weights are on.
+
+    The one latency timer of the project: the runtime profiles through it (on its worker
+    thread, through its executor), and so do the demo and the benchmarks.
 
     Args:
         model: the elastic model, in eval mode, already on `device`.
@@ -73,6 +79,9 @@ def measure_latency(
         warmup: untimed runs per (subnet, batch size) first.
         subnets: ids to measure (default: all).
         seed: seeds the per-round shuffle.
+        executor: run the forwards through this executor (its `warmup` prepares each
+            (subnet, batch size) first: compiles, captures); default: the model's own forward.
+        progress: show a progress bar over the rounds.
 
     Returns:
         the profile, with `fingerprint` set to the model's subnet table.
@@ -89,22 +98,32 @@ def measure_latency(
     model.check_input(batches[sizes[0]])
     configs = [(sid, b) for sid in ids for b in sizes]
 
+    forward = executor.run if executor is not None else (lambda sid, x: model(x, subnet=sid))
+
     def run(sid: int, b: int) -> float:
         if cuda:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        model(batches[b], subnet=sid)
+        forward(sid, batches[b])
         if cuda:
             torch.cuda.synchronize(device)
         return 1e3 * (time.perf_counter() - t0)
 
     t_start = time.perf_counter()
+    if executor is not None:
+        for sid, b in configs:
+            executor.warmup(sid, b)
     for _ in range(warmup):
         for sid, b in configs:
             run(sid, b)
     samples: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
     rng = random.Random(seed)
-    for _ in range(repeats):
+    rounds = range(repeats)
+    if progress:
+        from tqdm.auto import tqdm
+
+        rounds = tqdm(rounds, desc="profiling", unit="round")
+    for _ in rounds:
         order = configs[:]
         rng.shuffle(order)
         for sid, b in order:
@@ -131,6 +150,7 @@ def measure_latency(
         meta={
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "executor": executor.name if executor is not None else "model",
             "seconds": round(elapsed, 3),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },

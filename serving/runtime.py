@@ -1,57 +1,65 @@
-"""`Runtime`: serve an elastic model under per-request latency budgets.
+"""`Runtime`: serve an elastic model under per-request latency budgets (the front end).
 
-One worker thread runs the engine step of vLLM v1 — schedule -> execute -> update ->
-stats — over a `BudgetScheduler`: callers submit single samples with a budget; the
-scheduler picks a subnet and a batch of the most urgent requests that all make their
-deadlines (Clockwork, OSDI'20; SuperServe, NSDI'25); the worker stacks their inputs, runs
-one forward, and answers each request with its slice of the output. Dynamic batching with
-a bounded queue and typed rejections is what Triton Inference Server's dynamic batcher
-does for one fixed model; here the model is elastic, so the batcher also picks the
-subnet (INFaaS, ATC'21, picks among model variants the same way).
+The runtime is a thin front end over an engine loop, after vLLM v1's split: the front end
+validates each request on the caller's thread (`admission.py`) and hands it to the
+`EngineCore` (engine.py), whose scheduler (`BudgetScheduler`, scheduler.py) admits it only if
+the latency model predicts it — and every request admitted before — can still make its
+deadline behind the queue; the engine's worker then runs *schedule → execute → update →
+stats*: the policy picks a subnet and a batch of the most urgent requests (Clockwork,
+OSDI'20; SuperServe, NSDI'25), an `Executor` (executor.py: eager, torch.compile, ...) runs
+the forward, and each request is answered with its row. Dynamic batching with a bounded
+queue and typed rejections is what Triton Inference Server's dynamic batcher does for one
+fixed model; here the model is elastic, so the batcher also picks the subnet (INFaaS,
+ATC'21, picks among model variants the same way).
 
-Guarantees: invalid inputs and infeasible budgets are refused before queueing; every
-admitted request ends exactly once, with a `Result` or a typed error (`Overloaded` when
-shed, `ExecutionError` when its batch's forward raised, with the cause attached); a failing
-forward fails only its own batch, and the worker lives on; `close(drain=True)` answers
-everything admitted before it returns.
+Guarantees: invalid arguments and infeasible budgets are refused before queueing, each with
+a typed error naming the field; every admitted request ends exactly once, with a `Result`
+or a typed error (`Overloaded` when shed — at the moment it can no longer make its deadline,
+even while the worker is busy — `ExecutionError` when its batch's forward raised or its
+output is not finite); a failing forward fails only its own batch; a dead worker fails
+everything pending and refuses new work; `close(drain=True)` answers everything admitted
+before it returns.
+
+Worker threading: torch's OpenMP settings are per thread, and a fresh thread starts with a
+team as large as the machine, which on a small shared CPU made every forward in the worker
+3-5x slower than on the main thread (worker_threads.py has the cause and the measurement,
+docs/serving.md the numbers). The worker therefore sets its own thread count before its
+first forward: `worker_threads` (default: the constructing thread's
+`torch.get_num_threads()`, i.e. what the caller chose), and profiles run on the worker
+too, so the profile times what serving sees.
+
+Threading contract: result callbacks (`Future.add_done_callback`) run on the engine's
+threads; keep them short. `infer` from such a callback raises `ReentrantCall` (it would
+wait for itself); `submit` is fine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from elastic.errors import BudgetInfeasible, ElasticError, ExecutionError, InvalidInput, Overloaded
+from elastic.errors import BudgetInfeasible, ConfigError, InvalidInput, Overloaded, ReentrantCall
 from elastic.model import ElasticModel
 
+from .admission import SampleCheck, check_best_effort, check_budget, check_min_accuracy, check_priority
+from .engine import EngineCore
+from .executor import Executor, make_executor
 from .metrics import ServingMetrics
-from .output import ScheduledBatch, ShedRequest
-from .policies import Policy, make_policy
-from .profile import LatencyProfile
+from .policies import Policy, StaticPolicy, make_policy
+from .profile import QUANTILES, LatencyProfile
 from .profiler import device_name, measure_latency
-from .request import Request, Result
-from .scheduler import BudgetScheduler
+from .request import Result
+from .scheduler import BudgetScheduler, check_positive_int
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Pending:
-    """An admitted request, with what only the runtime holds: its input and its future."""
-
-    request: Request
-    x: torch.Tensor  # (1, C, H, W), on the CPU or wherever the caller had it
-    squeeze: bool  # the caller sent (C, H, W): answer with (num_classes,)
-    future: Future
 
 
 class Runtime:
@@ -72,9 +80,20 @@ class Runtime:
         policy: "elastic" (default), "slackfit", "static:<subnet id>", or a `Policy`.
         profile: a latency profile to start with (else call `profile()` before serving).
         quantile: profiled quantile the scheduler plans with, "p99" or "p50".
-        ewma_alpha: weight of each observation in the online latency correction.
+        ewma_alpha: weight of each observation in the online latency correction, in (0, 1].
         metrics_window: requests in the rolling effective-accuracy / SLO gauges.
         clock: monotonic clock in seconds (tests may pass their own).
+        executor: "eager" (default), "compiled", another name in `EXECUTORS`, or an `Executor`.
+        executor_options: keyword arguments for the executor (e.g. `backend=` for "compiled").
+        worker_threads: torch intra-op threads of the worker (default: the caller's
+            `torch.get_num_threads()` at construction).
+        batch_wait_ms: longest a partial batch is held back for more arrivals, only while
+            every member's slack allows and requests arrive faster than that (0: never).
+        check_outputs: fail a request whose output holds NaN or Inf (`ExecutionError`)
+            instead of answering it.
+
+    Raises:
+        ConfigError: a bad setting; no thread is left running.
     """
 
     def __init__(
@@ -90,29 +109,50 @@ class Runtime:
         ewma_alpha: float = 0.2,
         metrics_window: int = 1000,
         clock: Callable[[], float] = time.perf_counter,
+        executor: str | Executor = "eager",
+        executor_options: dict[str, Any] | None = None,
+        worker_threads: int | None = None,
+        batch_wait_ms: float = 1.0,
+        check_outputs: bool = True,
     ):
-        if max_batch_size < 1 or max_queue < 1:
-            raise ValueError("max_batch_size and max_queue must be >= 1")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.max_batch_size = max_batch_size
-        self.max_queue = max_queue
+        # every check first: a failure here leaves no thread behind
+        self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
+        self.max_queue = check_positive_int("max_queue", max_queue)
+        check_positive_int("metrics_window", metrics_window)
+        if quantile not in QUANTILES:
+            raise ConfigError(f"quantile must be one of {QUANTILES}, got {quantile!r}")
+        if isinstance(ewma_alpha, bool) or not isinstance(ewma_alpha, (int, float)) or not 0 < ewma_alpha <= 1:
+            raise ConfigError(f"ewma_alpha must be a number in (0, 1], got {ewma_alpha!r}")
+        if isinstance(batch_wait_ms, bool) or not isinstance(batch_wait_ms, (int, float)) or not batch_wait_ms >= 0:
+            raise ConfigError(f"batch_wait_ms must be a number >= 0, got {batch_wait_ms!r}")
+        if worker_threads is None:
+            worker_threads = torch.get_num_threads()
+        worker_threads = check_positive_int("worker_threads", worker_threads)
         self.policy = make_policy(policy)
+        ids = {s.id for s in model.subnets()}
+        if isinstance(self.policy, StaticPolicy) and self.policy.subnet not in ids:
+            raise ConfigError(f"policy {self.policy.name}: the model has no subnet {self.policy.subnet}")
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f"bad device {device!r}: {e}") from e
         self.quantile = quantile
-        self.ewma_alpha = ewma_alpha
-        self.metrics = ServingMetrics(window=metrics_window)
+        self.ewma_alpha = float(ewma_alpha)
+        self.batch_wait_ms = float(batch_wait_ms)
+        self.model = model.to(self.device).eval()
+        first = next(self.model.parameters(), None)
+        self.dtype = first.dtype if first is not None else torch.get_default_dtype()
+        try:
+            self.executor = make_executor(executor, self.model, self.device, **(executor_options or {}))
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        self._check_sample = SampleCheck(self.model, self.dtype)
         self._clock = clock
-        self._cond = threading.Condition()
-        self._exec_lock = threading.Lock()  # one forward at a time: serving or profiling
-        self._pending: dict[int, _Pending] = {}
-        self._ids = itertools.count()
-        self._scheduler: BudgetScheduler | None = None
-        self._closing = False
-        self._closed = False
-        self._worker = threading.Thread(target=self._serve_loop, name="elastic-runtime", daemon=True)
-        self._worker.start()
+        self.metrics = ServingMetrics(window=metrics_window)
+        self._engine = EngineCore(self.executor, self.metrics, clock, worker_threads, check_outputs)
         if profile is not None:
             self.set_profile(profile)
+        self._engine.start()
 
     # ---- profile -----------------------------------------------------------------------
     def profile(
@@ -125,11 +165,13 @@ class Runtime:
         path: str | Path | None = None,
         reuse: bool = True,
         seed: int = 0,
+        progress: bool = False,
     ) -> LatencyProfile:
         """Measure (or reuse) the latency profile on this runtime's device and install it.
 
-        Serving pauses while it measures (requests wait, and may be shed if their
-        budgets run out).
+        It is measured on the engine's worker thread, through the runtime's executor, so it
+        times exactly what serving runs; serving pauses meanwhile (requests wait, and may be
+        shed if their budgets run out).
 
         Args:
             example: one input sample, (C, H, W) or (1, C, H, W); zeros when None.
@@ -140,6 +182,7 @@ class Runtime:
                 fits this model, device and batch sizes, and (re)written otherwise.
             reuse: False forces a new measurement.
             seed: seeds the interleaving order.
+            progress: show a progress bar.
         """
         sizes = sorted({int(b) for b in batch_sizes})
         if sizes[-1] < self.max_batch_size:
@@ -159,9 +202,22 @@ class Runtime:
                     return saved
                 log.info("not reusing the saved latency profile: %s", why)
         if example is None:
-            example = torch.zeros(self.model.input_size())
-        with self._exec_lock:
-            measured = measure_latency(self.model, example, sizes, self.device, repeats, warmup, seed=seed)
+            example = torch.zeros(self.model.input_size(), dtype=self.dtype)
+
+        def measure() -> LatencyProfile:
+            return measure_latency(
+                self.model,
+                example,
+                sizes,
+                self.device,
+                repeats,
+                warmup,
+                seed=seed,
+                executor=self.executor,
+                progress=progress,
+            )
+
+        measured = self._engine.call(measure).result()
         if path is not None:
             measured.save(path)
         self.set_profile(measured)
@@ -170,9 +226,11 @@ class Runtime:
     def set_profile(self, profile: LatencyProfile) -> None:
         """Install a profile (and re-read the model's accuracies); resets online correction."""
         subnets = self.model.subnets()
-        with self._cond:
-            if self._scheduler is None:
-                self._scheduler = BudgetScheduler(
+        engine = self._engine
+        with engine.lock:
+            scheduler = engine.scheduler
+            if scheduler is None:
+                scheduler = BudgetScheduler(
                     subnets,
                     profile,
                     self.policy,
@@ -180,24 +238,26 @@ class Runtime:
                     self.max_queue,
                     self.quantile,
                     self.ewma_alpha,
+                    batch_wait_ms=self.batch_wait_ms,
                 )
             else:
-                self._scheduler.set_profile(profile, subnets)
-            self.metrics.set_subnets(self._scheduler.candidates)
-            self._cond.notify_all()
+                scheduler.set_profile(profile, subnets)
+            self.metrics.set_subnets(scheduler.candidates)
+        engine.install(scheduler)
 
     @property
     def latency_profile(self) -> LatencyProfile | None:
-        return self._scheduler.profile if self._scheduler is not None else None
+        return self._engine.scheduler.profile if self._engine.scheduler is not None else None
 
     @property
     def scheduler(self) -> BudgetScheduler | None:
-        return self._scheduler
+        return self._engine.scheduler
 
     @property
     def candidates(self) -> list[int]:
         """Subnet ids the scheduler may choose (the Pareto front, or the static one)."""
-        return list(self._scheduler.candidates) if self._scheduler is not None else []
+        scheduler = self._engine.scheduler
+        return list(scheduler.candidates) if scheduler is not None else []
 
     # ---- requests ----------------------------------------------------------------------
     def submit(
@@ -214,54 +274,37 @@ class Runtime:
         Refusals are raised here, at once, before anything is queued.
 
         Args:
-            x: one sample, (C, H, W) or (1, C, H, W).
+            x: one sample, (C, H, W) or (1, C, H, W), dense, finite, of the model's dtype.
             budget_ms: latency budget from now, in milliseconds (math.inf: none).
-            min_accuracy: only subnets at least this accurate may serve it.
-            priority: higher goes first and is shed last.
+            min_accuracy: only subnets at least this accurate may serve it (in [0, 1]).
+            priority: an integer; higher goes first and is shed last.
             best_effort: run even if the budget cannot be met (the result says so).
 
         Raises:
-            InvalidInput: `x` is not one finite float sample of the model's input size.
-            BudgetInfeasible: no eligible subnet can finish within `budget_ms` (and not
-                best effort), the budget is not > 0, or no subnet meets `min_accuracy`.
-            Overloaded: the queue is full, or the runtime is closed.
+            InvalidInput: `x` is not one finite sample of the model's input size and dtype,
+                or `priority`, `best_effort` or `min_accuracy` is malformed (named).
+            BudgetInfeasible: `budget_ms` is not a number > 0, no eligible subnet can
+                finish within it (and not best effort), or no subnet meets `min_accuracy`.
+            Overloaded: the queue is full, the queue ahead would make it (or an admitted
+                request) late, or the runtime is closed.
             RuntimeError: no latency profile yet (call `profile()`).
         """
         arrival = self._clock()
+        metrics = self.metrics
         try:
-            budget = float(budget_ms)
-        except (TypeError, ValueError):
-            self.metrics.rejected("infeasible")
-            raise BudgetInfeasible(f"budget_ms must be a number of milliseconds, got {budget_ms!r}") from None
-        try:
-            sample, squeeze = self._prepare(x)
-        except InvalidInput:
-            self.metrics.rejected("invalid")
+            budget = check_budget(budget_ms)
+        except BudgetInfeasible:
+            metrics.rejected("infeasible")
             raise
-        with self._cond:
-            if self._closing:
-                self.metrics.rejected("closed", budget)
-                raise Overloaded("the runtime is closed")
-            if self._scheduler is None:
-                raise RuntimeError("no latency profile: call Runtime.profile() first")
-            request = Request(next(self._ids), arrival, budget, min_accuracy, priority, best_effort)
-            try:
-                evicted = self._scheduler.add_request(request, self._clock())
-            except BudgetInfeasible:
-                self.metrics.rejected("infeasible", budget)
-                raise
-            except Overloaded:
-                self.metrics.rejected("overloaded", budget)
-                raise
-            self.metrics.admitted(budget)
-            future: Future[Result] = Future()
-            future.set_running_or_notify_cancel()  # running from now on: cannot be cancelled
-            self._pending[request.id] = _Pending(request, sample, squeeze, future)
-            victims = [(self._pending.pop(s.request_id), s) for s in evicted]
-            self.metrics.set_queue_depth(self._scheduler.get_num_waiting())
-            self._cond.notify_all()
-        self._shed(victims)
-        return future
+        try:
+            floor = check_min_accuracy(min_accuracy)
+            level = check_priority(priority)
+            effort = check_best_effort(best_effort)
+            sample, squeeze = self._check_sample(x)
+        except InvalidInput:
+            metrics.rejected("invalid")
+            raise
+        return self._engine.submit(arrival, budget, floor, level, effort, sample, squeeze)
 
     def infer(
         self,
@@ -271,9 +314,28 @@ class Runtime:
         min_accuracy: float | None = None,
         priority: int = 0,
         best_effort: bool = False,
+        timeout: float | None = None,
     ) -> Result:
-        """`submit` and wait: the `Result`, or the typed error raised."""
-        return self.submit(x, budget_ms, min_accuracy=min_accuracy, priority=priority, best_effort=best_effort).result()
+        """`submit` and wait: the `Result`, or the typed error raised.
+
+        Args:
+            timeout: most seconds to wait; past it a still-queued request is withdrawn and
+                `Overloaded` raised (a request already running still ends, unobserved).
+
+        Raises:
+            ReentrantCall: called on one of the runtime's own threads (a result callback).
+        """
+        if self._engine.on_engine_thread():
+            raise ReentrantCall(
+                "Runtime.infer() called on the runtime's own thread (from a result callback?) would wait for "
+                "itself; use submit() there"
+            )
+        future = self.submit(x, budget_ms, min_accuracy=min_accuracy, priority=priority, best_effort=best_effort)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            self._engine.cancel(future, "timeout")
+            raise Overloaded(f"no answer within timeout={timeout} s") from None
 
     async def infer_async(
         self,
@@ -288,152 +350,36 @@ class Runtime:
         future = self.submit(x, budget_ms, min_accuracy=min_accuracy, priority=priority, best_effort=best_effort)
         return await asyncio.wrap_future(future)
 
-    def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Validate one sample; returns it as (1, C, H, W) and whether to squeeze the answer."""
-        if not isinstance(x, torch.Tensor):
-            raise InvalidInput(f"expected a torch.Tensor, got {type(x).__name__}")
-        squeeze = x.dim() == 3
-        batch = x.unsqueeze(0) if squeeze else x
-        self.model.check_input(batch)
-        if batch.shape[0] != 1:
-            raise InvalidInput(
-                f"one sample per request: got a batch of {batch.shape[0]}; submit each sample, the runtime batches them"
-            )
-        return batch.detach().clone(), squeeze
-
-    # ---- the worker --------------------------------------------------------------------
-    def _serve_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closing and (self._scheduler is None or not self._scheduler.has_waiting()):
-                    self._cond.wait()
-                scheduler = self._scheduler
-                if scheduler is None or not scheduler.has_waiting():
-                    return  # closing, and nothing left
-                try:
-                    out = scheduler.schedule(self._clock())
-                    shed = [(self._pending.pop(s.request_id), s) for s in out.shed]
-                    batch = out.batch
-                    members = [self._pending.pop(rid) for rid in batch.request_ids] if batch else []
-                except Exception:  # a scheduler bug must not strand requests
-                    log.exception("scheduling failed; failing every queued request")
-                    scheduler.abort_all("error")
-                    # no batch runs while the worker is here: everything pending was queued
-                    shed, batch, members = [], None, []
-                    errors = list(self._pending.values())
-                    self._pending.clear()
-                    self.metrics.failed(len(errors))
-                    for p in errors:
-                        self._fail(p, ExecutionError("the scheduler failed; see the runtime's log"))
-                self.metrics.set_queue_depth(scheduler.get_num_waiting())
-            self._shed(shed)
-            if batch is not None:
-                try:
-                    self._execute(scheduler, batch, members)
-                except Exception as e:  # metrics or result assembly: still answer everyone
-                    log.exception("finishing batch %s failed", batch)
-                    left = [m for m in members if not m.future.done()]
-                    self.metrics.failed(len(left))
-                    for m in left:
-                        self._fail(m, _execution_error(batch, e))
-
-    def _execute(self, scheduler: BudgetScheduler, batch: ScheduledBatch, members: list[_Pending]) -> None:
-        """One forward for the batch; answer each member with its slice, or fail them all."""
-        error: Exception | None = None
-        with self._exec_lock:
-            start = self._clock()
-            try:
-                x = torch.cat([m.x for m in members]).to(self.device)
-                with torch.inference_mode():
-                    y = self.model(x, subnet=batch.subnet)
-                y = y.detach().to("cpu")  # on CUDA, also waits for the forward
-            except Exception as e:
-                error = e
-            end = self._clock()
-        exec_ms = 1e3 * (end - start)
-        with self._cond:
-            ratio = scheduler.update_from_output(batch, None if error else exec_ms)
-            corrections = scheduler.predictor.corrections()
-        if error is not None:
-            log.warning("forward of subnet %d on %d requests failed: %r", batch.subnet, batch.size, error)
-            self.metrics.failed(len(members))
-            for m in members:
-                self._fail(m, _execution_error(batch, error))
-            return
-        self.metrics.batch(batch.size, exec_ms / 1e3, ratio)
-        self.metrics.set_corrections(corrections)
-        accuracy = scheduler.real_accuracy(batch.subnet)
-        for i, m in enumerate(members):
-            r = m.request
-            latency_ms = 1e3 * (end - r.arrival)
-            queue_ms = 1e3 * (start - r.arrival)
-            met = latency_ms <= r.budget_ms
-            output = y[i] if m.squeeze else y[i : i + 1]
-            self.metrics.answered(batch.subnet, accuracy, latency_ms / 1e3, queue_ms / 1e3, met)
-            m.future.set_result(Result(output, batch.subnet, queue_ms, exec_ms, latency_ms, met, batch.size, r.id))
-
-    def _shed(self, shed: list[tuple[_Pending, ShedRequest]]) -> None:
-        for p, s in shed:
-            self.metrics.shed(s.reason if s.reason in ("deadline", "evicted", "closed") else "closed")
-            self._fail(p, Overloaded(f"request {s.request_id} shed: {s.detail or s.reason}"))
-
-    @staticmethod
-    def _fail(p: _Pending, error: ElasticError) -> None:
-        if not p.future.done():
-            p.future.set_exception(error)
-
     # ---- lifecycle ---------------------------------------------------------------------
+    @property
+    def dead(self) -> BaseException | None:
+        """What killed the worker, or None while it lives."""
+        return self._engine.dead
+
     def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> int:
         """Expose Prometheus metrics at http://addr:port/metrics (loopback by default).
 
         Returns:
             the bound port (useful with port=0, which picks a free one).
+
+        Raises:
+            ConfigError: the port cannot be bound (in use, no permission).
         """
         return self.metrics.serve(port, addr)
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
-        """Stop taking requests and stop the worker.
+        """Stop taking requests, stop the engine's threads and the metrics server.
 
         Args:
             drain: answer every queued request first (True), or shed them all with
                 `Overloaded` (False). The batch already running finishes either way.
-            timeout: most seconds to wait for the worker (None: as long as it takes).
+            timeout: most seconds to wait for the worker (None: as long as it takes); past
+                it, queued requests are shed and the running batch ends in the background.
         """
-        with self._cond:
-            if self._closed:
-                return
-            self._closing = True
-            aborted = []
-            if not drain and self._scheduler is not None:
-                aborted = [(self._pending.pop(s.request_id), s) for s in self._scheduler.abort_all("closed")]
-                self.metrics.set_queue_depth(0)
-            self._cond.notify_all()
-        self._shed(aborted)
-        if threading.current_thread() is self._worker:  # close() from a result callback
-            return
-        self._worker.join(timeout)
-        if self._worker.is_alive():
-            log.warning("runtime worker still busy after %.3g s; it will finish in the background", timeout)
-            return
-        with self._cond:
-            left = list(self._pending.values())
-            self._pending.clear()
-            self._closed = True
-        for p in left:  # cannot happen unless the worker died; never leave a future pending
-            self.metrics.shed("closed")
-            self._fail(p, Overloaded("the runtime closed before answering"))
-        self.metrics.close()
+        self._engine.close(drain, timeout)
 
     def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close(drain=True)
-
-
-def _execution_error(batch: ScheduledBatch, cause: BaseException) -> ExecutionError:
-    error = ExecutionError(
-        f"forward of subnet {batch.subnet} on a batch of {batch.size} failed: {type(cause).__name__}: {cause}"
-    )
-    error.__cause__ = cause
-    return error

@@ -1,0 +1,95 @@
+"""The front door: every argument of a request checked at submit, before anything is queued.
+
+A request that reaches the engine is well formed: one dense, finite sample of the model's
+input size and dtype (a float64 sample batched with float32 ones would fail the whole batch,
+so it is refused here, not cast), a numeric budget, an integer priority, a boolean
+best-effort flag and an accuracy floor in [0, 1]. Each refusal is a typed `elastic.errors`
+error naming the field: `InvalidInput` for the sample and the request's options,
+`BudgetInfeasible` for a budget that is not a positive number of milliseconds. Triton
+Inference Server's request validation (datatype and shape against the model
+configuration) plays the same role. The queue-aware part of admission — whether the
+request can still make its deadline behind the queue — is the scheduler's `add_request`.
+
+The checks run on the caller's thread, so the engine's worker never re-validates.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import torch
+
+from elastic.errors import BudgetInfeasible, InvalidInput
+from elastic.model import ElasticModel
+
+
+def check_budget(budget_ms: object) -> float:
+    """The budget as a float; `BudgetInfeasible` unless it is a real number (not a bool or a
+    string). Non-positive and NaN budgets pass here and are refused by the scheduler."""
+    if isinstance(budget_ms, bool) or not isinstance(budget_ms, Real):
+        raise BudgetInfeasible(f"budget_ms must be a number of milliseconds, got {budget_ms!r}")
+    return float(budget_ms)
+
+
+def check_priority(priority: object) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, Integral):
+        raise InvalidInput(f"priority must be an integer, got {priority!r}")
+    return int(priority)
+
+
+def check_best_effort(best_effort: object) -> bool:
+    if not isinstance(best_effort, bool):
+        raise InvalidInput(f"best_effort must be True or False, got {best_effort!r}")
+    return best_effort
+
+
+def check_min_accuracy(min_accuracy: object) -> float | None:
+    if min_accuracy is None:
+        return None
+    if isinstance(min_accuracy, bool) or not isinstance(min_accuracy, Real) or not 0 <= min_accuracy <= 1:
+        raise InvalidInput(f"min_accuracy must be None or a number in [0, 1], got {min_accuracy!r}")
+    value = float(min_accuracy)
+    if math.isnan(value):  # pragma: no cover - NaN fails the range check above
+        raise InvalidInput("min_accuracy is NaN")
+    return value
+
+
+class SampleCheck:
+    """Validates one sample against the model: dense, on a real device, the model's dtype,
+    its input size, finite.
+
+    Args:
+        model: the served model (`input_size()`, `check_input`).
+        dtype: the dtype the model runs in; samples of any other dtype are refused.
+    """
+
+    def __init__(self, model: ElasticModel, dtype: torch.dtype):
+        self.model = model
+        self.dtype = dtype
+
+    def __call__(self, x: object) -> tuple[torch.Tensor, bool]:
+        """Returns the sample as a private (1, C, H, W) copy, and whether to squeeze the answer.
+
+        Shape:
+            x: (C, H, W) or (1, C, H, W) -> (1, C, H, W)
+
+        Raises:
+            InvalidInput: naming what is wrong with `x`.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise InvalidInput(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.layout is not torch.strided:
+            raise InvalidInput(f"x must be a dense tensor, got layout {x.layout}")
+        if x.is_meta:
+            raise InvalidInput("x is a meta tensor: it holds no data")
+        if x.dtype is not self.dtype:
+            raise InvalidInput(f"x has dtype {x.dtype}; the model runs {self.dtype}: send x.to({self.dtype})")
+        squeeze = x.dim() == 3
+        batch = x.unsqueeze(0) if squeeze else x
+        self.model.check_input(batch)
+        if batch.shape[0] != 1:
+            raise InvalidInput(
+                f"one sample per request: got a batch of {batch.shape[0]}; submit each sample, the runtime batches them"
+            )
+        return batch.detach().clone(), squeeze

@@ -1,0 +1,490 @@
+"""`EngineCore`: the engine loop behind `Runtime` — scheduler → executor → results and metrics.
+
+After vLLM v1's EngineCore: one worker thread runs the step *schedule → execute → update →
+stats* over a `BudgetScheduler` and an `Executor`; the front end (`Runtime`) only validates
+and hands requests over. Beside the worker, a deadline watchdog thread sheds queued
+requests at the moment they can no longer make their deadline, also while the worker is
+inside a long forward (Clockwork, OSDI'20, drops requests as soon as they cannot meet their
+SLO rather than when a worker comes back).
+
+Guarantees:
+- every admitted request ends exactly once: a `Result`, or a typed error (`Overloaded` when
+  shed, `ExecutionError` when its forward failed or produced non-finite outputs);
+- a failing forward (`Exception`) fails only its batch; anything else that escapes the
+  worker (a `BaseException`, an error inside an error handler) kills it *loudly*: every
+  pending request and job is failed with `ExecutionError`, and new submits are refused
+  with `Overloaded` naming the cause;
+- the latency model is fed: forward time per batch (online correction) and the engine's
+  own time around it (`observe_overhead`), exported as metrics.
+
+Threading contract: futures are resolved — and their done-callbacks run — on the worker
+thread (results, failed batches), on the watchdog thread (deadline sheds), or on the thread
+that submitted (requests it evicted). Callbacks must be short and must not block on this
+runtime: `Runtime.infer` called on either engine thread raises `ReentrantCall` instead of
+waiting for itself; `submit` from a callback is fine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from elastic.errors import BudgetInfeasible, ElasticError, ExecutionError, Overloaded
+
+from .executor import Executor
+from .metrics import ServingMetrics
+from .output import ScheduledBatch, ShedRequest
+from .request import Request, Result
+from .scheduler import BudgetScheduler
+from .worker_threads import configure_worker_threads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Pending:
+    """An admitted request with what only the engine holds: its input and its future."""
+
+    request: Request
+    x: torch.Tensor  # (1, C, H, W), a private copy, on the CPU or wherever the caller had it
+    squeeze: bool  # the caller sent (C, H, W): answer with (num_classes,)
+    future: Future
+
+
+class EngineCore:
+    """The worker and watchdog threads, the pending futures, and one scheduler.
+
+    Args:
+        executor: runs (subnet, batch) forwards.
+        metrics: where every outcome is counted.
+        clock: monotonic clock in seconds (the scheduler's clock too).
+        worker_threads: torch intra-op threads the worker sets on itself (None: keep the
+            process default for a new thread; see `worker_threads.py` for why to set it).
+        check_outputs: fail requests whose output row holds NaN or Inf.
+        name: thread name prefix.
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        metrics: ServingMetrics,
+        clock: Callable[[], float],
+        worker_threads: int | None = None,
+        check_outputs: bool = True,
+        name: str = "elastic-runtime",
+    ):
+        self.executor = executor
+        self.metrics = metrics
+        self.clock = clock
+        self.worker_threads = worker_threads
+        self.check_outputs = check_outputs
+        self.scheduler: BudgetScheduler | None = None
+        self.dead: BaseException | None = None
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the worker waits here
+        self._watch = threading.Condition(self._lock)  # the watchdog waits here
+        self._pending: dict[int, Pending] = {}
+        self._ids = itertools.count()
+        self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._running: tuple[ScheduledBatch, list[Pending]] | None = None
+        self._idle = False  # the worker is waiting for work
+        self._woken_at: float | None = None  # when a submit woke the idle worker
+        self._overhead: tuple[int, float] | None = None  # last batch's (size, ms), to fold in
+        self._watch_at = math.inf  # when the watchdog next wakes by itself
+        self._closing = False
+        self._stopped = False
+        self._worker = threading.Thread(target=self._run_worker, name=name, daemon=True)
+        self._watchdog = threading.Thread(target=self._run_watchdog, name=f"{name}-deadlines", daemon=True)
+
+    # ---- set-up ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._worker.start()
+        self._watchdog.start()
+
+    def install(self, scheduler: BudgetScheduler) -> None:
+        """Serve with `scheduler` from now on (its queue must be empty or the current one's)."""
+        with self._lock:
+            self.scheduler = scheduler
+            self._work.notify()
+
+    def on_engine_thread(self) -> bool:
+        """True on the worker or watchdog thread (where blocking on a result deadlocks)."""
+        current = threading.current_thread()
+        return current is self._worker or current is self._watchdog
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+    # ---- requests ----------------------------------------------------------------------
+    def submit(
+        self,
+        arrival: float,
+        budget_ms: float,
+        min_accuracy: float | None,
+        priority: int,
+        best_effort: bool,
+        x: torch.Tensor,
+        squeeze: bool,
+    ) -> Future[Result]:
+        """Admit one validated request, or raise (`BudgetInfeasible`, `Overloaded`)."""
+        future: Future[Result] = Future()
+        future.set_running_or_notify_cancel()  # running from now on: cannot be cancelled
+        metrics = self.metrics
+        with self._lock:
+            if self.dead is not None:
+                metrics.rejected("closed", budget_ms)
+                raise Overloaded(
+                    f"the runtime's worker died ({type(self.dead).__name__}: {self.dead}); create a new Runtime"
+                )
+            if self._closing:
+                metrics.rejected("closed", budget_ms)
+                raise Overloaded("the runtime is closed")
+            scheduler = self.scheduler
+            if scheduler is None:
+                raise RuntimeError("no latency profile: call Runtime.profile() first")
+            request = Request(next(self._ids), arrival, budget_ms, min_accuracy, priority, best_effort)
+            now = self.clock()
+            try:
+                evicted = scheduler.add_request(request, now)
+            except BudgetInfeasible:
+                metrics.rejected("infeasible", budget_ms)
+                raise
+            except Overloaded:
+                metrics.rejected("overloaded", budget_ms)
+                raise
+            metrics.admitted(budget_ms)
+            future.request_id = request.id  # lets `cancel` find it
+            self._pending[request.id] = Pending(request, x, squeeze, future)
+            victims = [(self._pending.pop(s.request_id), s) for s in evicted] if evicted else None
+            metrics.set_queue_depth(len(scheduler._reqs))
+            if self._idle:
+                self._woken_at = now
+                self._work.notify()
+            elif self._running is not None and not best_effort:
+                nxt = scheduler.next_expiry()
+                if nxt is not None and nxt < self._watch_at:
+                    self._watch.notify()
+        if victims:
+            self._shed(victims)
+        return future
+
+    def cancel(self, future: Future, reason: str = "timeout") -> bool:
+        """Take a still-queued request out and fail it with `Overloaded`; False if it
+        already runs or ended."""
+        rid = getattr(future, "request_id", None)
+        with self._lock:
+            if rid is None or self.scheduler is None or not self.scheduler.remove(rid):
+                return False
+            p = self._pending.pop(rid)
+            self.metrics.set_queue_depth(self.scheduler.get_num_waiting())
+        self._shed([(p, ShedRequest(rid, reason, "the caller stopped waiting"))])
+        return True
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the worker thread between batches (profiling runs there, so it sees
+        the worker's threading and executor); inline when already on the worker."""
+        future: Future = Future()
+        if threading.current_thread() is self._worker:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(fn())
+            except Exception as e:
+                future.set_exception(e)
+            return future
+        with self._lock:
+            if self.dead is not None or self._stopped:
+                raise Overloaded("the runtime is closed")
+            self._jobs.append((fn, future))
+            self._work.notify()
+        return future
+
+    # ---- the worker --------------------------------------------------------------------
+    def _run_worker(self) -> None:
+        try:
+            configure_worker_threads(self.worker_threads)
+            self._loop()
+        except BaseException as e:  # noqa: BLE001 - the worker must never die silently
+            self._die(e)
+
+    def _loop(self) -> None:
+        clock = self.clock
+        while True:
+            job = batch = None
+            shed: list[tuple[Pending, ShedRequest]] = []
+            failed: list[Pending] = []
+            with self._lock:
+                while True:
+                    if self._overhead is not None and self.scheduler is not None:
+                        self._fold_overhead()
+                    if self._jobs:
+                        job = self._jobs.popleft()
+                        break
+                    scheduler = self.scheduler
+                    if scheduler is not None and scheduler.has_waiting():
+                        t_sched = clock()
+                        try:
+                            out = scheduler.schedule(t_sched)
+                        except Exception:  # a scheduler bug must not strand requests
+                            log.exception("scheduling failed; failing every queued request")
+                            scheduler.abort_all("error")
+                            failed = list(self._pending.values())  # nothing runs now: all queued
+                            self._pending.clear()
+                            break
+                        if out.shed:
+                            shed = [(self._pending.pop(s.request_id), s) for s in out.shed]
+                        if out.batch is not None:
+                            batch = out.batch
+                            members = [self._pending.pop(rid) for rid in batch.request_ids]
+                            self._running = (batch, members)
+                            woken_at, self._woken_at = self._woken_at, None
+                            if scheduler.has_waiting():
+                                self._watch.notify()
+                            self.metrics.set_queue_depth(len(scheduler._reqs))
+                            break
+                        if shed:
+                            self.metrics.set_queue_depth(len(scheduler._reqs))
+                            break
+                        if out.wait_until is not None and not self._closing:
+                            self._idle = True
+                            self._work.wait(max(0.0, out.wait_until - clock()))
+                            self._idle = False
+                            continue
+                    if self._closing:
+                        return
+                    self._idle = True
+                    self._work.wait()
+                    self._idle = False
+            if failed:
+                self.metrics.failed(len(failed))
+                for p in failed:
+                    _fail(p.future, ExecutionError("the scheduler failed; see the runtime's log"))
+            if shed:
+                self._shed(shed)
+            if job is not None:
+                self._run_job(*job)
+            if batch is not None:
+                try:
+                    self._execute(scheduler, batch, members, t_sched, woken_at)
+                except Exception as e:  # metrics or result assembly: still answer everyone
+                    log.exception("finishing batch %s failed", batch)
+                    with self._lock:
+                        self._running = None
+                    left = [m for m in members if not m.future.done()]
+                    self.metrics.failed(len(left))
+                    for m in left:
+                        _fail(m.future, _execution_error(batch, e))
+
+    def _run_job(self, fn: Callable[[], Any], future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except Exception as e:
+            future.set_exception(e)
+
+    def _execute(
+        self,
+        scheduler: BudgetScheduler,
+        batch: ScheduledBatch,
+        members: list[Pending],
+        t_sched: float,
+        woken_at: float | None,
+    ) -> None:
+        """One forward for the batch; answer each member with its row, or fail them."""
+        clock = self.clock
+        error: Exception | None = None
+        bad: set[int] = set()
+        start = clock()
+        try:
+            x = members[0].x if len(members) == 1 else torch.cat([m.x for m in members])
+            y = self.executor.run(batch.subnet, x).detach().to("cpu")  # on CUDA, also waits
+            if self.check_outputs:
+                finite = torch.isfinite(y.reshape(len(members), -1)).all(dim=1)
+                if not bool(finite.all()):
+                    bad = {i for i, ok in enumerate(finite.tolist()) if not ok}
+        except Exception as e:
+            error = e
+        end = clock()
+        exec_ms = 1e3 * (end - start)
+        with self._lock:
+            ratio = scheduler.update_from_output(batch, None if error else exec_ms)
+            self._running = None
+        metrics = self.metrics
+        if error is not None:
+            log.warning("forward of subnet %d on %d requests failed: %r", batch.subnet, batch.size, error)
+            metrics.failed(len(members))
+            for m in members:
+                _fail(m.future, _execution_error(batch, error))
+        else:
+            metrics.batch(batch.size, exec_ms / 1e3, ratio)
+            accuracy = scheduler.real_accuracy(batch.subnet)
+            subnet, size = batch.subnet, batch.size
+            for i, m in enumerate(members):
+                r = m.request
+                if i in bad:
+                    metrics.failed(1)
+                    _fail(
+                        m.future,
+                        ExecutionError(
+                            f"subnet {subnet} gave non-finite outputs for request {r.id} (inputs too large?)"
+                        ),
+                    )
+                    continue
+                done = clock()
+                latency_ms = 1e3 * (done - r.arrival)
+                queue_ms = 1e3 * (start - r.arrival)
+                met = latency_ms <= r.budget_ms
+                metrics.answered(subnet, accuracy, latency_ms / 1e3, queue_ms / 1e3, met)
+                output = y[i] if m.squeeze else y[i : i + 1]
+                m.future.set_result(Result(output, subnet, queue_ms, exec_ms, latency_ms, met, size, r.id))
+        overhead_ms = 1e3 * (clock() - t_sched) - exec_ms
+        if woken_at is not None and t_sched > woken_at:
+            overhead_ms += 1e3 * (t_sched - woken_at)
+        self._overhead = (batch.size, overhead_ms)
+
+    def _fold_overhead(self) -> None:
+        """Fold the last batch's overhead into the latency model (under the lock)."""
+        size, ms = self._overhead
+        self._overhead = None
+        scheduler = self.scheduler
+        scheduler.observe_overhead(size, ms)
+        o = scheduler.overhead
+        self.metrics.set_overhead(o.per_batch_ms, o.per_request_ms)
+        self.metrics.set_corrections(scheduler.predictor.corrections())
+
+    def _shed(self, shed: list[tuple[Pending, ShedRequest]]) -> None:
+        for p, s in shed:
+            self.metrics.shed(s.reason if s.reason in ("deadline", "evicted", "timeout", "error") else "closed")
+            _fail(p.future, Overloaded(f"request {s.request_id} shed: {s.detail or s.reason}"))
+
+    def _die(self, error: BaseException) -> None:
+        """The worker is dying: fail everything pending, refuse new work, say so loudly."""
+        log.critical(
+            "the runtime's worker died: %s: %s; failing every pending request and refusing new ones",
+            type(error).__name__,
+            error,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        with self._lock:
+            self.dead = error
+            self._closing = True
+            left = list(self._pending.values())
+            self._pending.clear()
+            if self._running is not None:
+                left += self._running[1]
+                self._running = None
+            if self.scheduler is not None:
+                self.scheduler.abort_all("error")
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            self._work.notify_all()
+            self._watch.notify_all()
+        cause = ExecutionError(f"the runtime's worker died: {type(error).__name__}: {error}")
+        cause.__cause__ = error
+        left = [p for p in left if not p.future.done()]
+        self.metrics.failed(len(left))
+        for p in left:
+            _fail(p.future, cause)
+        for _, future in jobs:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(cause)
+
+    # ---- the deadline watchdog ---------------------------------------------------------
+    def _run_watchdog(self) -> None:
+        """While a batch runs, shed queued requests the moment they cannot make it."""
+        clock = self.clock
+        try:
+            with self._lock:
+                while not self._stopped:
+                    scheduler = self.scheduler
+                    if self._running is None or scheduler is None or not scheduler.has_waiting():
+                        self._watch_at = math.inf
+                        self._watch.wait()
+                        continue
+                    nxt = scheduler.next_expiry()
+                    now = clock()
+                    if nxt is None:
+                        self._watch_at = math.inf
+                        self._watch.wait()
+                        continue
+                    if nxt > now:
+                        self._watch_at = nxt
+                        self._watch.wait(nxt - now)
+                        continue
+                    shed = [(self._pending.pop(s.request_id), s) for s in scheduler.shed_expired(now)]
+                    if shed:
+                        self.metrics.set_queue_depth(scheduler.get_num_waiting())
+                        self._lock.release()
+                        try:
+                            self._shed(shed)
+                        finally:
+                            self._lock.acquire()
+        except BaseException:  # noqa: BLE001
+            log.exception("the deadline watchdog died; deadlines are enforced between batches only")
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop taking requests; answer (drain) or shed the queue; stop both threads.
+
+        When the worker is still busy after `timeout` seconds, the queued requests are shed
+        and the running batch answers in the background.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._closing = True
+            aborted = []
+            if not drain and self.scheduler is not None:
+                aborted = [(self._pending.pop(s.request_id), s) for s in self.scheduler.abort_all("closed")]
+                self.metrics.set_queue_depth(0)
+            self._work.notify_all()
+        self._shed(aborted)
+        if self.on_engine_thread():  # close() from a callback: the worker ends by itself
+            with self._lock:
+                self._stopped = True
+                self._watch.notify_all()
+            self.metrics.close()
+            return
+        self._worker.join(timeout)
+        with self._lock:
+            if self._worker.is_alive():
+                log.warning("runtime worker still busy after %.3g s; its batch finishes in the background", timeout)
+                left = []
+                if self.scheduler is not None:
+                    left = [(self._pending.pop(s.request_id), s) for s in self.scheduler.abort_all("closed")]
+            else:
+                left = [(p, ShedRequest(p.request.id, "closed", "the runtime closed")) for p in self._pending.values()]
+                self._pending.clear()
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            self._stopped = True
+            self._watch.notify_all()
+        self._shed(left)
+        for _, future in jobs:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(Overloaded("the runtime closed"))
+        self.metrics.close()
+        self._watchdog.join(1.0)
+
+
+def _fail(future: Future, error: ElasticError) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _execution_error(batch: ScheduledBatch, cause: BaseException) -> ExecutionError:
+    error = ExecutionError(
+        f"forward of subnet {batch.subnet} on a batch of {batch.size} failed: {type(cause).__name__}: {cause}"
+    )
+    error.__cause__ = cause
+    return error
