@@ -16,6 +16,7 @@ COMMANDS = [
     "elastic.commands.info",
     "elastic.commands.bench",
     "elastic.commands.serve_demo",
+    "elastic.commands.export_onnx",
 ]
 
 
