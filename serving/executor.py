@@ -65,6 +65,7 @@ class EagerExecutor(Executor):
 # executor name -> "module:Class"; a module registers more by adding to this table
 EXECUTORS: dict[str, str] = {
     "eager": "elastic.serving.executor:EagerExecutor",
+    "compiled": "elastic.serving.compiled_executor:CompiledExecutor",
     "onnxruntime": "elastic.serving.onnx_executor:OnnxRuntimeExecutor",
 }
 

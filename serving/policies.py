@@ -159,7 +159,7 @@ class ElasticPolicy(Policy):
         suffix_min = list(accumulate(reversed(window), min))
         suffix_min.reverse()  # suffix_min[i] = earliest binding deadline among positions i..h-1
         f_rest = max(floors[:h])
-        fast = costs.fastest(None if f_rest == _NO_FLOOR else f_rest, max_batch)
+        fast = costs.fastest(None, max_batch)
         if fast is None:
             return None
         t_full = fast[1] / 1e3
@@ -178,13 +178,25 @@ class ElasticPolicy(Policy):
                 soft_b += 1
                 soft_d = min(soft_d, queue[b - 1].deadline)
             latest = _INF  # latest end of this batch that keeps the planned rest on time
-            k, c = b, t_full
-            while k < h:
-                v = suffix_min[k] - c
-                if v < latest:
-                    latest = v
-                k += max_batch
-                c += t_full
+            if f_rest == _NO_FLOOR:  # every rest batch full, on the fastest subnet
+                k, c = b, t_full
+                while k < h:
+                    v = suffix_min[k] - c
+                    if v < latest:
+                        latest = v
+                    k += max_batch
+                    c += t_full
+            else:  # accuracy floors: each rest batch on the fastest subnet its members allow
+                k, c = b, 0.0
+                while k < h:
+                    m = min(max_batch, h - k)
+                    ff = max(floors[k : k + m])
+                    found = costs.fastest(None if ff == _NO_FLOOR else ff, m)
+                    c += found[1] / 1e3 if found is not None else _INF
+                    v = min(window[k : k + m]) - c
+                    if v < latest:
+                        latest = v
+                    k += m
             d = prefix_deadline[b - 1]
             f = prefix_floor[b - 1]
             limit = d if d < latest else latest
@@ -221,7 +233,41 @@ class ElasticPolicy(Policy):
                 key = (0, hard_b, b, acc if hard_b else -t, -t)
             if best is None or key > best:
                 best, decision = key, (sid, b)
+        if (best is None or best[0] == 0) and hasattr(costs, "plan_late"):
+            exact = self._fewest_late(queue, now, costs, max_batch, hard, floors)
+            if exact is not None:
+                return exact
         return Decision(*decision) if decision is not None else None
+
+    @staticmethod
+    def _fewest_late(queue: Sequence[Request], now: float, costs, max_batch: int, hard, floors) -> Decision | None:
+        """When the quick look-ahead finds no batch that keeps every planned request on time
+        (it assumes full batches; the engine's plan splits them where deadlines demand):
+        try, per batch size, the most accurate subnet that makes the batch's deadline and
+        the fastest one, plan the rest exactly (`plan_late`), and take the fewest late."""
+        floored = max(floors) > _NO_FLOOR
+        best: tuple | None = None
+        decision = None
+        d, f, hard_b = _INF, _NO_FLOOR, 0
+        for b in range(1, min(len(queue), max_batch) + 1):
+            d = min(d, hard[b - 1])
+            f = max(f, floors[b - 1])
+            hard_b += hard[b - 1] < _INF
+            options = {costs.fastest(None if f == _NO_FLOOR else f, b)}
+            if d < _INF:
+                options.add(costs.best_within(b, f, (d - now) * 1e3))
+            for found in options:
+                if found is None:
+                    continue
+                sid, t = found
+                end = now + t / 1e3
+                late = len(costs.plan_late(hard[b:], floors[b:] if floored else None, end))
+                late += hard_b if end > d else 0
+                acc = costs.accuracy(sid)
+                key = (-late, hard_b * acc, b, acc, -t)
+                if best is None or key > best:
+                    best, decision = key, Decision(sid, b)
+        return decision
 
     def _choose_generic(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
         """Any `CostView`: score every (prefix, eligible subnet) with the look-ahead curve."""

@@ -471,6 +471,10 @@ class BudgetScheduler(SchedulerInterface):
             return _INF
         return self._front_lat[size][i] + self.overhead.per_batch_ms + self.overhead.per_request_ms * size
 
+    def plan_late(self, hard: list[float], floors: list[float] | None, t: float) -> list[int]:
+        """`_plan_late`, for policies: who misses in the engine's cheapest plan from `t`."""
+        return self._plan_late(hard, floors, t)
+
     def _plan_late(self, hard: list[float], floors: list[float] | None, t: float) -> list[int]:
         """Positions in `hard` that miss their deadline in the engine's cheapest plan, from `t`.
 
