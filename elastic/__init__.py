@@ -26,6 +26,7 @@ _LAZY = {
     "LearngenePool": "elastic.builders.learngene",
     "load": "elastic.checkpoint",
     "save": "elastic.checkpoint",
+    "SortedNet": "elastic.builders.sorted",
     "StitchLayer": "elastic.builders.stitch_layer",
     "StitchedNet": "elastic.builders.stitched",
 }
@@ -34,6 +35,7 @@ __all__ = [
     "BUILDERS",
     "ElasticModel",
     "LearngenePool",
+    "SortedNet",
     "StitchLayer",
     "StitchedNet",
     "Subnet",
@@ -46,6 +48,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .builders.learngene import LearngenePool
+    from .builders.sorted import SortedNet
     from .builders.stitch_layer import StitchLayer
     from .builders.stitched import StitchedNet
     from .checkpoint import load, save

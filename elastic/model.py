@@ -41,6 +41,19 @@ def builder_class(name: str) -> type[ElasticModel] | None:
     return BUILDERS.get(name)
 
 
+def sandwich_middle(subnets: Sequence[Subnet], rng: random.Random) -> Subnet:
+    """One of the random subnets of a sandwich-rule step (Yu & Huang, US-Nets, ICCV 2019).
+
+    The sandwich rule trains the cheapest and the dearest subnet (by FLOPs) every step plus
+    k random ones; this draws a random one uniformly from the rest (from all when there are
+    at most two).
+    """
+    if len(subnets) <= 2:
+        return rng.choice(list(subnets))
+    ends = {min(subnets, key=lambda s: (s.flops, s.id)).id, max(subnets, key=lambda s: (s.flops, s.id)).id}
+    return rng.choice([s for s in subnets if s.id not in ends])
+
+
 class ElasticModel(nn.Module):
     """Many subnets in one set of weights."""
 
@@ -91,7 +104,9 @@ class ElasticModel(nn.Module):
 
         Policies: "uniform" over all subnets (SN-Net v1); "flops" draws a FLOPs bin uniformly
         (ten equal-width bins over the FLOPs range), then a subnet inside it (SN-Netv2's
-        resource-constrained sampling, so the many mid-size stitches do not crowd out anchors).
+        resource-constrained sampling, so the many mid-size stitches do not crowd out anchors);
+        "sandwich" draws uniformly from all but the cheapest and the dearest subnet, the random
+        part of a sandwich-rule step (`sandwich_middle`).
         """
         subnets = self.subnets()
         if policy == "uniform":
@@ -104,7 +119,9 @@ class ElasticModel(nn.Module):
                 b = min(9, int(10 * (s.flops - lo) / max(1, hi - lo)))
                 bins.setdefault(b, []).append(s)
             return rng.choice(bins[rng.choice(sorted(bins))])
-        raise ValueError(f"unknown sampling policy {policy!r}; use 'uniform' or 'flops'")
+        if policy == "sandwich":
+            return sandwich_middle(subnets, rng)
+        raise ValueError(f"unknown sampling policy {policy!r}; use 'uniform', 'flops' or 'sandwich'")
 
     # ---- inputs ------------------------------------------------------------------------
     def input_size(self) -> tuple[int, int, int]:

@@ -12,7 +12,9 @@ class Subnet:
     """One runnable sub-network of an elastic model.
 
     Ids are 0..n-1 and stable across save/load; `flops` are FLOPs (not MACs) per sample,
-    counted with `torch.utils.flop_counter` with fused attention off.
+    counted with `torch.utils.flop_counter` with fused attention off. A "sorted" subnet
+    (`SortedNet`) is a nested prefix of one network, described as "vit-b[d4 w32 h2 mlp64]":
+    the first 4 blocks, 32 embedding channels, 2 heads and 64 MLP hidden units.
     """
 
     id: int  # position in `model.subnets()`
