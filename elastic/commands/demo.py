@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from elastic.cli import require_writable_dir
+
+    require_writable_dir(args.out)  # fails now, not after minutes of training
     module = BUILDER_DEMOS[getattr(args, "builder", "stitched")]
     if module is not None:
         return int(importlib.import_module(module).run_builder_demo(args) or 0)

@@ -11,35 +11,86 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def _policy(text: str) -> str:
+    """argparse type: a policy name `make_policy` knows (checked before anything loads)."""
+    from elastic.serving.policies import make_policy
+
+    try:
+        make_policy(text)
+    except ValueError as e:  # ConfigError is one
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _device(text: str) -> str:
+    """argparse type: a torch device string that exists on this machine."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no CUDA device here")
+    return text
+
+
+def _budgets(text: str) -> list[float]:
+    """argparse type: comma-separated budgets in ms, each a finite number > 0."""
+    try:
+        budgets = [float(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers of ms, got {text!r}") from None
+    if not all(math.isfinite(b) and b > 0 for b in budgets):
+        raise argparse.ArgumentTypeError(f"every budget must be a finite number of ms > 0, got {text!r}")
+    return budgets
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    check.__name__ = f"positive {kind.__name__}"
+    return check
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve-demo", help="replay Fashion-MNIST through the runtime under latency budgets")
     p.add_argument("--model", required=True, help="checkpoint directory written by elastic.save")
     p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: the Debian package's)")
-    p.add_argument("--requests", type=int, default=2000, help="requests to replay (default 2000)")
+    p.add_argument("--requests", type=_positive(int), default=2000, help="requests to replay (default 2000)")
     p.add_argument(
         "--report",
         default=None,
         help="report.json to add 'serving' to (default: beside the model folder)",
     )
-    p.add_argument("--policy", default="elastic", help="elastic | slackfit | static:<subnet id>")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--max-batch", type=int, default=8, help="most requests per forward (default 8)")
+    p.add_argument("--policy", type=_policy, default="elastic", help="elastic | slackfit | static:<subnet id>")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device (default cpu)")
+    p.add_argument("--max-batch", type=_positive(int), default=8, help="most requests per forward (default 8)")
     p.add_argument(
         "--budgets",
+        type=_budgets,
         default=None,
         help="comma-separated budgets in ms (default: spread over the served latencies)",
     )
     p.add_argument(
         "--rate",
-        type=float,
+        type=_positive(float),
         default=None,
         help="arrivals per second (default: half the most accurate subnet's served throughput)",
     )
-    p.add_argument("--profile-repeats", type=int, default=10, help="timed runs per (subnet, batch size)")
+    p.add_argument("--profile-repeats", type=_positive(int), default=10, help="timed runs per (subnet, batch size)")
     p.add_argument("--reprofile", action="store_true", help="measure again even if a saved profile fits")
     p.add_argument(
         "--metrics-port",
@@ -69,9 +120,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from elastic.checkpoint import atomic_write_json, load
+    from elastic.cli import require_writable_dir
     from elastic.demo.data import fashion_mnist
     from elastic.serving import Runtime, profile_path, replay
 
+    report_path = Path(args.report) if args.report else Path(args.model).resolve().parent / "report.json"
+    require_writable_dir(report_path.parent, "--report's folder")  # before minutes of replay
     model = load(args.model, map_location=args.device)
     images, labels = fashion_mnist(root=args.data, split="test")
     model.check_input(images[:1])  # a model for another input size fails here, clearly
@@ -90,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         )
         candidates = rt.candidates
         budgets, rate = default_load(model, images[0], profile, candidates, args.max_batch)
-        budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else budgets
+        budgets = args.budgets or budgets
         rate = args.rate if args.rate is not None else rate
         if args.metrics_port is not None:
             print(f"metrics: http://127.0.0.1:{rt.serve_metrics(args.metrics_port)}/metrics")
@@ -115,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
             "accuracy": {str(s): subnets[s].accuracy for s in candidates},
         },
     }
-    report_path = Path(args.report) if args.report else Path(args.model).resolve().parent / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     report["serving"] = serving
     report_path.parent.mkdir(parents=True, exist_ok=True)
