@@ -23,7 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from elastic.bench import SUITES
+    from elastic.checkpoint import read_manifest
+    from elastic.cli import require_writable_dir
 
+    # user errors end the command here (exit 2), before any suite runs
+    if args.model is not None:
+        read_manifest(args.model)  # a missing or malformed --model
+    require_writable_dir(args.out)
     suites = SUITES if args.suite == "all" else [args.suite]
     argv = sys.argv[1:]
     options = argv[argv.index(args.suite) + 1 :] if args.suite in argv else []
