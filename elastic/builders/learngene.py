@@ -238,7 +238,7 @@ class LearngenePool(ElasticModel):
 
     # ---- stitch initialisation ---------------------------------------------------------
     @torch.no_grad()
-    def init_stitches_from_transforms(self, transforms: Sequence[Any]) -> None:
+    def init_stitches_from_transforms(self, transforms: Sequence[Any], inverse: str = "pinv") -> None:
         """Start every stitch from the distillation's width transforms (the paper's init).
 
         For a configuration (i, k) from student a to student b: S = W_b W_a⁺, bias
@@ -248,9 +248,13 @@ class LearngenePool(ElasticModel):
 
         Args:
             transforms: `learngene_distill.WidthTransforms`, one per auxiliary model in family order.
+            inverse: "pinv" (W_a⁺, the least-squares inverse) or "transpose" (W_aᵀ, what the
+                official code copies).
         """
         if len(transforms) != len(self.family):
             raise ValueError(f"{len(transforms)} transforms for {len(self.family)} auxiliary models")
+        if inverse not in ("pinv", "transpose"):
+            raise ValueError(f"inverse must be 'pinv' or 'transpose', not {inverse!r}")
         solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for path in self.paths:
             if path is None or path.layer is None:
@@ -258,7 +262,8 @@ class LearngenePool(ElasticModel):
             fa, ba = self.family[path.front], self.family[path.back]
             ta = transforms[path.front].nearest(path.front_stop - 1, fa.depth)
             tb = transforms[path.back].nearest(max(0, path.back_start - 1), ba.depth)
-            inv = torch.linalg.pinv(ta.weight.double())  # (C_teacher, C_a)
+            wa = ta.weight.double()
+            inv = torch.linalg.pinv(wa) if inverse == "pinv" else wa.T  # (C_teacher, C_a)
             weight = tb.weight.double() @ inv  # (C_b, C_a)
             bias = tb.bias.double() - weight @ ta.bias.double()
             solutions.setdefault(path.layer, []).append((weight, bias))
@@ -267,7 +272,7 @@ class LearngenePool(ElasticModel):
             weight = torch.stack([w for w, _ in sols]).mean(0)
             bias = torch.stack([b for _, b in sols]).mean(0)
             layer.set_solution(weight.to(layer.weight), bias.to(layer.bias))
-        log.info("initialised %d stitching layers from the distillation's width transforms", len(solutions))
+        log.info("initialised %d stitching layers from the width transforms (%s)", len(solutions), inverse)
 
     @torch.no_grad()
     def init_stitches(self, images: torch.Tensor) -> dict[str, float]:

@@ -60,6 +60,10 @@ from elastic.subnet import Subnet, pareto
 
 log = logging.getLogger(__name__)
 
+# stitch inits compared before fine-tuning: the paper's from the width transforms (pseudo-inverse,
+# or the transpose the official code copies), SN-Net's least squares, and nn.Linear's default
+STITCH_INITS = ("random", "least_squares", "transforms_transpose", "transforms")
+
 SNNET_REPORT = Path("results/demo/report.json")
 DEFAULT_OUT = "out/demo"  # the `elastic demo --out` default; this demo then writes out/learngene
 
@@ -70,11 +74,11 @@ class LearngeneConfig:
 
     widths: tuple[int, ...] = (16, 32, 64)  # auxiliary models' widths (the teacher's is 64)
     depth: int | None = None  # auxiliary models' depth; None = half the teacher's (paper: 6 of 12)
-    distill_epochs: float = 1.5  # epochs of distillation
+    distill_epochs: float = 2.0  # epochs of distillation
     positions: int = 3  # matched block positions per student (official "[front,end]")
     alpha: float = 0.1  # label cross-entropy weight in distillation (official 0.1)
     nearest: bool = True  # stitch neighbouring auxiliary models only
-    stitch_init: str = "transforms"  # "transforms" (paper), "least_squares" (SN-Net), "random"
+    stitch_init: str = "transforms"  # one of STITCH_INITS: the pool keeps this one
     finetune_epochs: float = 1.0  # epochs of pool fine-tuning (one descendant per step)
     finetune_lr: float = 1e-3  # auxiliary blocks' peak learning rate while fine-tuning
     stitch_lr: float = 2e-3  # stitching layers' peak learning rate
@@ -266,10 +270,11 @@ def _run(cfg, lg, out: Path, data_root, cache_dir, use_cache, progress, timer, s
     timer.start("stitch_init")
     init_accuracy = {}
     n_init = min(lg.init_eval_images, evalset[0].shape[0])
-    inits = [i for i in ("random", "least_squares", "transforms") if i != lg.stitch_init] + [lg.stitch_init]
+    inits = [i for i in STITCH_INITS if i != lg.stitch_init] + [lg.stitch_init]
     for init in inits:  # the chosen init last, so the pool keeps it
-        if init == "transforms":
-            pool.init_stitches_from_transforms(distilled.transforms)
+        if init.startswith("transforms"):
+            inverse = "transpose" if init == "transforms_transpose" else "pinv"
+            pool.init_stitches_from_transforms(distilled.transforms, inverse)
         elif init == "least_squares":
             pool.init_stitches(calibration)
         else:

@@ -75,7 +75,7 @@ def test_report_holds_descendants_costs_accuracies_and_provenance(demo_runs):
     assert cmp["pool_weight_bytes"] > 0 and 0 < cmp["bytes_ratio"] < 1
     assert cmp["snnet_family_covering_range"]["anchors"][0] == "vit-ti"
     inits = report["training"]["stitch_init_accuracy_before_finetune"]
-    assert set(inits) == {"random", "least_squares", "transforms"}
+    assert set(inits) == {"random", "least_squares", "transforms_transpose", "transforms"}
     losses = report["training"]["distill_loss_per_epoch"]
     assert set(losses) >= {"ce", "logits", "blocks", "attn", "total"}
     md = (outs[0] / "report.md").read_text()
