@@ -99,12 +99,37 @@ class ElasticModel(nn.Module):
             else:
                 self._accuracy[sid] = float(acc)
 
-    def sample_subnet(self, rng: random.Random, policy: str = "uniform") -> Subnet:
+    def flops_groups(self, gap: float | None = None) -> list[list[int]]:
+        """Subnet ids grouped by FLOPs, as SN-Netv2's `group_subnets_by_flops`.
+
+        Walk the subnets from cheapest to dearest; a subnet more than `gap` FLOPs away from the
+        current group's reference starts a new group and becomes its reference (the first
+        reference is 0 FLOPs, as in SN-Netv2). SN-Netv2 used 1 GMAC (2 GFLOPs)
+        on DeiT-S/B/L, about a thirteenth of that FLOPs range; `gap=None` takes a tenth of
+        this model's range, so small models group the same way.
+
+        Returns:
+            Groups of ids (each sorted), cheapest group first.
+        """
+        subnets = sorted(self.subnets(), key=lambda s: (s.flops, s.id))
+        if gap is None:
+            gap = (subnets[-1].flops - subnets[0].flops) / 10
+        groups: list[list[int]] = [[]]
+        reference = 0
+        for s in subnets:
+            if abs(s.flops - reference) > gap:
+                if groups[-1]:
+                    groups.append([])
+                reference = s.flops
+            groups[-1].append(s.id)
+        return [sorted(g) for g in groups]
+
+    def sample_subnet(self, rng: random.Random, policy: str = "uniform", flops_gap: float | None = None) -> Subnet:
         """Draw a subnet for one training step.
 
-        Policies: "uniform" over all subnets (SN-Net v1); "flops" draws a FLOPs bin uniformly
-        (ten equal-width bins over the FLOPs range), then a subnet inside it (SN-Netv2's
-        resource-constrained sampling, so the many mid-size stitches do not crowd out anchors);
+        Policies: "uniform" over all subnets (SN-Net v1); "flops" draws a FLOPs group
+        (`flops_groups(flops_gap)`) uniformly, then a subnet inside it uniformly (SN-Netv2's
+        resource-constrained sampling, so the many mid-size stitches do not crowd out the rest);
         "sandwich" draws uniformly from all but the cheapest and the dearest subnet, the random
         part of a sandwich-rule step (`sandwich_middle`).
         """
@@ -112,13 +137,8 @@ class ElasticModel(nn.Module):
         if policy == "uniform":
             return rng.choice(subnets)
         if policy == "flops":
-            lo = min(s.flops for s in subnets)
-            hi = max(s.flops for s in subnets)
-            bins: dict[int, list[Subnet]] = {}
-            for s in subnets:
-                b = min(9, int(10 * (s.flops - lo) / max(1, hi - lo)))
-                bins.setdefault(b, []).append(s)
-            return rng.choice(bins[rng.choice(sorted(bins))])
+            groups = self.flops_groups(flops_gap)
+            return subnets[rng.choice(rng.choice(groups))]
         if policy == "sandwich":
             return sandwich_middle(subnets, rng)
         raise ValueError(f"unknown sampling policy {policy!r}; use 'uniform', 'flops' or 'sandwich'")

@@ -1,13 +1,22 @@
 """`StitchedNet`: Stitchable Neural Networks (SN-Net, Pan et al., CVPR 2023; SN-Netv2, 2023).
 
 One set of weights — a family of pretrained anchors plus small stitching layers — holds
-many subnets: each anchor alone, and "front blocks of anchor a -> stitch -> back blocks of
-anchor b" for the block pairs of `elastic.builders.stitch_plan`. Subnet ids: anchors first
-(0..k-1, cheapest first), then the stitched paths in plan order.
+many subnets: each anchor alone, and paths "front blocks of anchor a -> stitch -> back blocks
+of anchor b" planned by `elastic.builders.stitch_plan`. Subnet ids: anchors first (0..k-1,
+cheapest first), then the stitched paths in the official order.
 
-A stitched path starts with the front anchor's stem and ends with the back anchor's final
-norm and head (the reference code skips that norm; we keep it, so a whole-anchor path
-equals timm's own forward).
+Two plans:
+- "v1" (default, SN-Net v1 exactly as ziplab/SN-Net `stitching_deit/`): nearest anchor pairs,
+  cheaper in front, `paired_stitching(depth, window, stride)` configs (i, k) that run front
+  blocks [0 : i+1] -> stitch -> back blocks [k :]; one layer per window. DeiT Ti/S/B: 71.
+- "v2" (SN-Netv2, ziplab/SN-Netv2 `classification/`): per nearest pair, stitches both ways
+  with one layer per position and direction, and the two-stitch paths small -> large -> small
+  and large -> small -> large.
+
+Final norm: the released SN-Net v1 DeiT results ran stitched paths into the back anchor's
+head *without* its final norm (`forward_head` on the last block's output); SN-Netv2 keeps it.
+`final_norm=None` (default) follows the plan's paper: v1 skips it, v2 keeps it. A whole anchor
+always runs its own forward (norm included), equal to timm's.
 """
 
 from __future__ import annotations
@@ -19,14 +28,16 @@ import torch
 from torch import nn
 
 from elastic.anchors import AnchorFamily
-from elastic.anchors.cost import count_flops
+from elastic.anchors.cost import count_flops, count_params
 from elastic.builders.stitch_layer import StitchLayer, flatten_channels, least_squares
-from elastic.builders.stitch_plan import StitchPath, anchor_pairs, block_pairs
+from elastic.builders.stitch_plan import StitchPath, anchor_pairs, v1_pairs, v2_routes
 from elastic.errors import CheckpointError
 from elastic.model import ElasticModel, register_builder
 from elastic.subnet import Subnet
 
 log = logging.getLogger(__name__)
+
+PLANS = ("v1", "v2")
 
 
 @register_builder
@@ -35,13 +46,16 @@ class StitchedNet(ElasticModel):
 
     Args:
         family: the anchors, cheapest first.
-        window: block ids per sliding window (SN-Net v1: 2).
-        stride: window step (1).
-        nearest: stitch only anchors next to each other in cost (True) or every pair.
-        two_way: add SN-Netv2's paths from a larger anchor back to a smaller one.
-        shared_stitches: one layer per window shared by its pairs (SN-Net v1); False gives
-            each pair its own layer (SN-Netv2).
-        lora_rank: rank of a low-rank update on every stitch (0 = none).
+        window: block ids per sliding window (SN-Net v1's kernel size: 2). Plan "v1" only.
+        stride: window step (1). Plan "v1" only.
+        nearest: stitch only anchors next to each other in cost (True, both papers) or every
+            pair (plan "v1" only).
+        plan: "v1" (SN-Net) or "v2" (SN-Netv2's two-way and two-stitch paths).
+        final_norm: run the back anchor's final norm on stitched paths; None follows the
+            plan's paper (v1: False, v2: True).
+        lora_rank: rank of a low-rank update on every stitch (0 = none), scaled by 1/rank
+            as in SN-Netv2.
+        lora_freeze_base: with LoRA, freeze the stitch's base weight (SN-Netv2 does).
     """
 
     builder = "StitchedNet"
@@ -52,76 +66,146 @@ class StitchedNet(ElasticModel):
         window: int = 2,
         stride: int = 1,
         nearest: bool = True,
-        two_way: bool = False,
-        shared_stitches: bool = True,
+        plan: str = "v1",
+        final_norm: bool | None = None,
         lora_rank: int = 0,
+        lora_freeze_base: bool = True,
     ):
         super().__init__()
+        if plan not in PLANS:
+            raise ValueError(f"plan must be one of {PLANS}, not {plan!r}")
         self.family = family
         self._config = dict(
             window=window,
             stride=stride,
             nearest=nearest,
-            two_way=two_way,
-            shared_stitches=shared_stitches,
+            plan=plan,
+            final_norm=final_norm,
             lora_rank=lora_rank,
+            lora_freeze_base=lora_freeze_base,
         )
-        layout = family[0].feature_layout
+        self.final_norm = (plan == "v2") if final_norm is None else bool(final_norm)
+        self.layout = family[0].feature_layout
+        self._lora = (lora_rank, lora_freeze_base)
         self.stitches = nn.ModuleDict()
         self.paths: list[StitchPath | None] = [None] * len(family)
-        for front, back in anchor_pairs(len(family), nearest, two_way):
-            fa, ba = family[front], family[back]
-            f_shapes, b_shapes = family.costs[front].block_shapes, family.costs[back].block_shapes
-            windows = block_pairs(
+        self._input_shapes = [self._block_input_shapes(k) for k in range(len(family))]
+        if plan == "v1":
+            self._plan_v1(window, stride, nearest)
+        else:
+            if not nearest:
+                raise ValueError("plan 'v2' stitches nearest anchors only")
+            self._plan_v2()
+
+    # ---- plans -------------------------------------------------------------------------
+    def _block_input_shapes(self, k: int) -> list[tuple[int, ...]]:
+        """Shape (without batch) of anchor k's input to each block 0..depth (the last: its
+        head's input): its stem output, then every block's output."""
+        a, costs = self.family[k], self.family.costs[k]
+        param = next(a.parameters())
+        with torch.no_grad():
+            stem = a.stem(torch.zeros(1, *a.input_size(), device=param.device, dtype=param.dtype))
+        return [tuple(stem.shape[1:]), *costs.block_shapes]
+
+    def _joinable(self, front: int, i: int, back: int, k: int) -> bool:
+        """Whether front block i's output can feed back block k (same resolution)."""
+        f_shape = self.family.costs[front].block_shapes[i]
+        b_shape = self._input_shapes[back][k]
+        if _spatial(f_shape, self.layout) != _spatial(b_shape, self.layout):
+            return False
+        if self.layout == "nchw":
+            # CNNs (as SN-Net's official ResNet code): never into a stem, and only between
+            # blocks of one stage
+            fa, ba = self.family[front], self.family[back]
+            return k > 0 and fa.stage(i) == ba.stage(k - 1)
+        return True
+
+    def _layer(self, key: str, front: int, i: int, back: int, k: int) -> str:
+        """Create (once) the stitching layer `key` for front block i -> back start k."""
+        c_in = _channels(self.family.costs[front].block_shapes[i], self.layout)
+        c_out = _channels(self._input_shapes[back][k], self.layout)
+        if key in self.stitches and (self.stitches[key].in_features, self.stitches[key].out_features) != (c_in, c_out):
+            key = f"{key}_{c_in}x{c_out}"  # a CNN window across a stage boundary: its own layer
+        if key not in self.stitches:
+            rank, freeze = self._lora
+            self.stitches[key] = StitchLayer(c_in, c_out, self.layout, rank, lora_freeze_base=freeze)
+        return key
+
+    def _plan_v1(self, window: int, stride: int, nearest: bool) -> None:
+        for front, back in anchor_pairs(len(self.family), nearest):
+            fa, ba = self.family[front], self.family[back]
+            pairs = v1_pairs(
                 [fa.stage(i) for i in range(fa.depth)], [ba.stage(j) for j in range(ba.depth)], window, stride
             )
-            for w, pairs in enumerate(windows):
-                for i, j in pairs:
-                    if _spatial(f_shapes[i], layout) != _spatial(b_shapes[j], layout):
-                        continue  # different resolution: not stitchable
-                    key = f"{front}to{back}_w{w}" if shared_stitches else f"{front}to{back}_{i}_{j}"
-                    if key not in self.stitches:
-                        self.stitches[key] = StitchLayer(
-                            _channels(f_shapes[i], layout), _channels(b_shapes[j], layout), layout, lora_rank
-                        )
-                    self.paths.append(StitchPath(front, i, back, j, key))
+            for i, k, w in pairs:
+                if not self._joinable(front, i, back, k):
+                    continue
+                key = self._layer(f"{front}to{back}_w{w}", front, i, back, k)
+                self.paths.append(StitchPath((front, back), ((0, i + 1), (k, ba.depth)), (key,)))
+
+    def _plan_v2(self) -> None:
+        for a, b in anchor_pairs(len(self.family)):
+            small, large = (a, b) if self.family[a].depth <= self.family[b].depth else (b, a)
+            ds, dl = self.family[small].depth, self.family[large].depth
+            for kind, stitches in v2_routes(ds, dl):
+                order = [small, large] if kind.startswith("s") else [large, small]
+                anchors = tuple(order[s % 2] for s in range(len(stitches) + 1))
+                starts = [0] + [s.k for s in stitches]
+                stops = [s.i + 1 for s in stitches] + [self.family[anchors[-1]].depth]
+                keys = []
+                for s, st in enumerate(stitches):
+                    f, t = anchors[s], anchors[s + 1]
+                    if not self._joinable(f, st.i, t, st.k):
+                        raise ValueError(f"SN-Netv2 stitch {f}:{st.i} -> {t}:{st.k} joins different resolutions")
+                    keys.append(self._layer(f"{f}to{t}_{st.layer}", f, st.i, t, st.k))
+                self.paths.append(StitchPath(anchors, tuple(zip(starts, stops, strict=True)), tuple(keys)))
 
     # ---- subnets -----------------------------------------------------------------------
     def _build_subnets(self) -> list[Subnet]:
         costs = self.family.costs
         stitch_flops = {key: self._stitch_flops(key) for key in self.stitches}
+        stitch_params = {key: count_params([layer]) for key, layer in self.stitches.items()}
         subnets = []
         for sid, path in enumerate(self.paths):
             if path is None:
                 a = self.family[sid]
                 subnets.append(Subnet(sid, "anchor", a.name, costs[sid].flops, costs[sid].params))
                 continue
-            f, b = costs[path.front], costs[path.back]
-            i, j = path.front_block, path.back_block
-            layer = self.stitches[path.layer]
-            flops = (
-                f.stem_flops
-                + sum(f.block_flops[: i + 1])
-                + stitch_flops[path.layer]
-                + sum(b.block_flops[j + 1 :])
-                + b.head_flops
-            )
-            params = (
-                f.stem_params
-                + sum(f.block_params[: i + 1])
-                + sum(p.numel() for p in layer.parameters())
-                + sum(b.block_params[j + 1 :])
-                + b.head_params
-            )
-            fa, ba = self.family[path.front], self.family[path.back]
-            desc = f"{fa.name}[0:{i + 1}] -> {ba.name}[{j + 1}:{ba.depth}]"
-            subnets.append(Subnet(sid, "stitch", desc, flops, params))
+            head_flops, head_params = self._head_cost(path.back)
+            flops = costs[path.front].stem_flops + head_flops
+            params = costs[path.front].stem_params + head_params
+            for anchor, (start, stop) in zip(path.anchors, path.segments, strict=True):
+                flops += sum(costs[anchor].block_flops[start:stop])
+                params += sum(costs[anchor].block_params[start:stop])
+            flops += sum(stitch_flops[key] for key in path.layers)
+            params += sum(stitch_params[key] for key in dict.fromkeys(path.layers))
+            subnets.append(Subnet(sid, "stitch", self.describe(path), flops, params))
         return subnets
+
+    def describe(self, path: StitchPath) -> str:
+        """E.g. "deit_tiny[0:8] -> deit_small[7:12]": blocks [start:stop] of each anchor."""
+        return " -> ".join(
+            f"{self.family[a].name}[{s}:{e}]" for a, (s, e) in zip(path.anchors, path.segments, strict=True)
+        )
+
+    @torch.no_grad()
+    def _head_cost(self, k: int) -> tuple[int, int]:
+        """FLOPs and parameters of anchor k's head as stitched paths run it."""
+        costs = self.family.costs[k]
+        norm = _final_norm(self.family[k])
+        if self.final_norm or norm is None:
+            return costs.head_flops, costs.head_params
+        a = self.family[k]
+        param = next(a.parameters())
+        x = torch.zeros(1, *costs.block_shapes[-1], device=param.device, dtype=param.dtype)
+        flops, _ = count_flops(a.model.forward_head, x)
+        return flops, costs.head_params - count_params([norm])
 
     @torch.no_grad()
     def _stitch_flops(self, key: str) -> int:
-        path = next(p for p in self.paths if p is not None and p.layer == key)
-        shape = self.family.costs[path.front].block_shapes[path.front_block]
+        path = next(p for p in self.paths if p is not None and key in p.layers)
+        s = path.layers.index(key)
+        shape = self.family.costs[path.anchors[s]].block_shapes[path.segments[s][1] - 1]
         layer = self.stitches[key]
         x = torch.zeros(1, *shape, device=layer.weight.device, dtype=layer.weight.dtype)
         return count_flops(layer, x)[0]
@@ -142,46 +226,88 @@ class StitchedNet(ElasticModel):
         path = self.paths[sid]
         if path is None:
             return self.family[sid](x)
-        front, back = self.family[path.front], self.family[path.back]
-        x = front.forward_blocks(front.stem(x), 0, path.front_block + 1)
-        x = self.stitches[path.layer](x)
-        return back.head(back.forward_blocks(x, path.back_block + 1, back.depth))
+        return self.forward_path(self.family[path.front].stem(x), path)
+
+    def forward_path(self, x: torch.Tensor, path: StitchPath, start: int = 0) -> torch.Tensor:
+        """Run `path` from its segment `start` on that anchor's input `x` to the logits.
+
+        Shape:
+            x: the input to block `path.segments[start][0]` of `path.anchors[start]`
+            -> (B, num_classes)
+        """
+        for s in range(start, len(path.anchors)):
+            lo, hi = path.segments[s]
+            x = self.family[path.anchors[s]].forward_blocks(x, lo, hi)
+            if s < len(path.layers):
+                x = self.stitches[path.layers[s]](x)
+        return self.head(path.back, x)
+
+    def head(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Anchor k's head as stitched paths run it (with or without its final norm).
+
+        Shape:
+            x: anchor k's last block output -> (B, num_classes)
+        """
+        back = self.family[k]
+        if self.final_norm or _final_norm(back) is None:
+            return back.head(x)
+        return back.model.forward_head(x)
 
     def input_size(self) -> tuple[int, int, int]:
         return self.family.input_size()
 
     # ---- stitch initialisation ---------------------------------------------------------
     @torch.no_grad()
+    def stitch_targets(self, images: torch.Tensor) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Least-squares operands (A, B) per stitching layer, one per distinct position.
+
+        A is the front anchor's output after its last block on the path, B the back anchor's
+        input to its first block on the path (its stem output for block 0), both in eval
+        mode and flattened to (rows, C). Only one-stitch paths contribute (SN-Netv2 fits its
+        layers on them; two-stitch paths reuse the same layers).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            acts = self.family.capture(images)
+            stems = [a.stem(images) for a in self.family]
+        finally:
+            self.train(was_training)
+        operands: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        seen: set[tuple[str, int, int]] = set()
+        for path in self.paths:
+            if path is None or len(path.layers) != 1 or (path.layer, path.front_block, path.back_start) in seen:
+                continue
+            seen.add((path.layer, path.front_block, path.back_start))
+            k = path.back_start
+            b = stems[path.back] if k == 0 else acts[path.back][k - 1]
+            a = acts[path.front][path.front_block]
+            operands.setdefault(path.layer, []).append(
+                (flatten_channels(a, self.layout), flatten_channels(b, self.layout))
+            )
+        return operands
+
+    @torch.no_grad()
     def init_stitches(self, images: torch.Tensor) -> dict[str, float]:
         """Least-squares initialisation of every stitching layer from a calibration batch.
 
-        Each pair (i, j) gets the solution of `[A_i | 1] M ≈ B_j` (A: front activations after
-        block i, B: back activations after block j, eval mode, fp64); a layer shared by
-        several pairs starts from the mean of their solutions (SN-Net v1).
+        Each position gets the solution of `[A | 1] M ≈ B` (`stitch_targets`; fp64); a layer
+        shared by several positions starts from the mean of their solutions (SN-Net v1).
+        The official code fits in train mode on one augmented batch; this fits in eval mode.
 
         Returns:
             Relative reconstruction error ||[A|1]M - B|| / ||B|| per layer, averaged over its
-            pairs, on the calibration batch.
+            positions, on the calibration batch.
         """
         self.check_input(images)
-        acts = self.family.capture(images)
-        layout = self.family[0].feature_layout
-        solutions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        operands: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        for path in self.paths:
-            if path is None:
-                continue
-            a = flatten_channels(acts[path.front][path.front_block], layout)
-            b = flatten_channels(acts[path.back][path.back_block], layout)
-            solutions.setdefault(path.layer, []).append(least_squares(a, b))
-            operands.setdefault(path.layer, []).append((a, b))
         errors = {}
-        for key, sols in solutions.items():
+        for key, ops in self.stitch_targets(images).items():
+            sols = [least_squares(a, b) for a, b in ops]
             weight = torch.stack([w for w, _ in sols]).mean(0)
             bias = torch.stack([b for _, b in sols]).mean(0)
             layer = self.stitches[key]
             layer.set_solution(weight.to(layer.weight.dtype), bias.to(layer.bias.dtype))
-            errors[key] = sum(stitch_error(layer, a, b) for a, b in operands[key]) / len(sols)
+            errors[key] = sum(stitch_error(layer, a, b) for a, b in ops) / len(ops)
         log.info(
             "initialised %d stitching layers by least squares on %d images; mean relative error %.4f",
             len(errors),
@@ -204,15 +330,27 @@ class StitchedNet(ElasticModel):
 
     @classmethod
     def from_config(cls, anchors: list[dict[str, Any]], config: dict[str, Any]) -> StitchedNet:
+        unknown = set(config) - {"window", "stride", "nearest", "plan", "final_norm", "lora_rank", "lora_freeze_base"}
+        if unknown:
+            raise CheckpointError(
+                f"saved by an older StitchedNet (config keys {sorted(unknown)}): its subnet ids "
+                "follow another plan; rebuild and save it again"
+            )
         family = AnchorFamily.from_timm([(a["name"], a.get("kwargs", {}), a.get("label")) for a in anchors])
         return cls(family, **config)
 
 
 @torch.no_grad()
 def stitch_error(layer: StitchLayer, a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative error ||layer(a) - b|| / ||b|| on flattened activations (rows, C)."""
-    pred = nn.functional.linear(a, layer.weight, layer.bias)
+    """Relative error ||layer(a) - b|| / ||b|| on flattened activations (rows, C), LoRA included."""
+    pred = layer.linear(a)
     return float((pred - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def _final_norm(adapter) -> nn.Module | None:
+    """The anchor's final norm before pooling (ViT `norm`), None if it has none."""
+    norm = getattr(adapter.model, "norm", None) if adapter.family == "vit" else None
+    return None if norm is None or isinstance(norm, nn.Identity) else norm
 
 
 def _spatial(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ FLOPs; here every subnet is evaluated on in-memory images (batched, eval mode, n
 the result stored with `ElasticModel.set_accuracies`, so it lands in the saved manifest.
 
 For a `StitchedNet` the subnets share computation: every stitched path starting in anchor
-`a` after block `i` runs exactly anchor `a`'s stem and blocks 0..i. `evaluate_subnets`
+`a` after block `i` runs exactly anchor `a`'s stem and blocks [0 : i+1]. `evaluate_subnets`
 therefore runs each anchor once per batch, keeps its activations after every block, and
 runs only the stitch and the back part of each path — the same arithmetic as
 `model(x, subnet)`, in roughly half the time.
@@ -52,7 +52,7 @@ def evaluate_subnets(
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int = 1000,
-    progress: bool = True,
+    progress: bool = False,
     store: bool = True,
 ) -> dict[int, float]:
     """Top-1 accuracy of every subnet; stored on the model with `set_accuracies` if `store`.
@@ -119,7 +119,6 @@ def _stitched_logits(model, x: torch.Tensor) -> dict[int, torch.Tensor]:
     for sid, path in enumerate(model.paths):
         if path is None:
             continue
-        back = family[path.back]
-        h = model.stitches[path.layer](acts[path.front][path.front_block])
-        logits[sid] = back.head(back.forward_blocks(h, path.back_block + 1, back.depth))
+        h = model.stitches[path.layers[0]](acts[path.front][path.front_block])
+        logits[sid] = model.forward_path(h, path, start=1)
     return logits
