@@ -341,6 +341,9 @@ def _load_checkpoint(folder: Path, trainable: nn.Module, optimizer) -> tuple[int
         meta = json.loads((folder / META).read_text())
         tensors = load_file(str(folder / STATE))
         model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        expected = {k: tuple(v.shape) for k, v in trainable.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in model.items()} != expected:
+            raise ValueError("the cached students do not match these students' structure")  # nothing loaded yet
         trainable.load_state_dict(model, strict=True)
         state: dict[int, dict[str, torch.Tensor]] = {}
         for k, v in tensors.items():

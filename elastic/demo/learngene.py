@@ -227,6 +227,7 @@ def run_learngene_demo(
 
 def _run(cfg, lg, out: Path, data_root, cache_dir, use_cache, progress, timer, snnet_report, command):
     out.mkdir(parents=True, exist_ok=True)
+    commit = _commit()  # the code this run starts with
     load_before = os.getloadavg()
     threads = torch.get_num_threads()
 
@@ -337,7 +338,7 @@ def _run(cfg, lg, out: Path, data_root, cache_dir, use_cache, progress, timer, s
 
     report: dict[str, Any] = {
         "command": command,
-        "commit": _commit(),
+        "commit": commit,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "builder": "LearngenePool",
         "dataset": {
