@@ -104,7 +104,7 @@ class Parallel(StreamingModule):
 
     def out_frame_shape(self, frame_shape: Sequence[int]) -> tuple[int, ...]:
         shapes = [b.out_frame_shape(frame_shape) for b in self.branches]
-        probe = self.reduce([torch.empty(1, *s, device="meta") for s in shapes])
+        probe = self.reduce([torch.zeros(1, *s) for s in shapes])
         return tuple(probe.shape[1:])
 
     def init_state(self, batch, frame_shape, *, device=None, dtype=None) -> State:

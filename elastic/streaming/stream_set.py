@@ -57,7 +57,8 @@ class StreamSet:
         self.module = module
         self.frame_shape = tuple(int(n) for n in frame_shape)
         self.device, self.dtype = param_device_dtype(module, device, dtype)
-        self._pool: State = self._fresh(max(1, capacity))
+        with torch.inference_mode():
+            self._pool: State = self._fresh(max(1, capacity))
         self._capacity = max(1, capacity)
         self._rows: dict[Hashable, int] = {}
         self._free: list[int] = list(range(self._capacity - 1, -1, -1))
@@ -89,7 +90,8 @@ class StreamSet:
             self._grow()
         row = self._free.pop()
         index = torch.tensor([row], device=self.device)
-        tree_map(lambda pool, new: pool.index_copy_(0, index, new), self._pool, self._fresh(1))
+        with torch.inference_mode():  # the pool holds inference tensors (steps run in inference mode)
+            tree_map(lambda pool, new: pool.index_copy_(0, index, new), self._pool, self._fresh(1))
         self._rows[stream] = row
         return stream
 
@@ -102,7 +104,8 @@ class StreamSet:
 
     def _grow(self) -> None:
         extra = self._capacity
-        self._pool = tree_map(lambda a, b: torch.cat([a, b], dim=0), self._pool, self._fresh(extra))
+        with torch.inference_mode():
+            self._pool = tree_map(lambda a, b: torch.cat([a, b], dim=0), self._pool, self._fresh(extra))
         self._free.extend(range(self._capacity + extra - 1, self._capacity - 1, -1))
         self._capacity += extra
         log.debug("stream pool grown to %d rows", self._capacity)
@@ -172,7 +175,8 @@ class StreamSet:
         if whole:
             self._pool = new
         else:
-            tree_map(lambda pool, rows_new: pool.index_copy_(0, index, rows_new), self._pool, new)
+            with torch.inference_mode():
+                tree_map(lambda pool, rows_new: pool.index_copy_(0, index, rows_new), self._pool, new)
         ready = [True] * len(ids) if valid is None else valid.tolist()
         for i, (stream, ok) in enumerate(zip(ids, ready, strict=True)):
             results.outputs[stream] = y[i] if ok else None
