@@ -1,0 +1,222 @@
+"""onnx: torch eager vs torch compiled vs onnxruntime, per subnet, at batch 1 and 8.
+
+Each chosen subnet is exported (`elastic.export.onnx`, opset 23, attention fused) to a
+temporary folder and run by three executors of the serving engine: "eager" (the model's
+forward), "compiled" (`torch.compile`, inductor, one graph per batch bucket) and
+"onnxruntime" (CPU provider); "onnxruntime-opset18" runs the same subnets exported at
+opset 18, where attention is decomposed into MatMul/Softmax, to show what the fused
+`Attention` operator of opset 23 is worth. All run on one thread (torch intra-op threads and
+onnxruntime's intra-op threads both 1, as the runtime's worker runs them), interleaved in
+one run; the table gives each one's median and its ratio to eager (paired per round), and
+the largest output difference from eager, so a fast wrong executor cannot pass.
+
+Model: the demo's (`out/demo/model`, its accuracy/FLOPs Pareto front) when it is there,
+else a StitchedNet of the demo's architecture with random weights (latency does not
+depend on the weights), anchors plus evenly spaced stitches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import statistics
+import tempfile
+import time
+
+import torch
+
+import elastic
+from elastic.subnet import pareto
+
+from .harness import interleaved, markdown_table, paired_ratio, summary, write_results
+from .models import demo_model
+
+log = logging.getLogger(__name__)
+
+CONTENDERS = ("eager", "compiled", "onnxruntime", "onnxruntime-opset18")
+BATCH_SIZES = (1, 8)
+
+
+def demo_architecture() -> elastic.StitchedNet:
+    """A StitchedNet of the demo's anchors (`DemoConfig.full()`), random weights."""
+    from elastic.anchors import AnchorFamily
+    from elastic.demo.pipeline import DemoConfig
+
+    torch.manual_seed(0)
+    return elastic.StitchedNet(AnchorFamily.from_timm(DemoConfig.full().anchor_specs())).eval()
+
+
+def choose_subnets(model: elastic.ElasticModel, most: int) -> list[int]:
+    """The Pareto front when the model has accuracies, else the anchors and evenly spaced
+    stitches; at most `most`, spread over the FLOPs range."""
+    subnets = model.subnets()
+    front = pareto(subnets)
+    if front:
+        ids = sorted(front, key=lambda s: subnets[s].flops)
+    else:
+        anchors = [s.id for s in subnets if s.kind == "anchor"]
+        others = [s.id for s in subnets if s.kind != "anchor"]
+        step = max(1, len(others) // max(1, most - len(anchors)))
+        ids = sorted(anchors + others[step // 2 :: step], key=lambda s: subnets[s].flops)
+    if len(ids) > most:
+        ids = [ids[round(k * (len(ids) - 1) / (most - 1))] for k in range(most)]
+    return ids
+
+
+def make_compiled(model: elastic.ElasticModel):
+    """The engine's "compiled" executor when it is registered, else a plain torch.compile one."""
+    from elastic.serving.executor import EXECUTORS, EagerExecutor, make_executor
+
+    if "compiled" in EXECUTORS:
+        return make_executor("compiled", model, "cpu", buckets=BATCH_SIZES)
+
+    class TorchCompiled(EagerExecutor):
+        name = "compiled"
+
+        def __init__(self, model):
+            super().__init__(model)
+            self._fns = {}
+
+        @torch.inference_mode()
+        def run(self, subnet, x):
+            if subnet not in self._fns:
+                self._fns[subnet] = torch.compile(lambda t, s=subnet: self.model(t, subnet=s), dynamic=False)
+            return self._fns[subnet](x)
+
+    return TorchCompiled(model)
+
+
+def compare(model: elastic.ElasticModel, ids: list[int], repeats: int, inner: int) -> tuple[list[dict], dict]:
+    from elastic.export.onnx import export_onnx
+    from elastic.serving.executor import EagerExecutor
+    from elastic.serving.onnx_executor import OnnxRuntimeExecutor
+
+    rows = []
+    subnets = model.subnets()
+    with tempfile.TemporaryDirectory(prefix="elastic-onnx-bench-") as folder:
+        t0 = time.perf_counter()
+        manifest = export_onnx(model, f"{folder}/opset23", ids)
+        export_s = time.perf_counter() - t0
+        export_onnx(model, f"{folder}/opset18", ids, opset=18)
+        executors = {
+            "eager": EagerExecutor(model),
+            "compiled": make_compiled(model),
+            "onnxruntime": OnnxRuntimeExecutor(model, export_dir=f"{folder}/opset23", intra_op_threads=1),
+            "onnxruntime-opset18": OnnxRuntimeExecutor(model, export_dir=f"{folder}/opset18", intra_op_threads=1),
+        }
+        compile_s = 0.0
+        for sid in ids:
+            for b in BATCH_SIZES:
+                x = torch.randn(b, *model.input_size(), generator=torch.Generator().manual_seed(sid * 100 + b))
+                t0 = time.perf_counter()
+                for ex in executors.values():
+                    ex.warmup(sid, b)
+                compile_s += time.perf_counter() - t0
+                with torch.inference_mode():
+                    reference = executors["eager"].run(sid, x)
+                    diffs = {
+                        name: float((ex.run(sid, x) - reference).abs().max())
+                        for name, ex in executors.items()
+                        if name != "eager"
+                    }
+                times = interleaved(
+                    {name: (lambda ex=ex, x=x, sid=sid: ex.run(sid, x)) for name, ex in executors.items()},
+                    repeats=repeats,
+                    inner=inner,
+                )
+                rows.append(
+                    {
+                        "subnet": sid,
+                        "description": subnets[sid].description,
+                        "mflops": subnets[sid].flops / 1e6,
+                        "batch": b,
+                        **{name: summary(times[name]) for name in CONTENDERS},
+                        "compiled_vs_eager": paired_ratio(times["compiled"], times["eager"]),
+                        "onnxruntime_vs_eager": paired_ratio(times["onnxruntime"], times["eager"]),
+                        "onnxruntime_vs_compiled": paired_ratio(times["onnxruntime"], times["compiled"]),
+                        "opset18_vs_opset23": paired_ratio(times["onnxruntime-opset18"], times["onnxruntime"]),
+                        "max_abs_diff_vs_eager": diffs,
+                    }
+                )
+                log.info("subnet %d batch %d: %s", sid, b, {k: v for k, v in rows[-1].items() if "_vs_" in k})
+    setup = {
+        "export_s": export_s,
+        "warmup_s": compile_s,
+        "opset": manifest["opset"],
+        "fused_attention": manifest["fused_attention"],
+        "onnxruntime": manifest["versions"]["onnxruntime"],
+        "compiled": executors["compiled"].__class__.__name__,
+    }
+    return rows, setup
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def run(args: argparse.Namespace) -> dict:
+    repeats, inner, most = (10, 2, 3) if args.quick else (30, 3, 6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        try:
+            model, name = demo_model(args.model), "demo model"
+        except Exception as e:  # the demo model is optional here
+            log.warning("demo model not found (%s): using its architecture with random weights", e)
+            model, name = demo_architecture(), "demo architecture, random weights"
+        ids = choose_subnets(model, most)
+        rows, setup = compare(model, ids, repeats, inner)
+    finally:
+        torch.set_num_threads(threads)
+    overall = {
+        f"batch {b}": {
+            key: geomean([r[key] for r in rows if r["batch"] == b])
+            for key in ("compiled_vs_eager", "onnxruntime_vs_eager", "onnxruntime_vs_compiled", "opset18_vs_opset23")
+        }
+        for b in BATCH_SIZES
+    }
+    table = markdown_table(
+        [
+            "subnet",
+            "MFLOPs",
+            "batch",
+            "eager ms",
+            "compiled ms",
+            "ORT ms",
+            "compiled/eager",
+            "ORT/eager",
+            "ORT/compiled",
+            "ORT-18/ORT",
+            "max diff",
+        ],
+        [
+            [
+                r["subnet"],
+                r["mflops"],
+                r["batch"],
+                r["eager"]["median_ms"],
+                r["compiled"]["median_ms"],
+                r["onnxruntime"]["median_ms"],
+                r["compiled_vs_eager"],
+                r["onnxruntime_vs_eager"],
+                r["onnxruntime_vs_compiled"],
+                r["opset18_vs_opset23"],
+                f"{max(r['max_abs_diff_vs_eager'].values()):.1e}",
+            ]
+            for r in rows
+        ],
+    )
+    table += "\n\nGeometric mean over subnets (ratio < 1: faster than the denominator):\n\n" + markdown_table(
+        ["batch", "compiled/eager", "ORT/eager", "ORT/compiled", "ORT-18/ORT"],
+        [[b, *overall[f"batch {b}"].values()] for b in BATCH_SIZES],
+    )
+    table += (
+        f"\n\nModel: {name}; subnets {ids}; one thread each (torch and onnxruntime); {repeats} interleaved "
+        f"rounds of {inner} calls; ORT: opset {setup['opset']} (attention "
+        f"{'fused' if setup['fused_attention'] else 'decomposed'}); ORT-18: opset 18 (attention decomposed); "
+        f"onnxruntime {setup['onnxruntime']}; compiled: {setup['compiled']}."
+    )
+    data = {"model": name, "subnets": ids, "repeats": repeats, "inner": inner, "setup": setup, "overall": overall}
+    write_results(args.out, "onnx", {**data, "rows": rows}, table, args.command)
+    return {"rows": rows, "overall": overall, "table": table}
