@@ -103,3 +103,26 @@ def test_info_reads_the_saved_pool(demo_runs, capsys):
     text = capsys.readouterr().out
     assert text.startswith("LearngenePool over aux-16x2, aux-32x2, aux-64x2")
     assert report["subnets"][3]["description"] in text
+
+
+def test_compare_fronts_takes_snnets_best_accuracy_at_no_more_flops():
+    from elastic.demo.learngene import compare_fronts
+    from elastic.subnet import Subnet
+
+    subnets = [Subnet(0, "learngene", "a", 100, 1, 0.7), Subnet(1, "learngene", "b", 300, 1, 0.8)]
+    rows = compare_fronts(subnets, [(200, 0.75), (250, 0.78), (400, 0.9)])
+    assert [r["snnet_best_at_or_below"] for r in rows] == [None, 0.78]
+    assert [r["delta_points"] for r in rows] == [None, 2.0]
+
+
+def test_snnet_family_bytes_takes_the_anchors_needed_to_reach_the_range():
+    from elastic.demo.learngene import snnet_family_bytes
+    from elastic.demo.pipeline import DemoConfig
+
+    cfg = DemoConfig(depth=2)
+    small = snnet_family_bytes(cfg, 1)
+    assert small["anchors"] == ["vit-ti"]
+    two = snnet_family_bytes(cfg, small["anchor_flops"][0] + 1)
+    everything = snnet_family_bytes(cfg, 10**12)
+    assert two["anchors"] == ["vit-ti", "vit-s"] and everything["anchors"] == ["vit-ti", "vit-s", "vit-b"]
+    assert small["bytes"] < two["bytes"] < everything["bytes"]
