@@ -170,5 +170,13 @@ class ElasticModel(nn.Module):
 
     @classmethod
     def from_config(cls, anchors: list[dict[str, Any]], config: dict[str, Any]) -> ElasticModel:
-        """Rebuild the structure (random weights) from a manifest's anchors and config."""
+        """Rebuild the structure (random weights) from a manifest's anchors and config.
+
+        `elastic.load` calls this only after `elastic.manifest` has checked the manifest:
+        its schema and hash, anchor kwargs against `ANCHOR_KWARGS`, and the anchors' size
+        against `max_blocks` / `max_params`. Build from these values alone: no file or
+        network access (anchors with `pretrained=False`), and refuse unknown config keys
+        (a TypeError is fine: `load` turns it into a `CheckpointError`). A builder that adds
+        config keys should give their types and ranges in `elastic.manifest.CONFIG_FIELDS`.
+        """
         raise NotImplementedError
