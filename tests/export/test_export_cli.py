@@ -31,3 +31,16 @@ def test_export_onnx_command_reports_typed_errors(small_model, tmp_path, capsys)
     assert main(["export-onnx", str(tmp_path / "model"), "--subnets", "best", "--out", str(tmp_path / "onnx")]) == 2
     assert "ids like" in capsys.readouterr().err
     assert not (tmp_path / "onnx").exists()
+
+
+def test_the_package_and_the_command_line_import_no_torch():
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import elastic.export, elastic.cli\nelastic.cli.build_parser()\nimport json, sys\n"
+        "print(json.dumps([m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
