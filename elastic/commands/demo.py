@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shlex
 import time
 
 # --builder NAME -> the module whose `run_builder_demo(args) -> int` runs that builder's demo;
 # "stitched" (SN-Net) is this file's own `run`
+_DEFAULTS: dict[str, dict] = {}  # the demo parser's defaults, to rebuild the command line
+
 BUILDER_DEMOS = {
     "stitched": None,
     "sorted": "elastic.demo.sorted",
@@ -50,6 +54,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="which builder's demo: stitched (SN-Net, default), sorted (SortedNet), learngene (Learngene Pool)",
     )
     p.set_defaults(func=run)
+    _DEFAULTS["demo"] = {k: v for k, v in vars(p.parse_args([])).items() if k != "func"}
+
+
+def invocation(args: argparse.Namespace) -> str:
+    """The command that ran, rebuilt from the parsed options that differ from the defaults
+    (`elastic demo --quick --out DIR`), prefixed "make demo:" when `make` ran it."""
+    defaults = _DEFAULTS.get("demo", {})
+    words = ["elastic", "demo"]
+    for key, value in vars(args).items():
+        if key == "func" or key not in defaults or value == defaults[key]:
+            continue
+        flag = "--" + key.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
+    line = shlex.join(words)
+    return f"make demo: {line}" if os.environ.get("MAKELEVEL") else line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         on_stage=on_stage,
         threads=args.threads,
+        command=invocation(args),
     )
     print()
     print(

@@ -124,8 +124,9 @@ def fashion_mnist(root: str | Path | None = None, split: str = "train") -> tuple
     return x, y
 
 
-def fingerprint(root: str | Path | None = None) -> str:
-    """sha256 over the four files' bytes, to key caches of models trained on them."""
+def dataset_sha256(root: str | Path | None = None) -> str:
+    """sha256 of the Fashion-MNIST data set: the four IDX files' names and bytes (keys the
+    caches of models trained on them)."""
     folder = data_root(root)
     h = hashlib.sha256()
     for split in sorted(FILES):
@@ -134,3 +135,6 @@ def fingerprint(root: str | Path | None = None) -> str:
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return h.hexdigest()
+
+
+fingerprint = dataset_sha256  # old name, kept until elastic/demo/sorted.py and learngene.py switch

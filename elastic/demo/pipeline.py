@@ -8,15 +8,17 @@ pretrained anchors:
 1. train (or load from the cache) the anchors, each on its own;
 2. join neighbouring anchors with stitching layers (`StitchedNet`) and initialise them by
    least squares on a calibration batch of training images;
-3. train the stitched network one sampled subnet per step (uniformly, as SN-Net v1:
-   SN-Netv2's FLOPs-grouped sampling starved the many cheap vit-ti -> vit-s stitches here,
-   which share two of its ten FLOPs bins), distilling from a frozen copy of the largest
-   anchor and fine-tuning the anchors at a lower learning rate than the stitches;
+3. train the stitched network one sampled subnet per step (uniformly, as SN-Net v1;
+   `sampling="flops"` is SN-Netv2's FLOPs-grouped sampling), distilling from a frozen copy
+   of the largest anchor and fine-tuning the anchors at a lower learning rate than the
+   stitches;
 4. evaluate every subnet on the 10k test images, time it at batch 1 and 8 on this CPU;
 5. write `report.json`, `pareto.png` and the saved model.
 
 Anchors are cached under `$ELASTIC_CACHE` (default `~/.cache/elastic`) by a hash of their
-architecture, training recipe, data and seed, as safetensors, so a second run skips step 1.
+architecture, training recipe, data and seed, as safetensors, so a second run skips step 1;
+the report names the cache entry relative to that root. The report records the command,
+commit and date of the run.
 Design choices are made on a validation split carved from the training set
 (`DemoConfig.val_size`), never on the test set.
 """
@@ -29,9 +31,11 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +43,10 @@ import torch
 
 from elastic.anchors import AnchorFamily
 from elastic.builders.stitched import StitchedNet
-from elastic.checkpoint import atomic_write_json, save
-from elastic.demo.data import fashion_mnist, fingerprint
+from elastic.checkpoint import atomic_write, atomic_write_json, save
+from elastic.demo.data import dataset_sha256, fashion_mnist
 from elastic.demo.evaluate import accuracy, evaluate_subnets
-from elastic.demo.latency import measure_latency
+from elastic.demo.latency import latency_table
 from elastic.demo.plot import plot_pareto
 from elastic.demo.report import interpolation, latency_fronts, subnet_rows, summary_lines, write_report
 from elastic.demo.train import FitConfig, fit
@@ -86,6 +90,8 @@ class DemoConfig:
     distill_alpha: float = 0.5  # weight of distillation from the largest anchor (0 = off)
     distill_temperature: float = 1.0
     lora_rank: int = 0  # low-rank update on every stitch (0 = plain linear stitches)
+    stitch_plan: str = "v1"  # StitchedNet plan: "v1" (SN-Net) or "v2" (SN-Netv2)
+    final_norm: bool | None = None  # back anchor's final norm on stitched paths (None: the plan's)
     batch_size: int = 256
     weight_decay: float = 0.05
     crop_padding: int = 0  # random-crop augmentation after padding by this many pixels (0 = off)
@@ -234,14 +240,12 @@ def load_anchors(cfg: DemoConfig, folder: Path) -> tuple[AnchorFamily, dict[str,
 
 def store_anchors(family: AnchorFamily, folder: Path, meta: dict[str, Any]) -> None:
     """Write each anchor as `<label>.safetensors` (atomic), then `meta.json` last."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     for anchor in family:
         state = {k: v.detach().cpu().contiguous() for k, v in anchor.model.state_dict().items()}
-        tmp = folder / f".{anchor.name}.safetensors.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, folder / f"{anchor.name}.safetensors")
+        atomic_write(folder / f"{anchor.name}.safetensors", safetensors_bytes(state))
     atomic_write_json(folder / "meta.json", meta)
     log.info("cached trained anchors in %s", folder)
 
@@ -263,6 +267,27 @@ def train_anchors(cfg: DemoConfig, train, evalset, progress: bool = False) -> tu
             meta["seconds"][anchor.name],
         )
     return family, meta
+
+
+def run_record(command: str | None) -> dict[str, Any]:
+    """What made a result: the command, the commit (and which tracked source files differed
+    from it), the UTC date."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True)
+            return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = git("diff", "--name-only", "HEAD", "--", "elastic", "anchors", "kernels", "serving")
+    return {
+        "command": command or "elastic.demo.pipeline.run_demo (Python API)",
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "uncommitted_source_changes": changed.splitlines() if changed else [],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def default_threads() -> int:
@@ -308,6 +333,7 @@ def run_demo(
     progress: bool = False,
     on_stage: Callable[[str], None] | None = None,
     threads: int | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole demo; returns the report it writes to `out/report.json`.
 
@@ -320,25 +346,34 @@ def run_demo(
         progress: tqdm bars.
         on_stage: called with each stage's name as it starts (the CLI prints them).
         threads: torch threads while the demo runs; default `default_threads()`.
+        command: the command line that ran the demo, recorded in the report.
     """
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads or default_threads())
     try:
-        return _run(cfg, Path(out), data_root, cache_dir, use_cache, progress, StageTimer(on_stage))
+        return _run(cfg, Path(out), data_root, cache_dir, use_cache, progress, StageTimer(on_stage), command)
     finally:
         torch.set_num_threads(saved_threads)
 
 
 def _run(
-    cfg: DemoConfig, out: Path, data_root, cache_dir, use_cache: bool, progress: bool, timer: StageTimer
+    cfg: DemoConfig,
+    out: Path,
+    data_root,
+    cache_dir,
+    use_cache: bool,
+    progress: bool,
+    timer: StageTimer,
+    command: str | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
+    run_info = run_record(command)
     load_before = os.getloadavg()
     threads = torch.get_num_threads()
 
     timer.start("data")
     train, evalset, split = split_data(cfg, data_root)
-    data_fp = fingerprint(data_root)
+    data_fp = dataset_sha256(data_root)
 
     timer.start("anchors")
     key = cfg.anchor_key(data_fp)
@@ -356,7 +391,7 @@ def _run(
 
     timer.start("stitch_init")
     torch.manual_seed(cfg.seed)
-    net = StitchedNet(family, lora_rank=cfg.lora_rank)
+    net = StitchedNet(family, plan=cfg.stitch_plan, final_norm=cfg.final_norm, lora_rank=cfg.lora_rank)
     pick = torch.randperm(train[0].shape[0], generator=torch.Generator().manual_seed(cfg.seed + 7))
     init_error = net.init_stitches(train[0][pick[: cfg.calibration_size]])
     init_accuracy = evaluate_subnets(net, *evalset, store=False) if cfg.eval_init else None
@@ -375,13 +410,14 @@ def _run(
     timer.start("latency")
     for layer in net.stitches.values():
         layer.merge_lora()
-    latency = measure_latency(net, cfg.latency_batch_sizes, cfg.latency_repeats, progress=progress)
+    latency = latency_table(net, cfg.latency_batch_sizes, cfg.latency_repeats, progress=progress)
 
     timer.start("save")
     save(net, out / "model")
     timings = timer.stop()
 
     report: dict[str, Any] = {
+        "run": run_info,
         "dataset": {
             "name": "fashion-mnist",
             "eval_split": split,
@@ -411,7 +447,7 @@ def _run(
             "stitch_init_error": init_error,
             "init_accuracy": init_accuracy,
             "anchors_cached": cached is not None,
-            "anchor_cache": str(folder),
+            "anchor_cache": f"anchors/{key}",  # under $ELASTIC_CACHE (default ~/.cache/elastic)
             "anchor_seconds": meta.get("seconds", {}),
         },
         "config": asdict(cfg),

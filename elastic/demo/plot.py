@@ -9,10 +9,13 @@ with the non-interactive Agg backend, so the library works without it.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from elastic.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,9 @@ def plot_pareto(report: Mapping[str, Any], path: str | Path, batch_size: str = "
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    atomic_write(path, buf.getvalue())
     log.info("wrote %s", path)
     return path

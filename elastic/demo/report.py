@@ -115,21 +115,28 @@ def latency_fronts(subnets: Sequence[Subnet], latency: Mapping[int, Mapping[int,
 
 def format_table(report: Mapping[str, Any]) -> str:
     """Fixed-width table of a report's subnets: cost, accuracy, latency, Pareto mark."""
+    from elastic.tables import format_table as text_table
+
     front = set(report.get("pareto", []))
     batch_sizes = sorted({b for s in report["subnets"] for b in s.get("latency_ms", {})}, key=int)
-    lat_head = "".join(f" {'ms@' + b:>8}" for b in batch_sizes)
-    lines = [f"{'id':>3}  {'kind':<6} {'MFLOPs':>8} {'params':>9} {'acc %':>6}{lat_head}  P  description"]
+    headers = ["id", "kind", "MFLOPs", "params", "acc %", *(f"ms@{b}" for b in batch_sizes), "P", "description"]
+    rows = []
     for s in report["subnets"]:
-        acc = f"{100 * s['accuracy']:6.2f}" if s.get("accuracy") is not None else f"{'-':>6}"
-        lat = "".join(
-            f" {s['latency_ms'][b]:8.3f}" if b in s.get("latency_ms", {}) else f" {'-':>8}" for b in batch_sizes
+        lat = s.get("latency_ms", {})
+        rows.append(
+            [
+                str(s["id"]),
+                s["kind"],
+                f"{s['flops'] / 1e6:.2f}",
+                f"{s['params']:,}",
+                f"{100 * s['accuracy']:.2f}" if s.get("accuracy") is not None else "-",
+                *(f"{lat[b]:.3f}" if b in lat else "-" for b in batch_sizes),
+                "*" if s["id"] in front else "",
+                s["description"],
+            ]
         )
-        mark = "*" if s["id"] in front else " "
-        lines.append(
-            f"{s['id']:>3}  {s['kind']:<6} {s['flops'] / 1e6:8.2f} {s['params']:>9,} {acc}{lat}  "
-            f"{mark}  {s['description']}"
-        )
-    return "\n".join(lines)
+    align = [">", "<", ">", ">", ">", *(">" for _ in batch_sizes), "<", "<"]
+    return text_table(headers, rows, align)
 
 
 def summary_lines(report: Mapping[str, Any]) -> list[str]:

@@ -47,7 +47,7 @@ class FitConfig:
     distill_temperature: float = 1.0  # softmax temperature of the distillation term
     grad_clip: float | None = 1.0  # max gradient norm (None = off)
     seed: int = 0  # data order, augmentation and subnet draws
-    progress: bool = True  # tqdm bar
+    progress: bool = False  # tqdm bar (the CLI asks for it)
     description: str = "train"  # tqdm label
 
 

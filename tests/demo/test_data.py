@@ -13,8 +13,8 @@ from elastic.demo.data import (
     LABEL_MAGIC,
     MEAN,
     STD,
+    dataset_sha256,
     fashion_mnist,
-    fingerprint,
     read_idx,
 )
 from elastic.errors import DataError
@@ -69,7 +69,7 @@ def test_real_train_split_is_balanced():
     x, y = fashion_mnist(DEBIAN_ROOT, "train")
     assert x.shape == (60_000, 1, 28, 28)
     assert torch.equal(torch.bincount(y), torch.full((10,), 6000))
-    assert len(fingerprint(DEBIAN_ROOT)) == 64
+    assert len(dataset_sha256(DEBIAN_ROOT)) == 64
 
 
 @pytest.mark.parametrize("gz", [True, False])

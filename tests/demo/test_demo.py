@@ -75,6 +75,10 @@ def test_report_schema(demo_run):
     assert {"data", "anchors", "stitch_init", "stitch_train", "evaluate", "latency", "total"} <= set(report["timings"])
     assert report["config"]["widths"] == [16, 32, 64]
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = report["run"]  # what made it
+    assert run["command"].startswith("elastic demo --quick") or "elastic demo --quick" in run["command"]
+    assert run["date"][:2] == "20" and isinstance(run["uncommitted_source_changes"], list)
+    assert sorted(p.name for p in out.iterdir()) == ["model", "pareto.png", "report.json"]  # no temp debris
 
 
 @pytest.mark.slow
@@ -113,7 +117,7 @@ def test_anchor_cache_reloads_identical_weights(demo_run):
     _, cache, report = demo_run
     cfg = DemoConfig(**TINY)
     folder = next((cache / "anchors").iterdir())
-    assert report["training"]["anchor_cache"] == str(folder)
+    assert report["training"]["anchor_cache"] == f"anchors/{folder.name}"  # relative to the cache root
     assert sorted(p.name for p in folder.iterdir()) == [
         "meta.json",
         "vit-b.safetensors",
@@ -181,7 +185,7 @@ def test_shared_prefix_evaluation_equals_running_each_subnet(tiny_stitched):
 
 
 def test_latency_has_every_subnet_and_batch_size(tiny_stitched):
-    from elastic.demo.latency import measure_latency
+    from elastic.demo.latency import latency_table
 
-    lat = measure_latency(tiny_stitched, batch_sizes=(1, 2), repeats=2, warmup=1, subnets=[0, 5], progress=False)
+    lat = latency_table(tiny_stitched, batch_sizes=(1, 2), repeats=2, warmup=1, subnets=[0, 5])
     assert set(lat) == {0, 5} and all(set(v) == {1, 2} and min(v.values()) > 0 for v in lat.values())
