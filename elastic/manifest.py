@@ -232,9 +232,11 @@ CONFIG_FIELDS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
         "window": _range(1, 64),
         "stride": _range(1, 64),
         "nearest": _bool,
-        "two_way": _bool,
-        "shared_stitches": _bool,
+        "two_way": _bool,  # format-1 checkpoints of the first StitchedNet
+        "shared_stitches": _bool,  # idem
+        "final_norm": _optional(_bool),
         "lora_rank": _range(0, 4096),
+        "lora_freeze_base": _bool,
     },
 }
 
