@@ -157,8 +157,11 @@ class PhaseCounter:
     @staticmethod
     def advance(t: Tensor, valid: Tensor | None, delay: int, stride: int) -> tuple[Tensor, Tensor | None]:
         """The rows that output at this step (among the `valid` ones) and the advanced counters."""
-        since = t - delay
-        ready = (since >= 0) & (since % stride == 0)
+        if stride == 1:
+            ready = t >= delay
+        else:
+            since = t - delay
+            ready = (since >= 0) & (since % stride == 0)
         ready = ready if valid is None else ready & valid
         t_next = t + 1 if valid is None else t + valid.long()
         return ready, t_next

@@ -171,15 +171,22 @@ class SingleOutputEncoderLayer(_WindowLayer):
         return y.unflatten(0, (b, t)).transpose(1, 2)
 
     def init_state(self, batch, frame_shape, *, device=None, dtype=None) -> State:
-        return self._cache(batch, device, dtype, ("k", "v"))
+        dev, dt = param_device_dtype(self, device, dtype)
+        h = self.layer.self_attn.num_heads
+        # keys and values of the window's earlier tokens, already split into heads: (B, 2, h, n - 1, C / h)
+        kv = torch.zeros(batch, 2, h, self.window - 1, self.d_model // h, device=dev, dtype=dt)
+        return {"kv": kv, "t": PhaseCounter.init(batch, dev)}
 
     def step_masked(self, x: Tensor, state: State, valid: Tensor | None):
-        q, k, v = project(self.layer, attn_input(self.layer, x))
-        keys = torch.cat([state["k"], k.unsqueeze(1)], dim=1)
-        values = torch.cat([state["v"], v.unsqueeze(1)], dim=1)
-        y = tail(self.layer, x, attend(self.layer, q.unsqueeze(1), keys, values)[:, 0])
+        layer, kv = self.layer, state["kv"]
+        b, _, h, _, dh = kv.shape
+        qkv = F.linear(attn_input(layer, x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias)
+        q = qkv[:, : h * dh].view(b, h, 1, dh)  # one token: splitting heads is a view, no transpose
+        kv = torch.cat([kv, qkv[:, h * dh :].view(b, 2, h, 1, dh)], dim=3)  # (B, 2, h, n, dh)
+        a = F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1])  # (B, h, 1, dh)
+        y = tail(layer, x, layer.self_attn.out_proj(a.reshape(b, h * dh)))
         ready, t_next = PhaseCounter.advance(state["t"], valid, self.delay, 1)
-        new = {"k": keys[:, 1:], "v": values[:, 1:], "t": t_next}
+        new = {"kv": kv[:, :, :, 1:], "t": t_next}
         return y, ready, keep_rows(valid, new, state)
 
 
