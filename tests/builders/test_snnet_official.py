@@ -42,3 +42,26 @@ def test_official_structure(deit_snnet):
     assert [(p.front_block, p.back_start) for p in paths[3:7]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert len(deit_snnet.stitches) == 22  # one layer per window and anchor pair
     assert not deit_snnet.final_norm  # the released DeiT results skip the back's final norm
+
+
+def test_info_prints_the_published_top1_beside_each_deit_subnet(deit_snnet):
+    """`elastic info` recognises SN-Net over DeiT Ti/S/B from the manifest fields `save` writes."""
+    from elastic.commands.info import format_subnets, is_snnet_deit_tsb
+
+    manifest = {
+        "builder": "StitchedNet",
+        "anchors": deit_snnet.anchor_specs(),
+        "config": deit_snnet.config(),
+        "subnets": [s.to_dict() for s in deit_snnet.subnets()],
+    }
+    assert is_snnet_deit_tsb(manifest)
+    published = {i: r.top1 for i, r in snnet_deit_published().items()}
+    lines = format_subnets(deit_snnet.subnets(), published).splitlines()
+    assert "SN-Net top-1 %" in lines[0]
+    row24 = lines[1 + 24].split()
+    assert row24[0] == "24" and "75.63" in row24 and row24[-1] == "deit_small_patch16_224[7:12]"
+    # another plan, or other anchors, is not the published table
+    assert not is_snnet_deit_tsb({**manifest, "config": {**manifest["config"], "plan": "v2"}})
+    assert not is_snnet_deit_tsb({**manifest, "subnets": manifest["subnets"][:70]})
+    small = [dict(a, kwargs={**a["kwargs"], "img_size": 32}) for a in manifest["anchors"]]
+    assert not is_snnet_deit_tsb({**manifest, "anchors": small})
