@@ -23,7 +23,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import stepped
+from stepping import stepped
 from torch import nn
 
 import elastic.streaming as es

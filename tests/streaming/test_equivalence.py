@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_steps_match_forward, stepped
+from stepping import assert_steps_match_forward, stepped
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
