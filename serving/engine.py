@@ -277,12 +277,12 @@ class EngineCore:
                     self._execute(scheduler, batch, members, t_sched, woken_at)
                 except Exception as e:  # metrics or result assembly: still answer everyone
                     log.exception("finishing batch %s failed", batch)
-                    with self._lock:
-                        self._running = None
                     left = [m for m in members if not m.future.done()]
-                    self.metrics.failed(len(left))
                     for m in left:
                         _fail(m.future, _execution_error(batch, e))
+                    with self._lock:
+                        self._running = None
+                    self.metrics.failed(len(left))  # if this raises too, the worker dies loudly
 
     def _run_job(self, fn: Callable[[], Any], future: Future) -> None:
         if not future.set_running_or_notify_cancel():
@@ -392,12 +392,15 @@ class EngineCore:
         cause = ExecutionError(f"the runtime's worker died: {type(error).__name__}: {error}")
         cause.__cause__ = error
         left = [p for p in left if not p.future.done()]
-        self.metrics.failed(len(left))
         for p in left:
             _fail(p.future, cause)
         for _, future in jobs:
             if future.set_running_or_notify_cancel():
                 future.set_exception(cause)
+        try:
+            self.metrics.failed(len(left))
+        except Exception:  # noqa: BLE001 - the metrics may be what failed; the futures are failed already
+            log.exception("could not count the failed requests")
 
     # ---- the deadline watchdog ---------------------------------------------------------
     def _run_watchdog(self) -> None:

@@ -189,15 +189,32 @@ def test_close_with_drain_answers_everything_admitted(served_model, served_profi
         rt.submit(sample(), GENEROUS_MS)
 
 
-def test_close_without_drain_sheds_the_queue_with_a_typed_error(served_model, served_profile):
+def test_close_without_drain_sheds_the_queue_with_a_typed_error(served_model, served_profile, monkeypatch):
+    gate, entered = threading.Event(), threading.Event()
+    original = served_model.forward
+
+    def blocked_forward(x, subnet=0):
+        entered.set()
+        gate.wait(60)
+        return original(x, subnet=subnet)
+
+    monkeypatch.setattr(served_model, "forward", blocked_forward)
     rt = Runtime(served_model, max_batch_size=2, max_queue=1024, profile=served_profile)
-    futures = [rt.submit(sample(i), GENEROUS_MS) for i in range(200)]
-    rt.close(drain=False)
-    assert all(f.done() for f in futures)
-    outcomes = [f.exception() for f in futures]
-    assert all(e is None or isinstance(e, Overloaded) for e in outcomes)
-    shed = sum(isinstance(e, Overloaded) for e in outcomes)
-    assert rt.metrics.registry.get_sample_value("elastic_shed_total", {"reason": "closed"}) == shed
+    running = rt.submit(sample(0), GENEROUS_MS)
+    assert entered.wait(30)  # the worker holds request 0; the 200 below stay queued
+    futures = [rt.submit(sample(i), GENEROUS_MS) for i in range(1, 201)]
+    closer = threading.Thread(target=rt.close, kwargs=dict(drain=False))
+    closer.start()
+    _, pending = wait(futures, timeout=30)  # shed at once, while the forward still blocks
+    assert not pending and not gate.is_set()
+    for f in futures:
+        with pytest.raises(Overloaded, match="closed without draining"):
+            f.result()
+    gate.set()
+    closer.join(60)
+    assert isinstance(running.result(timeout=60), Result)  # the running batch finished
+    assert rt.metrics.registry.get_sample_value("elastic_shed_total", {"reason": "closed"}) == 200
+    assert count(rt, "ok") == 1
 
 
 def test_full_queue_sheds_load_and_priority_evicts(served_model, served_profile, monkeypatch):
@@ -230,13 +247,31 @@ def test_full_queue_sheds_load_and_priority_evicts(served_model, served_profile,
         rt.close()
 
 
-def test_infer_async(rt):
+def test_infer_async(rt, served_model, monkeypatch):
+    gate, entered = threading.Event(), threading.Event()
+    original = served_model.forward
+
+    def blocked_forward(x, subnet=0):
+        if not gate.is_set():
+            entered.set()
+            gate.wait(60)
+        return original(x, subnet=subnet)
+
+    monkeypatch.setattr(served_model, "forward", blocked_forward)
+    plug = rt.submit(sample(99), GENEROUS_MS)
+    assert entered.wait(30)
+
     async def main():
-        return await asyncio.gather(*(rt.infer_async(sample(i), GENEROUS_MS) for i in range(16)))
+        tasks = [asyncio.ensure_future(rt.infer_async(sample(i), GENEROUS_MS)) for i in range(16)]
+        await asyncio.sleep(0)  # every task has submitted: 16 requests queue behind the plug
+        gate.set()
+        return await asyncio.gather(*tasks)
 
     results = asyncio.run(main())
+    assert isinstance(plug.result(timeout=60), Result)
     assert len(results) == 16 and all(isinstance(r, Result) for r in results)
-    assert max(r.batch_size for r in results) >= 1
+    assert {r.request_id for r in results} == set(range(1, 17))
+    assert max(r.batch_size for r in results) > 1  # queued together, batched together
 
 
 def test_no_profile_no_serving(served_model):

@@ -1,0 +1,104 @@
+"""Every executor gives the eager outputs; profiles are measured through the executor in use."""
+
+import pytest
+import torch
+
+from elastic.errors import ConfigError
+from elastic.serving import Result, Runtime, measure_latency
+from elastic.serving.executor import EXECUTORS, EagerExecutor, Executor, make_executor
+
+SUBNETS = (0, 5, 20)  # an anchor and two stitched paths
+
+
+def eager(model, subnet, x):
+    with torch.inference_mode():
+        return model(x, subnet=subnet)
+
+
+# (name, options, subnets, batch sizes): "aot_eager" traces and runs the captured graph
+# without code generation; inductor generates and compiles C++ (about half a minute per
+# graph on two cores), so it checks one stitched subnet at two buckets.
+CASES = [
+    ("eager", {}, SUBNETS, (1, 3, 8)),
+    pytest.param("compiled", {"backend": "aot_eager"}, (0, 20), (1, 3), marks=pytest.mark.slow),
+    pytest.param("compiled", {"backend": "inductor"}, (20,), (1, 3), marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "subnets", "batches"), CASES)
+def test_every_executor_gives_the_eager_outputs(served_model, name, options, subnets, batches):
+    executor = make_executor(name, served_model, "cpu", **options)
+    for subnet in subnets:
+        for b in batches:  # 3 is padded to the bucket of 4 by the compiled executor
+            x = torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(b))
+            executor.warmup(subnet, b)
+            torch.testing.assert_close(executor.run(subnet, x), eager(served_model, subnet, x), atol=1e-4, rtol=1e-4)
+
+
+def test_the_compiled_executor_pads_to_buckets_and_compiles_once_per_bucket(served_model):
+    executor = make_executor("compiled", served_model, backend="aot_eager", buckets=(1, 4))
+    assert [executor.bucket(b) for b in (1, 2, 3, 4, 5)] == [1, 4, 4, 4, 5]
+    x = torch.randn(2, 3, 32, 32)
+    assert executor.run(0, x).shape == (2, 10)
+    assert set(executor._compiled) == {0}
+    with pytest.raises(ConfigError):
+        make_executor("compiled", served_model, buckets=(0,))
+
+
+def test_the_runtime_serves_through_the_compiled_executor(served_model, served_profile):
+    with Runtime(
+        served_model, profile=served_profile, executor="compiled", executor_options={"backend": "aot_eager"}
+    ) as rt:
+        x = torch.randn(3, 32, 32)
+        result = rt.infer(x, 60_000.0)
+        assert isinstance(result, Result)
+        torch.testing.assert_close(
+            result.output, eager(served_model, result.subnet, x.unsqueeze(0))[0], atol=1e-4, rtol=1e-4
+        )
+        assert rt.executor.name == "compiled"
+
+
+class CountingExecutor(EagerExecutor):
+    """The eager forward, counting what ran through it."""
+
+    name = "counting"
+
+    def __init__(self, model, device="cpu"):
+        super().__init__(model, device)
+        self.runs: list[tuple[int, int]] = []
+        self.warmed: list[tuple[int, int]] = []
+
+    def run(self, subnet, x):
+        self.runs.append((subnet, x.shape[0]))
+        return super().run(subnet, x)
+
+    def warmup(self, subnet, batch):
+        self.warmed.append((subnet, batch))
+        super().warmup(subnet, batch)
+
+
+def test_profiles_are_measured_through_the_executor(served_model):
+    counting = CountingExecutor(served_model)
+    profile = measure_latency(
+        served_model, torch.zeros(3, 32, 32), (1, 2), "cpu", repeats=2, warmup=0, subnets=[0, 1], executor=counting
+    )
+    assert sorted(counting.warmed) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert len(counting.runs) == 4 * 2 + 4  # timed runs + the warmups' own runs
+    assert profile.meta["executor"] == "counting"
+
+
+def test_the_runtime_profiles_on_its_worker_through_its_executor(served_model):
+    counting = CountingExecutor(served_model)
+    with Runtime(served_model, max_batch_size=2, executor=counting) as rt:
+        rt.profile(torch.zeros(3, 32, 32), batch_sizes=(1, 2), repeats=1, warmup=0)
+        assert counting.warmed and rt.latency_profile.meta["executor"] == "counting"
+        assert isinstance(rt.infer(torch.randn(3, 32, 32), 60_000.0), Result)
+
+
+def test_executor_registry_and_errors(served_model):
+    assert {"eager", "compiled"} <= set(EXECUTORS)
+    instance = EagerExecutor(served_model)
+    assert make_executor(instance, served_model) is instance
+    assert isinstance(make_executor("eager", served_model), Executor)
+    with pytest.raises(ValueError, match="unknown executor"):
+        make_executor("bogus", served_model)
