@@ -6,6 +6,7 @@ import json
 import logging
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -69,6 +70,28 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
+def git_commit(repo: str | Path | None = None) -> str:
+    """`git rev-parse --short HEAD` of the checkout, plus "-dirty" when tracked files changed.
+
+    Returns "unknown" outside a git checkout (an installed package).
+    """
+    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
 def environment() -> dict[str, Any]:
     import torch
 
@@ -103,15 +126,20 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_results(out_dir: str | Path, suite: str, data: dict[str, Any], table: str, command: str) -> Path:
-    """Write `<suite>.json` and `<suite>.md` (the table plus the command that made it)."""
+    """Write `<suite>.json` and `<suite>.md` (the table, the command, commit and date).
+
+    Call it once a suite has finished: a file written is a complete result.
+    """
     from elastic.checkpoint import atomic_write, atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = {"suite": suite, "command": command, "environment": environment(), **data}
+    env = environment()
+    commit = git_commit()
+    data = {"suite": suite, "command": command, "commit": commit, "date": env["date"], "environment": env, **data}
     data = json.loads(json.dumps(data, default=_jsonable))
     atomic_write_json(out / f"{suite}.json", data)
-    md = f"# {suite}\n\n`{command}`\n\n{table}\n"
+    md = f"# {suite}\n\n`{command}` — commit {commit}, {env['date']}\n\n{table}\n"
     atomic_write(out / f"{suite}.md", md.encode())
     log.info("wrote %s", out / f"{suite}.json")
     return out / f"{suite}.json"

@@ -18,6 +18,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="bench/results", help="where <suite>.json / .md / .png go")
     p.add_argument("--quick", action="store_true", help="fewer repeats and loads (minutes, not tens)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--scenario", choices=["all", "demo", "deit"], default="all", help="load: which scenario (default: both)"
+    )
+    p.add_argument(
+        "--simulate", action="store_true", help="load: only the simulated sweep (virtual clock), no real runs"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for every suite (default 1: on a small shared CPU a larger team "
+        "waits on descheduled threads and forwards swing 10-25x; 0 keeps torch's default)",
+    )
     p.set_defaults(func=run)
 
 
@@ -31,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         read_manifest(args.model)  # a missing or malformed --model
     require_writable_dir(args.out)
     suites = SUITES if args.suite == "all" else [args.suite]
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(args.threads)
     argv = sys.argv[1:]
     options = argv[argv.index(args.suite) + 1 :] if args.suite in argv else []
     for suite in suites:

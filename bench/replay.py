@@ -1,0 +1,98 @@
+"""One real open-loop load run through a `Runtime`, recorded request by request.
+
+Requests arrive on their own schedule (open loop, as in the evaluations of Clockwork, OSDI'20,
+and SuperServe, NSDI'25): request k is submitted at `arrivals_s[k]` with budget
+`budgets_ms[k]` and image k mod N, whether or not earlier ones are answered. Unlike
+`elastic.serving.replay_schedule`, which scores against labels as it goes, this keeps one
+`Outcome` per request, judged by a `Judge` — real labels for the demo model, published
+accuracies for random-weight DeiTs — so the load suite scores real and simulated runs with
+the same `score`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, wait
+
+import torch
+
+from elastic.errors import BudgetInfeasible, ElasticError, Overloaded
+
+from .outcomes import ANSWERED, FAILED, REJECTED, SHED, Judge, Outcome
+
+log = logging.getLogger(__name__)
+
+
+def replay_outcomes(
+    runtime,
+    images: torch.Tensor,
+    arrivals_s: Sequence[float],
+    budgets_ms: Sequence[float],
+    judge: Judge,
+    timeout_s: float = 60.0,
+) -> list[Outcome]:
+    """Submit request k at `arrivals_s[k]` seconds from now; one `Outcome` per request.
+
+    Args:
+        runtime: a profiled `elastic.serving.Runtime`.
+        images: the stream; request k sends image k mod N.
+        arrivals_s: submit times, ascending, seconds from the start.
+        budgets_ms: each request's budget.
+        judge: decides correctness of an answer.
+        timeout_s: most seconds to wait for the last answers; a request still unanswered
+            then counts as failed ("unanswered") and is logged.
+
+    Shape:
+        images: (N, C, H, W)
+    """
+    if len(arrivals_s) != len(budgets_ms):
+        raise ValueError(f"{len(arrivals_s)} arrival times for {len(budgets_ms)} budgets")
+    if len(images) == 0:
+        raise ValueError("no images to send")
+    outcomes: list[Outcome | None] = [None] * len(arrivals_s)
+    sent: list[tuple[int, Future]] = []
+    t0 = time.perf_counter()
+    for k, (at, budget) in enumerate(zip(arrivals_s, budgets_ms, strict=True)):
+        delay = t0 + at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            future = runtime.submit(images[k % len(images)], budget)
+        except BudgetInfeasible:
+            outcomes[k] = Outcome(REJECTED, budget, reason="infeasible")
+            continue
+        except Overloaded:
+            outcomes[k] = Outcome(REJECTED, budget, reason="overloaded")
+            continue
+        sent.append((k, future))
+    _, not_done = wait([f for _, f in sent], timeout=timeout_s)
+    if not_done:
+        log.warning("%d requests still unanswered after %s s", len(not_done), timeout_s)
+    for k, future in sent:
+        budget = budgets_ms[k]
+        if not future.done():
+            outcomes[k] = Outcome(FAILED, budget, reason="unanswered")
+            continue
+        error = future.exception()
+        if isinstance(error, Overloaded):
+            outcomes[k] = Outcome(SHED, budget, reason=_shed_reason(error))
+        elif isinstance(error, ElasticError):
+            outcomes[k] = Outcome(FAILED, budget, reason=type(error).__name__)
+        elif error is not None:  # not a typed error: the runtime broke its contract
+            raise RuntimeError(f"request {k} failed with an untyped error") from error
+        else:
+            r = future.result()
+            index = k % len(images)
+            correct = judge(k, index, r.subnet, r.output)
+            outcomes[k] = Outcome(ANSWERED, budget, r.subnet, r.latency_ms, r.batch_size, correct)
+    return [o for o in outcomes if o is not None]
+
+
+def _shed_reason(error: Exception) -> str:
+    text = str(error)
+    for reason in ("deadline", "evicted", "closed"):
+        if reason in text:
+            return reason
+    return "shed"

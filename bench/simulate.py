@@ -1,0 +1,172 @@
+"""Simulated load runs: the real scheduler and policies on a virtual clock over a measured profile.
+
+A discrete-event simulation of one runtime worker, in the spirit of the simulators Clockwork
+(OSDI'20) and SuperServe (NSDI'25) validate their schedulers with: arrivals and budgets are
+the ones a real run would get; admission, queueing, shedding and every (subnet, batch)
+decision are made by the real `BudgetScheduler` and policies (pure Python), called with the
+virtual time; only the forward pass is replaced by a draw from the measured profile.
+
+The service time of a batch of b requests on subnet s is
+
+    forward ~ LogNormal(median = p50(s, b), 99th percentile = p99(s, b))
+    busy    = forward + per_batch_ms + per_request_ms × b
+
+where p50 / p99 come from the profile measured on this machine and the two overheads are
+the runtime's own cost as its engine fitted it while serving (`OverheadModel`). The
+scheduler is told the forward time and the overhead, as the real engine reports them. A
+request's latency is the end of its batch's service minus its arrival.
+
+What the simulation leaves out, and why its results are reported apart from real runs:
+contention between the submitting thread and the worker, the Python scheduler's own time
+(it runs in zero virtual time), correlated slow-downs (draws are independent), and other
+processes on the machine. Correctness is drawn (`BernoulliJudge`) with each subnet's
+accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from elastic.errors import BudgetInfeasible, Overloaded
+from elastic.serving.latency_model import OverheadModel
+from elastic.serving.profile import LatencyProfile
+from elastic.serving.request import Request
+from elastic.serving.scheduler import BudgetScheduler
+from elastic.subnet import Subnet
+
+from .outcomes import ANSWERED, REJECTED, SHED, BernoulliJudge, Outcome
+
+Z99 = 2.326348  # the standard normal's 99th percentile
+_INF = math.inf
+_TICK = 1e-9  # s: the watchdog looks just after a request's latest start (expiry is strict)
+_POLL = 1e-3  # s: an idle worker with a queue and no wake-up time looks again this soon
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """How long a batch keeps the simulated worker busy."""
+
+    profile: LatencyProfile  # measured p50 / p99 per (subnet, batch size)
+    per_request_ms: float = 0.0  # the runtime's own cost per request in a batch
+    per_batch_ms: float = 0.0  # the runtime's own cost per batch
+
+    def forward_ms(self, subnet: int, batch: int, rng: random.Random) -> float:
+        """One forward time, drawn from a log-normal fitted to the profile's p50 and p99."""
+        p50 = self.profile.latency_ms(subnet, batch, "p50")
+        p99 = max(p50, self.profile.latency_ms(subnet, batch, "p99"))
+        sigma = math.log(p99 / p50) / Z99 if p50 > 0 else 0.0
+        return p50 * math.exp(sigma * rng.gauss(0.0, 1.0))
+
+    def overhead_ms(self, batch: int) -> float:
+        return self.per_batch_ms + self.per_request_ms * batch
+
+
+def simulate(
+    subnets: Sequence[Subnet],
+    service: ServiceModel,
+    policy: str,
+    arrivals_s: Sequence[float],
+    budgets_ms: Sequence[float],
+    judge: BernoulliJudge,
+    *,
+    max_batch_size: int = 8,
+    max_queue: int = 256,
+    batch_wait_ms: float = 1.0,
+    seed: int | str = 0,
+) -> list[Outcome]:
+    """Run one load on a virtual clock; one `Outcome` per request, as a real run gives.
+
+    The loop mirrors the runtime's engine (`elastic.serving.engine`): an idle worker asks the
+    scheduler for a batch at every arrival; a batch that may wait to fill up (`wait_until`)
+    is asked for again then or at the next arrival; while a batch runs, the deadline
+    watchdog sheds queued requests at `next_expiry`; after each batch the scheduler gets
+    the forward time (`update_from_output`) and the overhead (`observe_overhead`), so its
+    latency model learns the overhead online as the real one does.
+
+    Args:
+        subnets: the model's subnet table, accuracies set.
+        service: the measured profile and the runtime's overheads.
+        policy: "elastic", "slackfit" or "static:<id>".
+        arrivals_s: arrival times, ascending.
+        budgets_ms: each request's budget.
+        judge: correctness per (request, subnet).
+        max_batch_size, max_queue, batch_wait_ms: as the real `Runtime` is configured.
+        seed: seeds the forward-time draws (the same seed gives the same run).
+    """
+    if len(arrivals_s) != len(budgets_ms):
+        raise ValueError(f"{len(arrivals_s)} arrival times for {len(budgets_ms)} budgets")
+    sched = BudgetScheduler(
+        subnets,
+        service.profile,
+        policy,
+        max_batch_size=max_batch_size,
+        max_queue=max_queue,
+        overhead=OverheadModel(),
+        batch_wait_ms=batch_wait_ms,
+    )
+    rng = random.Random(f"service/{seed}")
+    outcomes: list[Outcome | None] = [None] * len(arrivals_s)
+    requests: dict[int, Request] = {}
+    running = None  # (batch, end time, forward ms, overhead ms)
+    wake = _INF  # when an idle worker holding a partial batch looks again
+    n, i, now = len(arrivals_s), 0, 0.0
+
+    def shed(items) -> None:
+        for s in items:
+            r = requests.pop(s.request_id)
+            outcomes[r.id] = Outcome(SHED, r.budget_ms, reason=s.reason)
+
+    while i < n or running is not None or sched.has_waiting():
+        t_arrival = arrivals_s[i] if i < n else _INF
+        t_end = running[1] if running is not None else _INF
+        t_watch = _INF
+        if running is not None:
+            nxt = sched.next_expiry()
+            t_watch = nxt + _TICK if nxt is not None else _INF
+        t = min(t_end, t_arrival, wake, t_watch)
+        if t == _INF:
+            raise RuntimeError("simulation stalled: requests queued, nothing scheduled and no time to wake")
+        now = max(now, t)
+        if t == t_end:  # the worker frees first on ties
+            batch, _, forward, overhead = running
+            running = None
+            for rid in batch.request_ids:
+                r = requests.pop(rid)
+                latency = 1e3 * (now - r.arrival)
+                correct = judge(rid, rid, batch.subnet)
+                outcomes[rid] = Outcome(ANSWERED, r.budget_ms, batch.subnet, latency, batch.size, correct)
+            sched.update_from_output(batch, forward)
+            sched.observe_overhead(batch.size, overhead)
+        elif t == t_watch:
+            shed(sched.shed_expired(now))
+            continue
+        elif t == t_arrival:
+            r = Request(i, now, float(budgets_ms[i]))
+            i += 1
+            try:
+                evicted = sched.add_request(r, now)
+            except BudgetInfeasible:
+                outcomes[r.id] = Outcome(REJECTED, r.budget_ms, reason="infeasible")
+                continue
+            except Overloaded:
+                outcomes[r.id] = Outcome(REJECTED, r.budget_ms, reason="overloaded")
+                continue
+            requests[r.id] = r
+            shed(evicted)
+        wake = _INF
+        if running is None and sched.has_waiting():
+            out = sched.schedule(now)
+            shed(out.shed)
+            if out.batch is not None:
+                forward = service.forward_ms(out.batch.subnet, out.batch.size, rng)
+                overhead = service.overhead_ms(out.batch.size)
+                running = (out.batch, now + (forward + overhead) / 1e3, forward, overhead)
+            elif sched.has_waiting():
+                wake = out.wait_until if out.wait_until is not None and out.wait_until > now else now + _POLL
+    missing = [k for k, o in enumerate(outcomes) if o is None]
+    if missing:
+        raise RuntimeError(f"simulation lost {len(missing)} requests (first: {missing[:5]})")
+    return outcomes  # type: ignore[return-value]

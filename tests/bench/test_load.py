@@ -1,0 +1,189 @@
+"""The load suite's method: oracle selection, targets, the real shortlist, and an end-to-end run."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from elastic.bench.arrivals import BudgetDistribution
+from elastic.bench.load import Calibration, LoadPlan, run_scenarios, shortlist, summarize, target_summary
+from elastic.bench.outcomes import BernoulliJudge
+from elastic.bench.scenarios import Scenario
+from elastic.bench.simulate import ServiceModel
+from elastic.serving import LatencyProfile
+
+
+def calibration(capacity=100.0, fastest_capacity=250.0) -> Calibration:
+    profile = LatencyProfile.from_table({s: {1: 1.0 + s, 8: 4.0 + 4 * s} for s in range(4)})
+    return Calibration(
+        profile=profile,
+        candidates=[0, 1, 3],
+        variants_profile=profile,
+        smallest=0,
+        largest=2,
+        fastest=0,
+        capacity_per_s=capacity,
+        fastest_capacity_per_s=fastest_capacity,
+        budgets=BudgetDistribution(2.0, 50.0),
+        service=ServiceModel(profile),
+        variants_service=ServiceModel(profile),
+        served={},
+        seconds=0.0,
+    )
+
+
+def fake_run(policy, load, repeat, eff, admitted=100, shed=0, late=0):
+    answered = admitted - shed
+    return {
+        "pattern": "poisson",
+        "load": load,
+        "repeat": repeat,
+        "policy": policy,
+        "contender": policy,
+        "requests": 120,
+        "effective_accuracy": eff,
+        "slo_attainment": eff,
+        "admitted_slo_attainment": (answered - late) / admitted,
+        "rejected_share": 20 / 120,
+        "shed_share": shed / admitted,
+        "p50_ms": 3.0,
+        "p99_ms": 9.0,
+        "mean_batch_size": 2.0,
+        "admitted": admitted,
+        "answered": answered,
+        "shed": shed,
+        "rejected": 20,
+        "late": late,
+    }
+
+
+def test_the_oracle_is_the_best_static_and_targets_are_checked_per_point():
+    runs = []
+    for r, noise in enumerate((0.0, 0.01, -0.01)):
+        # load 0.5 (not in the middle range): elastic ties static:1, the best static
+        runs += [
+            fake_run("elastic", 0.5, r, 0.80 + noise),
+            fake_run("static:0", 0.5, r, 0.60 + noise),
+            fake_run("static:1", 0.5, r, 0.80 + noise),
+            fake_run("static:2", 0.5, r, 0.70 + noise),
+        ]
+        # load 2 (middle: 1 < 2 <= 2.5): elastic 3 points above the best static, with sheds and lates
+        runs += [
+            fake_run("elastic", 2.0, r, 0.53 + noise, shed=2, late=1),
+            fake_run("static:0", 2.0, r, 0.50 + noise),
+            fake_run("static:1", 2.0, r, 0.30 + noise),
+            fake_run("static:2", 2.0, r, 0.10 + noise),
+        ]
+    low, mid = summarize(runs, calibration())
+    assert low["oracle"] == {"policy": "static:1", "subnet": 1} and not low["middle_range"]
+    assert low["elastic_minus_oracle"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert low["targets"]["not_below_oracle"]["pass"] and low["targets"]["five_points_above_oracle"] is None
+    assert low["targets"]["admitted_within_budget"]["pass"] and low["targets"]["shed_after_admission"]["pass"]
+    assert low["contenders"]["static:2"]["effective_accuracy"]["mean"] == pytest.approx(0.70)
+    assert low["contenders"]["elastic"]["effective_accuracy"]["n"] == 3
+
+    assert mid["oracle"]["subnet"] == 0 and mid["middle_range"]
+    assert mid["elastic_minus_oracle"]["mean"] == pytest.approx(0.03)
+    assert mid["targets"]["not_below_oracle"]["pass"]
+    assert not mid["targets"]["five_points_above_oracle"]["pass"]
+    assert mid["targets"]["admitted_within_budget"]["value"] == pytest.approx(97 / 100)  # pooled
+    assert not mid["targets"]["admitted_within_budget"]["pass"]
+    assert mid["targets"]["shed_after_admission"]["value"] == pytest.approx(0.02)
+    assert not mid["targets"]["shed_after_admission"]["pass"]
+    summary = target_summary({"x": {"points": [low, mid]}})
+    assert summary["five_points_above_oracle"] == {"pass": 0, "fail": 1}
+    assert summary["not_below_oracle"] == {"pass": 2, "fail": 0}
+
+
+def test_elastic_below_the_oracle_beyond_the_interval_fails():
+    runs = []
+    for r, noise in enumerate((0.0, 0.01, -0.01)):
+        runs += [fake_run("elastic", 1.0, r, 0.70 + noise), fake_run("static:1", 1.0, r, 0.75 + noise)]
+    (p,) = summarize(runs, calibration())
+    assert p["elastic_minus_oracle"]["hi"] < 0 and not p["targets"]["not_below_oracle"]["pass"]
+
+
+def test_middle_range_comes_from_served_capacities():
+    calib = calibration(capacity=100.0, fastest_capacity=250.0)
+    assert calib.middle_range == (1.0, 2.5)
+    assert [calib.in_middle(x) for x in (0.5, 1.0, 1.5, 2.5, 3.0)] == [False, False, True, True, False]
+    assert calib.statics() == [0, 1, 2, 3]  # the front plus the largest anchor, fastest first
+
+
+def test_shortlist_takes_both_anchors_and_the_simulations_best():
+    calib = calibration()
+    plan = LoadPlan(("poisson",), (1.0,), (0.5, 1.25), 3, 3, 1.0, 1.0, oracle_extra=1, deit_front=3)
+
+    def point(load, effs):
+        return {
+            "pattern": "poisson",
+            "load": load,
+            "contenders": {p: {"effective_accuracy": {"mean": e}} for p, e in effs.items()},
+        }
+
+    sim_points = [
+        point(0.5, {"static:0": 0.5, "static:1": 0.6, "static:3": 0.9}),
+        point(1.25, {"static:0": 0.5, "static:1": 0.8, "static:3": 0.2, "elastic": 0.99}),
+    ]
+    assert shortlist(sim_points, plan, calib) == {("poisson", 1.0): [0, 1, 2]}  # nearest point: 1.25
+
+
+@pytest.fixture
+def one_thread():
+    """As `elastic bench` runs (--threads 1): two threads on a busy 2-core machine crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thread):
+    torch.manual_seed(0)
+    accuracy = {
+        s.id: 0.5 + 0.4 * s.flops / max(t.flops for t in tiny_stitched.subnets()) for s in tiny_stitched.subnets()
+    }
+    tiny_stitched.set_accuracies(accuracy)
+    scenario = Scenario(
+        name="tiny",
+        label="tiny synthetic StitchedNet (tests only)",
+        model=tiny_stitched,
+        images=torch.randn(16, 3, 32, 32),
+        real_judge=lambda seed: BernoulliJudge(accuracy, seed),
+        accuracy_source="synthetic accuracies",
+        profile_repeats=3,
+        capacity_burst=24,
+        capacity_singles=3,
+    )
+    plan = LoadPlan(("poisson",), (0.5,), (0.5, 2.0), 3, 2, 0.25, 0.5, oracle_extra=1, deit_front=3)
+    result = run_scenarios({"tiny": lambda: scenario}, plan, tmp_path, "test command")
+    real = json.loads((tmp_path / "load.json").read_text())
+    sim = json.loads((tmp_path / "load_sim.json").read_text())
+    assert real["mode"] == "real" and sim["mode"] == "simulated"
+    for doc in (real, sim):
+        assert doc["command"] == "test command" and doc["commit"] and doc["date"]
+    (point,) = real["scenarios"]["tiny"]["points"]
+    policies = set(point["contenders"])
+    calib = real["scenarios"]["tiny"]["calibration"]
+    assert {"elastic", "slackfit", "infaas", f"static:{calib['smallest_anchor']}"} <= policies
+    assert f"static:{calib['largest_anchor']}" in policies
+    assert point["contenders"]["elastic"]["seeds"] == 3
+    runs = real["scenarios"]["tiny"]["runs"]
+    # interleaving: every contender runs on seed r before any runs on seed r + 1
+    order = [r["repeat"] for r in runs]
+    assert order == sorted(order)
+    assert all(r["requests"] > 0 for r in runs)
+    # the simulation runs every static on the front, the real run a shortlist of them
+    sim_point = sim["scenarios"]["tiny"]["points"][0]
+    assert {f"static:{s}" for s in calib["candidates"]} <= set(sim_point["contenders"])
+    assert set(point["targets"]) == {
+        "not_below_oracle",
+        "five_points_above_oracle",
+        "admitted_within_budget",
+        "shed_after_admission",
+    }
+    assert (tmp_path / "load.png").is_file() and (tmp_path / "load_sim.png").is_file()
+    assert "REAL" in (tmp_path / "load.md").read_text() and "SIMULATED" in (tmp_path / "load_sim.md").read_text()
+    assert "SIMULATED" not in (tmp_path / "load.md").read_text()
+    assert math.isfinite(result["seconds"])

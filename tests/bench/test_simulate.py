@@ -1,0 +1,106 @@
+"""The load suite's simulator: the real scheduler on a virtual clock (synthetic tables, no model)."""
+
+import random
+
+import pytest
+
+from elastic.bench.arrivals import poisson
+from elastic.bench.outcomes import ANSWERED, BernoulliJudge, score
+from elastic.bench.simulate import ServiceModel, simulate
+from elastic.serving import LatencyProfile
+from elastic.subnet import Subnet
+
+BATCHES = (1, 2, 4, 8)
+
+
+def table(base_ms: dict[int, float], per_item: float = 0.0) -> dict[int, dict[int, float]]:
+    return {s: {b: ms + per_item * (b - 1) for b in BATCHES} for s, ms in base_ms.items()}
+
+
+def subnets(acc: dict[int, float]) -> list[Subnet]:
+    return [Subnet(s, "stitch", f"s{s}", flops=s + 1, params=1, accuracy=a) for s, a in acc.items()]
+
+
+ACC = {0: 0.6, 1: 0.7, 2: 0.8}
+
+
+def test_sparse_arrivals_are_answered_in_exactly_the_service_time():
+    profile = LatencyProfile.from_table(table({0: 10.0}))  # p99 = p50: no spread
+    service = ServiceModel(profile, per_request_ms=1.0, per_batch_ms=0.5)
+    arrivals = [0.05 * k for k in range(20)]
+    outcomes = simulate(
+        subnets({0: 0.6}), service, "static:0", arrivals, [12.0] * 20, BernoulliJudge({0: 0.6}, 0), batch_wait_ms=1.0
+    )
+    assert [o.status for o in outcomes] == [ANSWERED] * 20
+    assert all(o.latency_ms == pytest.approx(11.5) for o in outcomes)  # 10 forward + 1 + 0.5
+    assert all(o.batch_size == 1 and o.on_time for o in outcomes)
+
+
+def test_a_queue_is_batched_behind_the_running_batch():
+    # one arrival, then seven together while it runs: they wait for it and go as one batch
+    profile = LatencyProfile.from_table(table({0: 10.0}, per_item=1.0))
+    service = ServiceModel(profile)
+    arrivals = [0.0] + [0.001] * 7
+    outcomes = simulate(
+        subnets({0: 0.6}), service, "static:0", arrivals, [1000.0] * 8, BernoulliJudge({0: 0.6}, 0), batch_wait_ms=0
+    )
+    assert outcomes[0].latency_ms == pytest.approx(10.0) and outcomes[0].batch_size == 1
+    for o in outcomes[1:]:
+        assert o.batch_size == 7
+        assert o.latency_ms == pytest.approx(10.0 - 1.0 + 16.0)  # waits 9 ms, then 10 + 6 × 1 ms
+
+
+def test_low_load_gets_the_most_accurate_subnet_that_fits():
+    profile = LatencyProfile.from_table(table({0: 2.0, 1: 4.0, 2: 8.0}))
+    service = ServiceModel(profile)
+    arrivals = [0.1 * k for k in range(30)]
+    judge = BernoulliJudge(ACC, "s")
+    loose = simulate(subnets(ACC), service, "elastic", arrivals, [50.0] * 30, judge)
+    assert {o.subnet for o in loose} == {2}
+    tight = simulate(subnets(ACC), service, "elastic", arrivals, [5.0] * 30, judge)
+    assert {o.subnet for o in tight} == {1}  # 8 ms misses 5 ms; 4 ms is the best that fits
+
+
+def test_every_request_ends_once_and_exact_predictions_keep_admitted_requests_on_time():
+    # deterministic service equal to the prediction: admission is exact, so nothing admitted
+    # is shed or late, and overload shows up as rejections at submit
+    profile = LatencyProfile.from_table(table({0: 10.0}, per_item=2.0))  # capacity ~ 8 / 24 ms
+    service = ServiceModel(profile)
+    rng = random.Random(0)
+    arrivals = poisson(1000.0, 1.0, rng)
+    budgets = [rng.uniform(20.0, 100.0) for _ in arrivals]
+    outcomes = simulate(
+        subnets({0: 0.6}), service, "static:0", arrivals, budgets, BernoulliJudge({0: 0.6}, 0), batch_wait_ms=0
+    )
+    s = score(outcomes)
+    assert s["requests"] == len(arrivals) == len(outcomes)
+    assert s["rejected"] > s["requests"] // 2  # ~3× overloaded
+    assert s["shed"] == 0 and s["late"] == 0
+    assert s["answered"] == s["admitted"]
+    # the worker cannot do more than one full batch per 24 ms
+    assert s["answered"] <= 8 * (1.0 + 0.1) / 0.024
+
+
+def test_same_seed_same_run_other_seed_other_forward_times():
+    profile = LatencyProfile.from_table(table({0: 2.0, 1: 4.0, 2: 8.0}), tail=3.0)  # spread
+    service = ServiceModel(profile, per_request_ms=0.1, per_batch_ms=0.2)
+    rng = random.Random(1)
+    arrivals = poisson(300.0, 1.0, rng)
+    budgets = [rng.uniform(5.0, 60.0) for _ in arrivals]
+
+    def run(seed):
+        return simulate(subnets(ACC), service, "elastic", arrivals, budgets, BernoulliJudge(ACC, seed), seed=seed)
+
+    assert run("a") == run("a")
+    assert [o.latency_ms for o in run("a")] != [o.latency_ms for o in run("b")]
+
+
+def test_forward_draws_follow_the_profiled_median_and_tail():
+    profile = LatencyProfile.from_table({0: {1: 10.0}}, {0: {1: 30.0}})
+    service = ServiceModel(profile)
+    rng = random.Random(0)
+    xs = sorted(service.forward_ms(0, 1, rng) for _ in range(20000))
+    assert xs[10000] == pytest.approx(10.0, rel=0.03)
+    assert xs[19800] == pytest.approx(30.0, rel=0.08)
+    flat = ServiceModel(LatencyProfile.from_table({0: {1: 5.0}}))
+    assert {flat.forward_ms(0, 1, rng) for _ in range(10)} == {5.0}
