@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -156,7 +157,10 @@ def geomean(values: list[float]) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    repeats, inner, most = (10, 2, 3) if args.quick else (30, 3, 6)
+    # one call per sample: on a shared CPU a sub-millisecond call is often preempted, and a
+    # sample of several calls would carry every preemption among them into the median
+    repeats, inner, most = (15, 1, 3) if args.quick else (60, 1, 6)
+    load_before = os.getloadavg()[0]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -169,6 +173,7 @@ def run(args: argparse.Namespace) -> dict:
         rows, setup = compare(model, ids, repeats, inner)
     finally:
         torch.set_num_threads(threads)
+    setup["loadavg_1min"] = [load_before, os.getloadavg()[0]]
     overall = {
         f"batch {b}": {
             key: geomean([r[key] for r in rows if r["batch"] == b])
@@ -213,7 +218,8 @@ def run(args: argparse.Namespace) -> dict:
     )
     table += (
         f"\n\nModel: {name}; subnets {ids}; one thread each (torch and onnxruntime); {repeats} interleaved "
-        f"rounds of {inner} calls; ORT: opset {setup['opset']} (attention "
+        f"rounds of {inner} call(s); 1-min load average {setup['loadavg_1min'][0]:.1f} -> "
+        f"{setup['loadavg_1min'][1]:.1f} on {os.cpu_count()} CPUs; ORT: opset {setup['opset']} (attention "
         f"{'fused' if setup['fused_attention'] else 'decomposed'}); ORT-18: opset 18 (attention decomposed); "
         f"onnxruntime {setup['onnxruntime']}; compiled: {setup['compiled']}."
     )
