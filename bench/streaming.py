@@ -20,6 +20,7 @@ conv net on 32x32 frames (its window is its receptive field). One intra-op threa
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import warnings
 
@@ -78,7 +79,7 @@ class Case:
         if not self.is_encoder:
             assert self.co_model.receptive_field == window, (self.co_model.receptive_field, window)
         self.frames = torch.randn(window * 4, *frame_shape)
-        self.t = 0
+        self.t = window - 1  # the next step takes frame `window`: the stream goes on where warm-up stopped
         self.state = self.co_model.init_state(1, frame_shape)
         with torch.inference_mode():
             for i in range(window):  # warm state: every later step outputs
@@ -100,7 +101,8 @@ class Case:
             return self.model(self.clip)[:, -1]
         return self.model(self.clip)[:, :, -1]
 
-    def _make_co_ref(self):
+    def _make_co_ref(self, batch: int = 1):
+        """continual-inference's module on the same weights, its state warmed for `batch` lockstep streams."""
         try:
             import continual as co
         except ImportError:
@@ -108,18 +110,19 @@ class Case:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logging.getLogger("continual").setLevel(logging.ERROR)
+            model = copy.deepcopy(self.model)  # co.continual patches the modules it converts
             try:
                 ref = (
-                    co.TransformerEncoder.build_from(self.model, sequence_len=self.window)
+                    co.TransformerEncoder.build_from(model, sequence_len=self.window)
                     if self.is_encoder
-                    else co.continual(self.model)
+                    else co.continual(model)
                 ).eval()
             except Exception as e:  # continual-inference cannot build it
                 log.warning("continual-inference cannot build %s: %s", self.name, e)
                 return None
             with torch.no_grad():
                 x = self.frames[: self.window].t().unsqueeze(0) if self.is_encoder else self.clip
-                ref.forward_steps(x)
+                ref.forward_steps(x.expand(batch, *x.shape[1:]).contiguous())
         return ref
 
     def co_step(self):
@@ -180,21 +183,21 @@ def throughput(case: Case, streams_list=(1, 8, 64), repeats: int = 20) -> list[d
         def stream_tick(sset=sset, tick=tick):
             return sset.step(tick)
 
+        contenders = {"streamset": stream_tick, "recompute": recompute_batch}
+        co_ref = case._make_co_ref(n) if case.ref is not None else None
+        if co_ref is not None:  # continual-inference: one lockstep batch of n streams, state inside the module
+            co_frames = torch.randn(n, *case.frame_shape)
+            contenders["co"] = lambda co_ref=co_ref, co_frames=co_frames: co_ref.forward_step(co_frames)
         with torch.inference_mode():
-            times = interleaved({"streamset": stream_tick, "recompute": recompute_batch}, repeats=repeats, warmup=3)
-        s, r = summary(times["streamset"]), summary(times["recompute"])
-        rows.append(
-            {
-                "model": case.name,
-                "window": case.window,
-                "streams": n,
-                "streamset_ms_per_tick": s,
-                "recompute_ms_per_tick": r,
-                "streamset_frames_per_s": n / (s["median_ms"] / 1e3),
-                "recompute_frames_per_s": n / (r["median_ms"] / 1e3),
-                "speedup": paired_ratio(times["recompute"], times["streamset"]),
-            }
-        )
+            times = interleaved(contenders, repeats=repeats, warmup=3)
+        row = {"model": case.name, "window": case.window, "streams": n}
+        for name, samples in times.items():
+            row[f"{name}_ms_per_tick"] = summary(samples)
+            row[f"{name}_frames_per_s"] = n / (row[f"{name}_ms_per_tick"]["median_ms"] / 1e3)
+        row["speedup"] = paired_ratio(times["recompute"], times["streamset"])
+        if "co" in times:
+            row["speedup_vs_co"] = paired_ratio(times["co"], times["streamset"])
+        rows.append(row)
     return rows
 
 
@@ -213,7 +216,7 @@ def run(args: argparse.Namespace) -> dict:
         rows = per_step(cases, repeats)
         tput = []
         for case in cases:
-            if case.name == "encoder-1layer" and case.window == 64 or case.name == "cox3d-conv":
+            if case.name == "encoder-1layer" or case.name == "cox3d-conv" or case.window == 64:
                 tput += throughput(case, repeats=max(5, repeats // 5))
     finally:
         torch.set_num_threads(threads)
@@ -238,7 +241,16 @@ def run(args: argparse.Namespace) -> dict:
         ],
     )
     table += "\n\n" + markdown_table(
-        ["model", "window", "streams", "StreamSet frames/s", "recompute frames/s", "×"],
+        [
+            "model",
+            "window",
+            "streams",
+            "StreamSet frames/s",
+            "recompute frames/s",
+            "co frames/s",
+            "× vs recompute",
+            "× vs co",
+        ],
         [
             [
                 r["model"],
@@ -246,7 +258,9 @@ def run(args: argparse.Namespace) -> dict:
                 r["streams"],
                 r["streamset_frames_per_s"],
                 r["recompute_frames_per_s"],
+                r.get("co_frames_per_s", "—"),
                 r["speedup"],
+                r.get("speedup_vs_co", "—"),
             ]
             for r in tput
         ],

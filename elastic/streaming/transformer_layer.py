@@ -7,7 +7,9 @@ keeps the keys and values (and, for the retroactive layer, queries and inputs) o
 window's earlier tokens, so a step projects only the new token:
 
 - `SingleOutputEncoderLayer`: only the newest token's output, `O(n d)` attention plus one
-  token through the feed-forward block — the paper's Continual Single-Output layer.
+  token through the feed-forward block — the paper's Continual Single-Output layer. Its keys
+  and values sit in a ring (step t writes slot t mod n, out of place), since one query's
+  softmax attention does not depend on the order of the keys.
 - `RetroactiveEncoderLayer`: every token of the window, updated for the new key. The paper
   updates running softmax numerators/denominators (`O(n d)`); here the window's scores are
   recomputed from the cached queries and keys (`O(n^2 d)`), which is exact and cannot
@@ -173,21 +175,23 @@ class SingleOutputEncoderLayer(_WindowLayer):
     def init_state(self, batch, frame_shape, *, device=None, dtype=None) -> State:
         dev, dt = param_device_dtype(self, device, dtype)
         h = self.layer.self_attn.num_heads
-        # keys and values of the window's earlier tokens, already split into heads: (B, 2, h, n - 1, C / h)
-        kv = torch.zeros(batch, 2, h, self.window - 1, self.d_model // h, device=dev, dtype=dt)
+        # keys and values of the window's tokens in heads, a ring: step t writes slot t mod n. (B, 2, h, n, C / h)
+        kv = torch.zeros(batch, 2, h, self.window, self.d_model // h, device=dev, dtype=dt)
         return {"kv": kv, "t": PhaseCounter.init(batch, dev)}
 
     def step_masked(self, x: Tensor, state: State, valid: Tensor | None):
-        layer, kv = self.layer, state["kv"]
-        b, _, h, _, dh = kv.shape
+        layer, kv, t = self.layer, state["kv"], state["t"]
+        b, _, h, n, dh = kv.shape
         qkv = F.linear(attn_input(layer, x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias)
         q = qkv[:, : h * dh].view(b, h, 1, dh)  # one token: splitting heads is a view, no transpose
-        kv = torch.cat([kv, qkv[:, h * dh :].view(b, 2, h, 1, dh)], dim=3)  # (B, 2, h, n, dh)
+        slot = (t % n).view(b, 1, 1, 1, 1).expand(b, 2, h, 1, dh)
+        # out of place (the caller's state stays valid); one contiguous copy instead of shifting the window
+        kv = kv.scatter(3, slot, qkv[:, h * dh :].view(b, 2, h, 1, dh))
+        # the last query attends to the whole window; softmax attention does not depend on the keys' order
         a = F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1])  # (B, h, 1, dh)
         y = tail(layer, x, layer.self_attn.out_proj(a.reshape(b, h * dh)))
-        ready, t_next = PhaseCounter.advance(state["t"], valid, self.delay, 1)
-        new = {"kv": kv[:, :, :, 1:], "t": t_next}
-        return y, ready, keep_rows(valid, new, state)
+        ready, t_next = PhaseCounter.advance(t, valid, self.delay, 1)
+        return y, ready, keep_rows(valid, {"kv": kv, "t": t_next}, state)
 
 
 class RetroactiveEncoderLayer(_WindowLayer):
