@@ -2,7 +2,7 @@
 
 Same weights, same input: the outputs must agree (max abs diff) and the stitched path must
 cost nothing extra (time ratio, interleaved). Run on DeiT-Ti/S at 224 (random weights) and
-on the demo's model when it is there.
+on the demo's model.
 """
 
 from __future__ import annotations
@@ -46,11 +46,9 @@ def compare(net, name: str, batch_sizes=(1, 8), repeats: int = 30) -> list[dict]
 
 def run(args: argparse.Namespace) -> dict:
     repeats = 10 if args.quick else 40
+    demo = demo_model(args.model)  # required: a missing model fails the suite
     rows = compare(deit_pair(), "deit pair (224, random weights)", repeats=repeats)
-    try:
-        rows += compare(demo_model(args.model), "demo model", repeats=repeats)
-    except Exception as e:  # the demo model is optional here
-        log.warning("demo model skipped: %s", e)
+    rows += compare(demo, "demo model", repeats=repeats)
     table = markdown_table(
         ["model", "anchor", "batch", "elastic ms", "timm ms", "ratio", "max abs diff"],
         [

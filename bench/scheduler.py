@@ -1,9 +1,13 @@
 """scheduler: decision time per request for 10 / 100 / 1000 subnets.
 
 A synthetic cost table with every subnet on the accuracy/latency front (the worst case:
-none is pruned), requests with random budgets arriving into a queue of a given depth; the
-time of `add_request` (admission) and of `schedule` (picking subnet and batch) per request,
-per policy. Pure Python, no model.
+none is pruned), requests with random budgets arriving into a queue kept at a given depth;
+per request, the time of `add_request` (queue-aware admission) plus its share of
+`schedule` (shedding, then picking subnet and batch), per policy. A rejection is a decision
+too and is timed the same way. Pure Python, no model.
+
+Targets (issue 9), for the elastic policy: <= 20 µs per decision at 100 subnets and
+<= 50 µs at 1000, at every queue depth measured.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import argparse
 import random
 import time
 
+from elastic.errors import BudgetInfeasible, Overloaded
 from elastic.serving import BudgetScheduler, LatencyProfile, Request
 from elastic.subnet import Subnet
 
 from .harness import markdown_table, write_results
 
 BATCHES = (1, 2, 4, 8)
+TARGET_US = {100: 20.0, 1000: 50.0}  # subnets -> most µs per decision (elastic)
 
 
 def synthetic(n: int) -> tuple[list[Subnet], LatencyProfile]:
@@ -31,22 +37,36 @@ def synthetic(n: int) -> tuple[list[Subnet], LatencyProfile]:
 
 
 def decision_time(n: int, policy: str, depth: int, requests: int, seed: int = 0) -> dict:
+    """Time `requests` admissions and schedule steps with about `depth` requests queued.
+
+    Returns:
+        subnets, candidates, policy, queue_depth, requests, admitted, rejected, batches,
+        admit_us (per request), schedule_us (per `schedule` call) and decision_us (admission
+        plus schedule time, per request).
+    """
     subnets, profile = synthetic(n)
     sched = BudgetScheduler(subnets, profile, policy, max_batch_size=8, max_queue=10_000)
     rng = random.Random(seed)
-    now, admit, decide, decisions = 0.0, 0.0, 0.0, 0
+    now, admit, decide = 0.0, 0.0, 0.0
+    calls = rejected = batches = 0
     for k in range(requests + depth):
         r = Request(k, now, rng.uniform(30.0, 300.0))
         t0 = time.perf_counter()
-        sched.add_request(r, now)
-        admit += time.perf_counter() - t0
-        if k < depth:
-            continue  # fill the queue first
+        try:
+            sched.add_request(r, now)
+        except (BudgetInfeasible, Overloaded):
+            rejected += 1
+        t1 = time.perf_counter()
+        if k >= depth:  # the first `depth` requests only fill the queue
+            admit += t1 - t0
+        if k < depth or sched.get_num_waiting() < depth:
+            continue
         t0 = time.perf_counter()
         out = sched.schedule(now)
         decide += time.perf_counter() - t0
-        decisions += 1
+        calls += 1
         if out.batch is not None:
+            batches += 1
             sched.update_from_output(out.batch, profile.latency_ms(out.batch.subnet, out.batch.size, "p50"))
         now += 0.0005
     return {
@@ -54,22 +74,58 @@ def decision_time(n: int, policy: str, depth: int, requests: int, seed: int = 0)
         "candidates": len(sched.candidates),
         "policy": policy,
         "queue_depth": depth,
-        "admit_us": 1e6 * admit / (requests + depth),
-        "schedule_us": 1e6 * decide / decisions,
+        "requests": requests,
+        "rejected": rejected,
+        "batches": batches,
+        "admit_us": 1e6 * admit / requests,
+        "schedule_us": 1e6 * decide / calls if calls else 0.0,
+        "decision_us": 1e6 * (admit + decide) / requests,
     }
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Pass / fail of the decision-time targets, one entry per (subnets, depth) of elastic."""
+    return [
+        {
+            "subnets": r["subnets"],
+            "queue_depth": r["queue_depth"],
+            "decision_us": r["decision_us"],
+            "target_us": TARGET_US[r["subnets"]],
+            "pass": r["decision_us"] <= TARGET_US[r["subnets"]],
+        }
+        for r in rows
+        if r["policy"] == "elastic" and r["subnets"] in TARGET_US
+    ]
 
 
 def run(args: argparse.Namespace) -> dict:
     requests = 300 if args.quick else 2000
     rows = [
-        decision_time(n, policy, depth, requests)
+        decision_time(n, policy, depth, requests, seed=args.seed)
         for n in (10, 100, 1000)
         for policy in ("elastic", "slackfit")
         for depth in (8, 64)
     ]
+    checks = targets(rows)
     table = markdown_table(
-        ["subnets", "candidates", "policy", "queue depth", "admit µs", "schedule µs"],
-        [[r["subnets"], r["candidates"], r["policy"], r["queue_depth"], r["admit_us"], r["schedule_us"]] for r in rows],
+        ["subnets", "candidates", "policy", "queue depth", "admit µs", "schedule µs / call", "decision µs / request"],
+        [
+            [
+                r["subnets"],
+                r["candidates"],
+                r["policy"],
+                r["queue_depth"],
+                r["admit_us"],
+                r["schedule_us"],
+                r["decision_us"],
+            ]
+            for r in rows
+        ],
     )
-    write_results(args.out, "scheduler", {"rows": rows}, table, args.command)
-    return {"rows": rows, "table": table}
+    table += "\n\nTargets (elastic): " + "; ".join(
+        f"{c['subnets']} subnets, depth {c['queue_depth']}: {c['decision_us']:.1f} µs "
+        f"(≤ {c['target_us']:.0f}) {'pass' if c['pass'] else 'FAIL'}"
+        for c in checks
+    )
+    write_results(args.out, "scheduler", {"rows": rows, "targets": checks}, table, args.command)
+    return {"rows": rows, "targets": checks, "table": table}

@@ -80,12 +80,8 @@ def measure(net, name: str, repeats: int, batch: int = 1) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     repeats = 10 if args.quick else 40
-    rows = []
-    try:
-        net = demo_model(args.model)
-        rows += [measure(net, "demo model", repeats, b) for b in (1, 8)]
-    except Exception:
-        net = None
+    net = demo_model(args.model)  # required: a missing model fails the suite
+    rows = [measure(net, "demo model", repeats, b) for b in (1, 8)]
     rows.append(measure(deit_pair(), "deit pair (224)", repeats // 2))
     table = markdown_table(
         ["model", "subnets", "batch", "alternating ms", "same ms (mean of both)", "ratio", "weight bytes copied"],

@@ -1,15 +1,15 @@
 """Benchmark suite logic on small models and synthetic tables (nothing timed is asserted)."""
 
-import argparse
+import json
 
+import pytest
 import torch
 
-from elastic.bench.load import best_single
 from elastic.bench.memory import measure as memory
-from elastic.bench.scheduler import decision_time
+from elastic.bench.overhead import measure as overhead
+from elastic.bench.scheduler import decision_time, targets
 from elastic.bench.switching import WeightCopyCounter
 from elastic.bench.variants import AnchorVariants
-from elastic.serving import LatencyProfile
 
 
 def test_anchor_variants_are_separate_copies_with_equal_outputs(tiny_stitched):
@@ -22,15 +22,6 @@ def test_anchor_variants_are_separate_copies_with_equal_outputs(tiny_stitched):
     with torch.no_grad():
         for k in range(3):
             assert torch.equal(variants(x, subnet=k), tiny_stitched(x, subnet=k))
-
-
-def test_best_single_picks_the_most_accurate_that_fits():
-    profile = LatencyProfile.from_table({0: {1: 1.0, 8: 4.0}, 1: {1: 3.0, 8: 10.0}, 2: {1: 9.0, 8: 40.0}})
-    acc = {0: 0.6, 1: 0.7, 2: 0.8}
-    assert best_single(profile, [0, 1, 2], acc, median_budget_ms=20.0, rate=100.0) == 2
-    assert best_single(profile, [0, 1, 2], acc, median_budget_ms=5.0, rate=100.0) == 1
-    assert best_single(profile, [0, 1, 2], acc, median_budget_ms=20.0, rate=500.0) == 1  # 8 / 40 ms = 200/s
-    assert best_single(profile, [0, 1, 2], acc, median_budget_ms=0.5, rate=100.0) == 0  # nothing fits: fastest
 
 
 def test_switching_copies_no_weights_and_the_counter_sees_copies(tiny_stitched):
@@ -51,15 +42,49 @@ def test_memory_counts_stitches_once(tiny_stitched):
     assert r["subnets"] == 23
 
 
-def test_scheduler_suite_runs_on_synthetic_tables():
-    r = decision_time(20, "elastic", depth=4, requests=20)
-    assert r["subnets"] == 20 and r["candidates"] == 20 and r["schedule_us"] > 0
+def test_scheduler_suite_counts_every_request_and_checks_targets():
+    r = decision_time(20, "elastic", depth=4, requests=50)
+    assert r["subnets"] == 20 and r["candidates"] == 20 and r["requests"] == 50
+    assert r["batches"] >= 50 // 8  # the queue is drained in batches of at most 8
+    assert r["decision_us"] >= r["admit_us"]  # a decision is admission plus its share of scheduling
+    rows = [
+        {"policy": "elastic", "subnets": 100, "queue_depth": 8, "decision_us": 19.0},
+        {"policy": "elastic", "subnets": 1000, "queue_depth": 64, "decision_us": 51.0},
+        {"policy": "slackfit", "subnets": 1000, "queue_depth": 64, "decision_us": 500.0},
+        {"policy": "elastic", "subnets": 10, "queue_depth": 8, "decision_us": 500.0},
+    ]
+    assert [(c["subnets"], c["pass"]) for c in targets(rows)] == [(100, True), (1000, False)]
 
 
-def test_bench_cli_lists_every_suite():
+def test_overhead_counts_only_the_timed_batches(tiny_stitched):
+    rows = overhead(tiny_stitched, "tiny", 0, repeats=3)
+    assert [r["batch"] for r in rows] == [1, 8]
+    one, eight = rows
+    assert one["mean_runtime_batch"] == 1.0 and one["direct"]["n"] == one["runtime"]["n"] == 3
+    assert 1.0 <= eight["mean_runtime_batch"] <= 8.0
+    assert set(one["target"]) == {"added_us_per_request", "pass"} and set(eight["target"]) == {"ratio", "pass"}
+    assert eight["target"]["pass"] == (eight["ratio"] <= 1.15)
+
+
+def test_bench_cli_lists_every_suite_and_its_options():
     from elastic.bench import SUITES
     from elastic.cli import build_parser
 
-    args = build_parser().parse_args(["bench", "scheduler", "--quick"])
-    assert isinstance(args, argparse.Namespace) and args.suite == "scheduler"
-    assert set(SUITES) == {"overhead", "switching", "parity", "load", "scheduler", "memory"}
+    args = build_parser().parse_args(["bench", "load", "--quick", "--simulate", "--scenario", "deit"])
+    assert (args.suite, args.quick, args.simulate, args.scenario, args.threads) == ("load", True, True, "deit", 1)
+    for suite in SUITES:
+        assert build_parser().parse_args(["bench", suite]).suite == suite
+    assert {"overhead", "switching", "parity", "load", "scheduler", "memory"} <= set(SUITES)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "no-such-suite"])
+
+
+def test_results_record_command_commit_and_date(tmp_path):
+    from elastic.bench.harness import write_results
+
+    write_results(tmp_path, "x", {"rows": [1]}, "| a |", "elastic bench x --quick")
+    doc = json.loads((tmp_path / "x.json").read_text())
+    assert doc["command"] == "elastic bench x --quick" and doc["rows"] == [1]
+    assert doc["commit"] != "unknown" and len(doc["commit"].split("-")[0]) >= 7
+    assert doc["date"].startswith("20")
+    assert doc["commit"] in (tmp_path / "x.md").read_text()
