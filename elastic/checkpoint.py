@@ -98,21 +98,21 @@ def save(model: ElasticModel, path: str | Path) -> Path:
             described by a valid manifest, or the files cannot be written.
     """
     path = Path(path)
-    if path.is_symlink():
-        path = path.resolve()
-    _check_target(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot create {path.parent}: {e}") from e
-    _restore_interrupted(path)
-    _remove_leftovers(path)
     manifest = _manifest(model)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     try:
+        if path.is_symlink():
+            path = path.resolve()
+        _check_target(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create {path.parent}: {e}") from e
+        _restore_interrupted(path)
+        _remove_leftovers(path)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_TMP}-"))
     except OSError as e:
-        raise CheckpointError(f"cannot write a checkpoint next to {path}: {e}") from e
+        raise CheckpointError(f"cannot write a checkpoint at {path}: {e}") from e
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a checkpoint is for everyone to read
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "builder": model.builder})
@@ -379,7 +379,10 @@ def load(
                 f"{path}: its anchors have {params:,} parameters, more than max_params={max_params:,}; "
                 "pass a larger max_params to load it on purpose"
             )
-    digest = sha256_file(weights)
+    try:
+        digest = sha256_file(weights)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {weights}: {e}") from e
     if digest != manifest["weights_sha256"]:
         raise CheckpointError(
             f"{weights} does not match its manifest (sha256 {digest[:12]}…, "
