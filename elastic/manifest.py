@@ -42,7 +42,7 @@ MAX_JSON_DEPTH = 16  # the deepest real manifest nests 4 levels
 MAX_ANCHORS = 64
 MAX_SUBNETS = 100_000
 DEFAULT_MAX_BLOCKS = 64  # per anchor: ViT-g has 40 blocks, ResNet-152 50
-DEFAULT_MAX_PARAMS = 400_000_000  # all anchors together: DeiT-B x3 is 260 M, ViT-g 1.0 B
+DEFAULT_MAX_PARAMS = 400_000_000  # all anchors together: DeiT Ti+S+B 114 M, ViT-L 304 M, ViT-H 631 M
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _BUILDER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
