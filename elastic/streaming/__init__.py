@@ -22,6 +22,7 @@ from .conv import Conv1d, Conv2d, Conv3d
 from .convert import CONVERSIONS, convert, register_conversion
 from .delay import Delay
 from .encoder import TransformerEncoder
+from .onnx_step import export_step_onnx
 from .parallel import REDUCTIONS, Parallel
 from .pointwise import Pointwise
 from .pooling import AvgPool1d, AvgPool2d, AvgPool3d, MaxPool1d, MaxPool2d, MaxPool3d
@@ -59,5 +60,6 @@ __all__ = [
     "StreamingModule",
     "TransformerEncoder",
     "convert",
+    "export_step_onnx",
     "register_conversion",
 ]

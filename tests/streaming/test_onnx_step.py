@@ -1,0 +1,46 @@
+"""An exported step runs in onnxruntime at any batch size and equals stepping in torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+import elastic.streaming as es
+from elastic.streaming.onnx_step import export_step_onnx
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.slow
+def test_exported_step_has_a_dynamic_batch_and_matches_torch(tmp_path):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, activation="gelu", batch_first=True)
+    net = es.Sequential(
+        es.Conv1d(4, 16, 3, padding=1),
+        es.Conv1d(16, 16, 2, stride=2),
+        es.RecyclingPositionalEncoding(16, 9),
+        es.convert(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), window=3),
+    ).eval()
+    path = tmp_path / "step.onnx"
+    names = export_step_onnx(net, (4,), path)
+    session = ort.InferenceSession(str(path))
+    inputs = session.get_inputs()
+    assert [i.name for i in inputs] == ["x", *names]
+    assert all(i.shape[0] == "batch" for i in inputs)  # every state tensor: batch first, dynamic
+    for batch in (1, 3):
+        state = net.init_state(batch, (4,))
+        onnx_state = [t.numpy() for t in tree_flatten(state)[0]]
+        seen_output = False
+        for _ in range(10):
+            x = torch.randn(batch, 4)
+            with torch.inference_mode():
+                y, valid, state = net.step_masked(x, state, None)
+            out = session.run(None, {"x": x.numpy(), **dict(zip(names, onnx_state, strict=True))})
+            onnx_state = out[2:]
+            assert out[1].tolist() == valid.tolist()
+            if valid.all():
+                seen_output = True
+                torch.testing.assert_close(torch.from_numpy(out[0]), y, atol=1e-5, rtol=0)
+        assert seen_output
