@@ -13,6 +13,7 @@ clients counted.
 import math
 import random
 import threading
+import time
 import urllib.request
 from collections import Counter
 from concurrent.futures import Future, wait
@@ -42,7 +43,7 @@ KINDS = {  # kind -> share of the requests
     "injected": 0.005,
 }
 INVALID = ("float64", "float16", "nan", "shape", "batch_of_two")
-WAIT_S = 120.0  # per burst; far above any healthy wait, so a stuck future shows as pending
+DEADLINE_S = 300.0  # for the whole soak (it takes ~15 s): a stuck future shows as pending, not as a hang
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +114,7 @@ def soak(served_model, served_profile):
     try:
         rt = Runtime(served_model, max_batch_size=MAX_BATCH, max_queue=64, profile=served_profile)
         port = rt.serve_metrics(0)
+        deadline = time.monotonic() + DEADLINE_S
 
         def client(k: int) -> None:
             mine = kinds[k::THREADS]
@@ -126,16 +128,17 @@ def soak(served_model, served_profile):
                     except BaseException as e:  # noqa: BLE001 - every refusal is recorded and checked
                         with lock:
                             at_submit.append((kind, e))
-                wait([f for _, f in burst], timeout=WAIT_S)
+                wait([f for _, f in burst], timeout=max(0.0, deadline - time.monotonic()))
                 with lock:
                     futures.extend(burst)
 
-        threads = [threading.Thread(target=client, args=(k,), name=f"soak-{k}") for k in range(THREADS)]
+        threads = [threading.Thread(target=client, args=(k,), name=f"soak-{k}", daemon=True) for k in range(THREADS)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
-        _, not_done = wait([f for _, f in futures], timeout=WAIT_S)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        stuck = sum(t.is_alive() for t in threads)
+        _, not_done = wait([f for _, f in futures], timeout=max(0.0, deadline - time.monotonic()))
         metrics = _scrape(port)
         yield {
             "rt": rt,
@@ -143,6 +146,7 @@ def soak(served_model, served_profile):
             "futures": futures,
             "at_submit": at_submit,
             "pending": len(not_done),
+            "stuck_clients": stuck,
             "metrics": metrics,
         }
         rt.close(drain=True, timeout=60)
@@ -165,7 +169,7 @@ def test_every_request_ends(soak):
         for kind, where, r in _outcomes(soak)
     )
     print("\n".join(f"{n:6d}  {kind:12s} {where:6s} {what}" for (kind, where, what), n in sorted(summary.items())))
-    assert soak["pending"] == 0
+    assert soak["pending"] == 0 and soak["stuck_clients"] == 0
     assert len(soak["at_submit"]) + len(soak["futures"]) == REQUESTS
 
 
