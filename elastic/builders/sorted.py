@@ -23,35 +23,22 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from timm.layers import LayerScale, Mlp, use_fused_attn
-from timm.models.vision_transformer import Attention, Block, VisionTransformer
+from timm.layers import LayerScale, use_fused_attn
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 from torch.nn import functional as F
 
 from elastic.anchors import AnchorAdapter, AnchorFamily, AnchorSpec, create_anchor
 from elastic.anchors.cost import count_flops, unfused_attention
-from elastic.errors import CheckpointError, UnsupportedArchitecture
+from elastic.builders.sorted_shape import SortedShape, check_shape, check_supported
+from elastic.errors import CheckpointError
 from elastic.model import ElasticModel, register_builder
 from elastic.subnet import Subnet
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, order=True)
-class SortedShape:
-    """The prefix sizes of one subnet."""
-
-    depth: int  # blocks kept: the first `depth`
-    width: int  # embedding channels kept: the first `width`
-    heads: int  # attention heads kept in every block: the first `heads`
-    mlp: int  # MLP hidden units kept in every block: the first `mlp`
-
-    def describe(self) -> str:
-        return f"d{self.depth} w{self.width} h{self.heads} mlp{self.mlp}"
 
 
 @register_builder
@@ -115,7 +102,7 @@ class SortedNet(ElasticModel):
             for h in [w // self.head_dim] if heads is None else sorted(set(heads)):
                 shapes.add(SortedShape(d, w, h, round(r * w)))
         for s in shapes:
-            _check_shape(s, full_depth, full_width, full_heads, full_mlp, self.head_dim, tied=heads is None)
+            check_shape(s, full_depth, full_width, full_heads, full_mlp, self.head_dim, tied=heads is None)
         self.eps = next((m.eps for m in vit.modules() if isinstance(m, nn.LayerNorm)), 1e-6)
         self.fused_attn = use_fused_attn()  # `unfused_attention(self)` turns this off while counting
         self.shapes: list[SortedShape] = sorted(shapes)  # re-sorted by FLOPs in `_build_subnets`
@@ -220,7 +207,32 @@ class SortedNet(ElasticModel):
         self.check_input(x)
         return self._forward_shape(x, s)
 
+    @torch.no_grad()
+    def forward_all(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Logits of every subnet, sharing the blocks of subnets that differ only in depth.
+
+        Subnets of one (width, heads, MLP) run their blocks once; each depth in the grid reads
+        the head off at its block. Same arithmetic as `forward(x, subnet)` for each subnet.
+
+        Shape:
+            x: (B, C, H, W) -> {subnet id: (B, num_classes)}
+        """
+        self.check_input(x)
+        ids = {s: i for i, s in enumerate(self.shapes)}
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for s in self.shapes:
+            groups.setdefault((s.width, s.heads, s.mlp), []).append(s.depth)
+        out = {}
+        for (w, h, m), depths in groups.items():
+            for d, logits in self._forward_depths(x, SortedShape(max(depths), w, h, m), depths).items():
+                out[ids[SortedShape(d, w, h, m)]] = logits
+        return out
+
     def _forward_shape(self, x: torch.Tensor, s: SortedShape) -> torch.Tensor:
+        return self._forward_depths(x, s, [s.depth])[s.depth]
+
+    def _forward_depths(self, x: torch.Tensor, s: SortedShape, depths: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Logits after each of `depths` blocks (all <= s.depth) of the subnet `s`."""
         t = self.subnet_tensors(s)
         v, w = self.vit, s.width
         pe = v.patch_embed
@@ -232,6 +244,7 @@ class SortedNet(ElasticModel):
         else:
             x = torch.cat([*prefix, x], dim=1) + t["pos_embed"]
         x = _norm(v.patch_drop(v.pos_drop(x)), t, "norm_pre", w, self.eps)
+        out = {0: self._head(x, t, w)} if 0 in depths else {}
         for i, blk in enumerate(v.blocks[: s.depth]):
             b = f"blocks.{i}"
             a = self._attention(_norm(x, t, f"{b}.norm1", w, self.eps), blk.attn, t, b, s.heads)
@@ -242,8 +255,13 @@ class SortedNet(ElasticModel):
                 _norm(h, t, f"{b}.mlp.norm", s.mlp, self.eps), t[f"{b}.mlp.fc2.weight"], t.get(f"{b}.mlp.fc2.bias")
             )
             x = x + blk.drop_path2(_scale(blk.mlp.drop2(h), t, f"{b}.ls2"))
-        x = v.pool(_norm(x, t, "norm", w, self.eps))
-        x = v.head_drop(_norm(x, t, "fc_norm", w, self.eps))
+            if i + 1 in depths:
+                out[i + 1] = self._head(x, t, w)
+        return out
+
+    def _head(self, x: torch.Tensor, t: dict[str, torch.Tensor], w: int) -> torch.Tensor:
+        x = self.vit.pool(_norm(x, t, "norm", w, self.eps))
+        x = self.vit.head_drop(_norm(x, t, "fc_norm", w, self.eps))
         return F.linear(x, t["head.weight"], t.get("head.bias"))
 
     def _attention(self, x: torch.Tensor, attn: Attention, t: dict[str, torch.Tensor], b: str, heads: int):
@@ -319,40 +337,3 @@ def _norm(x: torch.Tensor, t: dict[str, torch.Tensor], key: str, n: int, eps: fl
 def _scale(x: torch.Tensor, t: dict[str, torch.Tensor], key: str) -> torch.Tensor:
     gamma = t.get(f"{key}.gamma")
     return x if gamma is None else x * gamma
-
-
-def check_supported(vit: nn.Module) -> None:
-    """Raise `UnsupportedArchitecture` unless `vit` is a timm ViT whose pieces we can slice."""
-    if not isinstance(vit, VisionTransformer):
-        raise UnsupportedArchitecture(f"SortedNet slices timm VisionTransformer models, not {type(vit).__name__}")
-    problems = []
-    if vit.attn_pool is not None:
-        problems.append("attention pooling")
-    if vit.dynamic_img_size or vit.pos_embed is None or not vit.patch_embed.flatten:
-        problems.append("dynamic image size or no learned position embedding")
-    norms = [vit.patch_embed.norm, vit.norm_pre, vit.norm, vit.fc_norm]
-    for blk in vit.blocks:
-        if type(blk) is not Block or type(blk.attn) is not Attention or type(blk.mlp) is not Mlp:
-            problems.append(f"block type {type(blk).__name__}/{type(blk.attn).__name__}/{type(blk.mlp).__name__}")
-            break
-        if blk.attn.gate is not None or not isinstance(blk.attn.norm, nn.Identity):
-            problems.append("gated or scale-normed attention")
-        norms += [blk.norm1, blk.norm2, blk.mlp.norm]
-        if not all(isinstance(m, (nn.Identity, LayerScale)) for m in (blk.ls1, blk.ls2)):
-            problems.append("layer scale of another type")
-    if not all(isinstance(m, (nn.Identity, nn.LayerNorm)) for m in norms):
-        problems.append("norm layers other than LayerNorm")
-    elif len({m.eps for m in norms if isinstance(m, nn.LayerNorm)}) > 1:
-        problems.append("LayerNorms with different eps")
-    if problems:
-        raise UnsupportedArchitecture(f"SortedNet cannot slice this ViT: {', '.join(sorted(set(problems)))}")
-
-
-def _check_shape(s: SortedShape, depth: int, width: int, heads: int, mlp: int, head_dim: int, tied: bool) -> None:
-    if not (1 <= s.depth <= depth and 1 <= s.width <= width and 1 <= s.heads <= heads and 1 <= s.mlp <= mlp):
-        raise ValueError(
-            f"subnet {s.describe()} does not fit in the anchor (d{depth} w{width} h{heads} mlp{mlp}): "
-            "depths, widths, heads and mlp_ratios * width must lie within it"
-        )
-    if tied and s.width % head_dim:
-        raise ValueError(f"width {s.width} is not a multiple of the head width {head_dim}; pass heads= explicitly")

@@ -109,6 +109,15 @@ def test_every_subnet_equals_a_smaller_timm_vit_with_the_sliced_weights(grid, re
 
 
 @pytest.mark.slow
+def test_forward_all_shares_blocks_and_matches_each_forward(tied):
+    x = images(3, seed=7)
+    every = tied.forward_all(x)
+    assert sorted(every) == [s.id for s in tied.subnets()]
+    with torch.no_grad():
+        for sid, logits in every.items():
+            assert (logits - tied(x, sid)).abs().max() <= 1e-6
+
+
 @pytest.mark.parametrize("method", ["taylor", "magnitude"])
 def test_reordering_keeps_the_full_output_and_sorts_by_importance(method):
     net = _net(seed=3, depths=(2, 3), widths=(32, 64), mlp_ratios=(2, 4))
