@@ -18,7 +18,7 @@ class Subnet:
     """
 
     id: int  # position in `model.subnets()`
-    kind: str  # "anchor" | "stitch" | "sorted" | "learngene" (a Learngene Pool descendant)
+    kind: str  # "anchor" | "stitch" | "sorted" | "learngene" (a stitched Learngene Pool descendant)
     description: str  # e.g. "deit_tiny[0:8] -> deit_small[8:12]"
     flops: int  # FLOPs per sample
     params: int  # parameters this subnet touches

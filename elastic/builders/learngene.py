@@ -7,12 +7,14 @@ auxiliary model, a stitching layer, the back blocks of a larger one, as SN-Net (
 CVPR 2023) stitches anchors. The pool stores only the auxiliary models, so it is smaller than
 an SN-Net family over full-depth anchors, and it reaches below the smallest anchor.
 
-Subnet ids: each auxiliary model alone first (0..k-1, cheapest first; each equals its own
-timm forward), then, for every pair of auxiliary models (neighbours in cost by default), the
-configurations (i, k) of SN-Net v1's paired stitching (window 2, stride 1, the partial last
-window kept): front blocks [0 : i+1] -> stitch -> back blocks [k :]. One stitching layer per
-window and pair, shared by its configurations; where the two widths match the stitch is the
-identity (no layer, as in the official code's `StitchingLayer`).
+Subnet ids: each auxiliary model alone first (0..k-1, cheapest first, kind "anchor" as in
+SN-Net, so training and benchmarks that treat anchors specially treat these alike; each equals
+its own timm forward), then the stitched descendants (kind "learngene"): for every pair of
+auxiliary models (neighbours in cost by default), the configurations (i, k) of SN-Net v1's
+paired stitching (window 2, stride 1, the partial last window kept): front blocks [0 : i+1]
+-> stitch -> back blocks [k :]. One stitching layer per window and pair, shared by its
+configurations; where the two widths match the stitch is the identity (no layer, as in the
+official code's `StitchingLayer`).
 
 Stitch initialisation (`init_stitches_from_transforms`, the paper's): the distillation's
 width transforms map the teacher's features onto each student's, h_a ≈ W_a t + b_a, so a
@@ -180,7 +182,7 @@ class LearngenePool(ElasticModel):
         for sid, path in enumerate(self.paths):
             if path is None:
                 a = self.family[sid]
-                subnets.append(Subnet(sid, "learngene", a.name, costs[sid].flops, costs[sid].params))
+                subnets.append(Subnet(sid, "anchor", a.name, costs[sid].flops, costs[sid].params))
                 continue
             f, b = costs[path.front], costs[path.back]
             layer = self.stitches[path.layer] if path.layer is not None else None

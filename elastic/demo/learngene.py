@@ -79,7 +79,7 @@ class LearngeneConfig:
     alpha: float = 0.1  # label cross-entropy weight in distillation (official 0.1)
     nearest: bool = True  # stitch neighbouring auxiliary models only
     stitch_init: str = "transforms"  # one of STITCH_INITS: the pool keeps this one
-    finetune_epochs: float = 1.0  # epochs of pool fine-tuning (one descendant per step)
+    finetune_epochs: float = 3.0  # epochs of pool fine-tuning (one descendant per step)
     finetune_lr: float = 1e-3  # auxiliary blocks' peak learning rate while fine-tuning
     stitch_lr: float = 2e-3  # stitching layers' peak learning rate
     distill_alpha: float = 0.5  # teacher-logit distillation weight while fine-tuning

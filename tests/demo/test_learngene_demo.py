@@ -69,7 +69,12 @@ def test_report_holds_descendants_costs_accuracies_and_provenance(demo_runs):
     ids = [s["id"] for s in report["subnets"]]
     assert ids == list(range(3 + 2 * 4))
     for s in report["subnets"]:
-        assert s["kind"] == "learngene" and s["flops"] > 0 and s["params"] > 0 and 0 <= s["accuracy"] <= 1
+        assert (
+            s["kind"] == ("anchor" if s["id"] < 3 else "learngene")
+            and s["flops"] > 0
+            and s["params"] > 0
+            and 0 <= s["accuracy"] <= 1
+        )
     assert set(report["pareto"]) <= set(ids) and report["pareto"]
     cmp = report["comparison"]
     assert cmp["pool_weight_bytes"] > 0 and 0 < cmp["bytes_ratio"] < 1
