@@ -45,8 +45,9 @@ from elastic.manifest import (
     DEFAULT_MAX_BLOCKS,
     DEFAULT_MAX_PARAMS,
     FORMAT,
+    MANIFEST,
     manifest_digest,
-    parse_json,
+    read_manifest_file,
     validate_manifest,
 )
 from elastic.model import BUILDERS, ElasticModel, builder_class
@@ -54,7 +55,6 @@ from elastic.model import BUILDERS, ElasticModel, builder_class
 log = logging.getLogger(__name__)
 
 WEIGHTS = "weights.safetensors"
-MANIFEST = "manifest.json"
 _TMP = "elastic-tmp"  # .<name>.elastic-tmp-*: a save in progress (or killed)
 _OLD = "elastic-old"  # .<name>.elastic-old-*: the previous checkpoint during a swap
 
@@ -286,27 +286,13 @@ def checkpoint_dir(path: str | Path) -> Path:
 
 
 def read_manifest(path: str | Path, max_blocks: int | None = None) -> dict[str, Any]:
-    """The manifest of a checkpoint directory, checked against the schema and its hash.
+    """The manifest of a checkpoint directory (or of the previous checkpoint an interrupted
+    save left beside it), checked against the schema and its hash.
 
     Raises:
         CheckpointError: no such checkpoint, or a manifest `elastic.manifest` refuses.
     """
-    path = checkpoint_dir(path)
-    file = path / MANIFEST
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a checkpoint directory")
-    if not file.is_file():
-        raise CheckpointError(f"{path} has no {MANIFEST}")
-    try:
-        with open(file, "rb") as f:
-            data = f.read(64 << 20)
-    except OSError as e:
-        raise CheckpointError(f"cannot read {file}: {e}") from e
-    manifest = parse_json(data, str(file))
-    info = validate_manifest(manifest, str(file), max_blocks)
-    if not info.hashed:
-        log.warning("%s is format 1 (no manifest hash): only its weights are checked against a hash", file)
-    return manifest
+    return read_manifest_file(checkpoint_dir(path), max_blocks)
 
 
 def weights_file(path: Path, manifest: dict[str, Any]) -> Path:

@@ -25,14 +25,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from elastic.errors import CheckpointError
 
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"  # its file name in a checkpoint directory
 FORMAT = "elastic-checkpoint/2"  # written by `elastic.save`
 FORMAT_V1 = "elastic-checkpoint/1"  # still read: no manifest hash, otherwise the same schema
 FORMATS = (FORMAT_V1, FORMAT)
@@ -399,6 +404,31 @@ def validate_manifest(manifest: Any, source: str = "manifest.json", max_blocks: 
             if key not in ("id", "kind", "description", "flops", "params", "accuracy"):
                 _json_value(value, f"{field}.{key}")
     return ManifestInfo(fmt, fmt == FORMAT)
+
+
+def read_manifest_file(folder: str | Path, max_blocks: int | None = None) -> dict[str, Any]:
+    """Read and check `folder/manifest.json` (no torch, no weights read): what `elastic info`
+    shows and `elastic.load` starts from.
+
+    Raises:
+        CheckpointError: no such checkpoint, or a manifest the schema refuses.
+    """
+    folder = Path(folder)
+    file = folder / MANIFEST
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a checkpoint directory")
+    if not file.is_file():
+        raise CheckpointError(f"{folder} has no {MANIFEST}")
+    try:
+        with open(file, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {file}: {e}") from e
+    manifest = parse_json(data, str(file))
+    info = validate_manifest(manifest, str(file), max_blocks)
+    if not info.hashed:
+        log.warning("%s is format 1 (no manifest hash): only its weights are checked against a hash", file)
+    return manifest
 
 
 # ---- latency profiles --------------------------------------------------------------------

@@ -329,7 +329,7 @@ def test_format_1_checkpoints_still_load(saved, caplog):
     m["format"] = FORMAT_V1
     del m["manifest_sha256"]
     _write(saved, m)
-    with caplog.at_level(logging.WARNING, "elastic.checkpoint"):
+    with caplog.at_level(logging.WARNING, "elastic.manifest"):
         loaded = elastic.load(saved)
     assert loaded.subnets()[5].accuracy == 0.625
     assert "format 1" in caplog.text
