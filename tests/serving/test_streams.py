@@ -111,11 +111,12 @@ def test_closed_streams_and_servers_raise_typed_errors():
 
 
 def test_close_without_drain_resolves_every_future():
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     net = make_net()
     inner = net.step_masked
 
     def slow(*args):
+        entered.set()
         gate.wait(10)
         return inner(*args)
 
@@ -123,6 +124,7 @@ def test_close_without_drain_resolves_every_future():
     server = StreamServer(net, (3,), max_batch_size=1)
     s = server.open_stream()
     futures = [s.push(torch.randn(3)) for _ in range(5)]
+    assert entered.wait(10)  # the first frame is running
     closer = threading.Thread(target=server.close, kwargs={"drain": False})
     closer.start()
     gate.set()
@@ -178,3 +180,34 @@ def test_a_cancelled_frame_is_not_stepped():
         got = [first.result(10)] + [f.result(10) for f in rest]
     net.step_masked = inner
     assert_same(got, solo(net, frames))
+
+
+def test_elastic_encoder_picks_a_subnet_per_stream_and_step(served_model):
+    """Streams with an elastic frame encoder: a loose budget gets the most accurate subnet, a budget no
+    subnet makes gets the fastest, and each stream's outputs equal stepping its own encoded frames."""
+    from elastic.serving import LatencyProfile
+
+    enc = served_model
+    ids = [0, 1, 2]  # the three anchors, cheapest first
+    table = {sid: {1: 1.0 + 10 * i, 8: 2.0 + 20 * i} for i, sid in enumerate(ids)}
+    profile = LatencyProfile.from_table(table)
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(10, 2, 16, dropout=0.0, batch_first=True)
+    head = es.Sequential(
+        es.Conv1d(10, 10, 2), es.convert(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), window=3)
+    ).eval()
+    frames = {name: [torch.randn(3, 32, 32) for _ in range(6)] for name in ("loose", "tight")}
+    with StreamServer(head, (10,), encoder=enc, profile=profile, encoder_input_shape=(3, 32, 32)) as server:
+        loose = server.open_stream("loose", budget_ms=1e6)
+        tight = server.open_stream("tight", budget_ms=1e-3)
+        futures = {s.id: [s.push(f) for f in frames[s.id]] for s in (loose, tight)}
+        outs = {sid: [f.result(60) for f in fs] for sid, fs in futures.items()}
+        with pytest.raises(InvalidInput):
+            loose.push(torch.randn(10))  # the encoder's input shape, not the head's
+        used = {"loose": loose.subnets, "tight": tight.subnets}
+    best = max(ids, key=lambda sid: enc.subnets()[sid].accuracy)
+    assert used["loose"] == [best] * 6 and used["tight"] == [ids[0]] * 6
+    for name in ("loose", "tight"):
+        with torch.inference_mode():
+            feats = [enc(f.unsqueeze(0), subnet=s)[0] for f, s in zip(frames[name], used[name], strict=True)]
+        assert_same(outs[name], solo(head, feats))
