@@ -17,11 +17,18 @@ Guarantees:
 - the latency model is fed: forward time per batch (online correction) and the engine's
   own time around it (`observe_overhead`), exported as metrics.
 
+Caller runs: a thread about to block on a result (`Runtime.infer`, or `result()` on a
+future) while the worker sleeps runs the next engine step itself — the same schedule →
+execute → answer, under the same lock discipline — instead of waking the worker and
+sleeping until it answers. On a loaded CPU each of those two thread hand-offs costs more
+than a small forward. The forward then runs with the calling thread's torch settings.
+
 Threading contract: futures are resolved — and their done-callbacks run — on the worker
-thread (results, failed batches), on the watchdog thread (deadline sheds), or on the thread
-that submitted (requests it evicted). Callbacks must be short and must not block on this
-runtime: `Runtime.infer` called on either engine thread raises `ReentrantCall` instead of
-waiting for itself; `submit` from a callback is fine.
+thread, on a caller-runs thread (results, failed batches), on the watchdog thread
+(deadline sheds), or on the thread that submitted (requests it evicted). Callbacks must be
+short and must not block on this runtime: `Runtime.infer` or `result()` of a pending future
+called on an engine thread raises `ReentrantCall` instead of waiting for itself; `submit`
+from a callback is fine.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from typing import Any
 
 import torch
 
-from elastic.errors import BudgetInfeasible, ElasticError, ExecutionError, Overloaded
+from elastic.errors import BudgetInfeasible, ElasticError, ExecutionError, Overloaded, ReentrantCall
 
 from .executor import Executor
 from .metrics import ServingMetrics
@@ -71,6 +78,8 @@ class EngineCore:
             process default for a new thread; see `worker_threads.py` for why to set it).
         check_outputs: fail requests whose output row holds NaN or Inf.
         name: thread name prefix.
+        caller_runs: a thread that blocks on a result while the worker sleeps runs the next
+            engine step itself (`help`), saving the hand-offs to and from the worker.
     """
 
     def __init__(
@@ -81,12 +90,14 @@ class EngineCore:
         worker_threads: int | None = None,
         check_outputs: bool = True,
         name: str = "elastic-runtime",
+        caller_runs: bool = True,
     ):
         self.executor = executor
         self.metrics = metrics
         self.clock = clock
         self.worker_threads = worker_threads
         self.check_outputs = check_outputs
+        self.caller_runs = caller_runs
         self.scheduler: BudgetScheduler | None = None
         self.dead: BaseException | None = None
         self._lock = threading.Lock()
@@ -102,6 +113,7 @@ class EngineCore:
         self._watch_at = math.inf  # when the watchdog next wakes by itself
         self._closing = False
         self._stopped = False
+        self._broken_schedule = False  # a caller's schedule() raised: the worker fails the queue
         self._worker = threading.Thread(target=self._run_worker, name=name, daemon=True)
         self._watchdog = threading.Thread(target=self._run_watchdog, name=f"{name}-deadlines", daemon=True)
 
@@ -135,9 +147,17 @@ class EngineCore:
         best_effort: bool,
         x: torch.Tensor,
         squeeze: bool,
+        inline: bool = False,
     ) -> Future[Result]:
-        """Admit one validated request, or raise (`BudgetInfeasible`, `Overloaded`)."""
-        future: Future[Result] = Future()
+        """Admit one validated request, or raise (`BudgetInfeasible`, `Overloaded`).
+
+        With `inline` (a caller about to block on the result), when the engine is idle —
+        nothing queued, nothing running — the request's batch runs right here on the
+        caller's thread, and the future is done on return: two thread hand-offs saved,
+        which on a loaded CPU cost more than a small forward. Otherwise, and whenever the
+        scheduler would rather hold the request back to fill a batch, the worker serves it.
+        """
+        future: Future[Result] = _HelpingFuture(self) if self.caller_runs else Future()
         future.set_running_or_notify_cancel()  # running from now on: cannot be cancelled
         metrics = self.metrics
         with self._lock:
@@ -166,17 +186,88 @@ class EngineCore:
             future.request_id = request.id  # lets `cancel` find it
             self._pending[request.id] = Pending(request, x, squeeze, future)
             victims = [(self._pending.pop(s.request_id), s) for s in evicted] if evicted else None
-            metrics.set_queue_depth(len(scheduler._reqs))
-            if self._idle:
-                self._woken_at = now
-                self._work.notify()
-            elif self._running is not None and not best_effort:
-                nxt = scheduler.next_expiry()
-                if nxt is not None and nxt < self._watch_at:
-                    self._watch.notify()
-        if victims:
-            self._shed(victims)
+            step, shed = self._claim_step() if inline and not victims and len(scheduler._reqs) == 1 else (None, [])
+            if step is None:
+                metrics.set_queue_depth(len(scheduler._reqs))
+                if self._idle:
+                    self._woken_at = now
+                    self._work.notify()
+                elif self._running is not None and not best_effort:
+                    nxt = scheduler.next_expiry()
+                    if nxt is not None and nxt < self._watch_at:
+                        self._watch.notify()
+        if victims or shed:
+            self._shed((victims or []) + shed)
+        if step is not None:
+            self._execute_here(scheduler, *step)
         return future
+
+    def help(self) -> None:
+        """A caller is about to block on a result: if the engine is idle with requests
+        queued, run one engine step on the caller's thread instead of waking the worker."""
+        if not self.caller_runs or self.on_engine_thread():
+            return
+        with self._lock:
+            step, shed = self._claim_step()
+            scheduler = self.scheduler
+        if shed:
+            self._shed(shed)
+        if step is not None:
+            self._execute_here(scheduler, *step)
+
+    def _claim_step(self) -> tuple[tuple | None, list[tuple[Pending, ShedRequest]]]:
+        """Under the lock: when nothing runs and the worker sleeps, schedule one batch for
+        the calling thread to run. Returns ((batch, members, t_sched) or None, shed): None
+        when the worker is awake or busy, or when the scheduler holds the batch to fill it."""
+        scheduler = self.scheduler
+        if (
+            not self._idle
+            or self._running is not None
+            or self._jobs
+            or self._closing
+            or self._broken_schedule
+            or scheduler is None
+            or not scheduler.has_waiting()
+        ):
+            return None, []
+        if self._overhead is not None:
+            self._fold_overhead()
+        t_sched = self.clock()
+        try:
+            out = scheduler.schedule(t_sched)
+        except Exception:  # a scheduler bug must not strand requests: the worker fails them
+            log.exception("scheduling on a caller's thread failed; the worker fails the queue")
+            self._broken_schedule = True
+            self._work.notify()
+            return None, []
+        shed = [(self._pending.pop(x.request_id), x) for x in out.shed]
+        if out.batch is None:
+            if scheduler.has_waiting():
+                self._work.notify()  # the scheduler holds the batch to fill it: the worker waits
+            return None, shed
+        members = [self._pending.pop(rid) for rid in out.batch.request_ids]
+        self._running = (out.batch, members)
+        self.metrics.set_queue_depth(len(scheduler._reqs))
+        return (out.batch, members, t_sched), shed
+
+    def _execute_here(
+        self, scheduler: BudgetScheduler, batch: ScheduledBatch, members: list[Pending], t_sched: float
+    ) -> None:
+        """Run a batch on the calling thread (`submit(inline=True)`), then hand the worker
+        whatever arrived meanwhile."""
+        try:
+            self._execute(scheduler, batch, members, t_sched, None)
+        except BaseException as e:  # noqa: BLE001 - fail the batch, then let the caller see it
+            for m in members:
+                _fail(m.future, _execution_error(batch, e))
+            if not isinstance(e, Exception):
+                raise
+            log.exception("finishing batch %s failed", batch)
+        finally:
+            with self._lock:
+                self._running = None
+                if scheduler.has_waiting() or self._jobs:
+                    self._work.notify()
 
     def cancel(self, future: Future, reason: str = "timeout") -> bool:
         """Take a still-queued request out and fail it with `Overloaded`; False if it
@@ -230,9 +321,12 @@ class EngineCore:
                         job = self._jobs.popleft()
                         break
                     scheduler = self.scheduler
-                    if scheduler is not None and scheduler.has_waiting():
+                    if scheduler is not None and scheduler.has_waiting() and self._running is None:
                         t_sched = clock()
                         try:
+                            if self._broken_schedule:
+                                self._broken_schedule = False
+                                raise RuntimeError("scheduling failed on a caller's thread")
                             out = scheduler.schedule(t_sched)
                         except Exception:  # a scheduler bug must not strand requests
                             log.exception("scheduling failed; failing every queued request")
@@ -478,6 +572,25 @@ class EngineCore:
                 future.set_exception(Overloaded("the runtime closed"))
         self.metrics.close()
         self._watchdog.join(1.0)
+
+
+class _HelpingFuture(Future):
+    """A future whose blocking `result()` first lets the engine run a step on the waiting
+    thread (`EngineCore.help`) when the worker is asleep: the caller would only wait."""
+
+    def __init__(self, engine: EngineCore):
+        super().__init__()
+        self._engine = engine
+
+    def result(self, timeout: float | None = None):
+        if not self.done():
+            if self._engine.on_engine_thread():
+                raise ReentrantCall(
+                    "waiting for a result on the runtime's own thread (in a result callback?) would wait forever"
+                )
+            if timeout is None:
+                self._engine.help()
+        return super().result(timeout)
 
 
 def _fail(future: Future, error: ElasticError) -> None:

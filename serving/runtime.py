@@ -28,9 +28,13 @@ first forward: `worker_threads` (default: the constructing thread's
 `torch.get_num_threads()`, i.e. what the caller chose), and profiles run on the worker
 too, so the profile times what serving sees.
 
+A caller blocking on a result while the worker is idle runs that batch on its own thread
+(`caller_runs`, engine.py): at batch 1 a request then costs no thread hand-off at all.
+
 Threading contract: result callbacks (`Future.add_done_callback`) run on the engine's
-threads; keep them short. `infer` from such a callback raises `ReentrantCall` (it would
-wait for itself); `submit` is fine.
+threads (or the thread that ran the batch); keep them short. `infer` — or `result()` of a
+pending future — from such a callback raises `ReentrantCall` (it would wait for itself);
+`submit` is fine.
 """
 
 from __future__ import annotations
@@ -91,6 +95,9 @@ class Runtime:
             every member's slack allows and requests arrive faster than that (0: never).
         check_outputs: fail a request whose output holds NaN or Inf (`ExecutionError`)
             instead of answering it.
+        caller_runs: let a thread that blocks on a result run the next batch itself when
+            the worker is idle (fewer thread hand-offs; the forward then runs with that
+            thread's torch settings). False: every forward runs on the worker.
 
     Raises:
         ConfigError: a bad setting; no thread is left running.
@@ -114,6 +121,7 @@ class Runtime:
         worker_threads: int | None = None,
         batch_wait_ms: float = 1.0,
         check_outputs: bool = True,
+        caller_runs: bool = True,
     ):
         # every check first: a failure here leaves no thread behind
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
@@ -149,7 +157,9 @@ class Runtime:
         self._check_sample = SampleCheck(self.model, self.dtype)
         self._clock = clock
         self.metrics = ServingMetrics(window=metrics_window)
-        self._engine = EngineCore(self.executor, self.metrics, clock, worker_threads, check_outputs)
+        self._engine = EngineCore(
+            self.executor, self.metrics, clock, worker_threads, check_outputs, caller_runs=caller_runs
+        )
         if profile is not None:
             self.set_profile(profile)
         self._engine.start()
@@ -289,6 +299,17 @@ class Runtime:
                 request) late, or the runtime is closed.
             RuntimeError: no latency profile yet (call `profile()`).
         """
+        return self._submit(x, budget_ms, min_accuracy, priority, best_effort)
+
+    def _submit(
+        self,
+        x: torch.Tensor,
+        budget_ms: float,
+        min_accuracy: float | None,
+        priority: int,
+        best_effort: bool,
+        inline: bool = False,
+    ) -> Future[Result]:
         arrival = self._clock()
         metrics = self.metrics
         try:
@@ -304,7 +325,7 @@ class Runtime:
         except InvalidInput:
             metrics.rejected("invalid")
             raise
-        return self._engine.submit(arrival, budget, floor, level, effort, sample, squeeze)
+        return self._engine.submit(arrival, budget, floor, level, effort, sample, squeeze, inline)
 
     def infer(
         self,
@@ -330,7 +351,7 @@ class Runtime:
                 "Runtime.infer() called on the runtime's own thread (from a result callback?) would wait for "
                 "itself; use submit() there"
             )
-        future = self.submit(x, budget_ms, min_accuracy=min_accuracy, priority=priority, best_effort=best_effort)
+        future = self._submit(x, budget_ms, min_accuracy, priority, best_effort, inline=timeout is None)
         try:
             return future.result(timeout)
         except FutureTimeout:

@@ -124,6 +124,10 @@ class BudgetScheduler(SchedulerInterface):
         self._busy_until: float | None = None  # predicted end of the batch running
         self._gap_s: float | None = None  # EWMA of the time between arrivals
         self._last_arrival: float | None = None
+        self._wait_useful = 1.0  # EWMA: did holding a batch back bring another request?
+        self._waiting_for: int | None = None  # arrivals counted when the last hold began
+        self._arrivals = 0
+        self._since_hold = 0  # decisions since the last hold (to probe again now and then)
         self._eligible_cache: dict[float | None, list[int]] = {}
         self.set_profile(profile)
 
@@ -181,6 +185,7 @@ class BudgetScheduler(SchedulerInterface):
             self._front_ids.append(ids)
             self._front_acc.append(acc)
         self._front_corrections = {s: forward.correction(s) for s in self.candidates}
+        self._front_global = forward._global if forward._global is not None else 1.0
 
     # the CostView protocol the policies read
     def predict_ms(self, subnet: int, batch: int) -> float:
@@ -301,6 +306,7 @@ class BudgetScheduler(SchedulerInterface):
             gap = max(0.0, now - self._last_arrival)
             self._gap_s = gap if self._gap_s is None else self._gap_s + 0.2 * (gap - self._gap_s)
         self._last_arrival = now
+        self._arrivals += 1
         return evicted
 
     def schedule(self, now: float) -> SchedulerOutput:
@@ -314,9 +320,15 @@ class BudgetScheduler(SchedulerInterface):
             decision = Decision(self.fastest(queue[0].min_accuracy, 1)[0], 1)
         size = decision.size
         predicted = self.predict_ms(decision.subnet, size)
+        if self._waiting_for is not None:  # the last hold ended: did it bring anyone?
+            useful = float(self._arrivals > self._waiting_for)
+            self._wait_useful += 0.2 * (useful - self._wait_useful)
+            self._waiting_for = None
         if self.batch_wait_ms > 0 and size == len(queue) and size < b_max:
             wait_until = self._fill_wait_until(now, decision.subnet, size, predicted)
             if wait_until is not None:
+                self._waiting_for = self._arrivals
+                self._since_hold = 0
                 out.wait_until = wait_until
                 return out
         members = queue[:size]
@@ -435,33 +447,17 @@ class BudgetScheduler(SchedulerInterface):
         return max(self._reqs, key=lambda r: (-r.priority, r.deadline, r.id))
 
     def _refresh_fronts(self, subnet: int) -> None:
-        """Rebuild the fronts when the observed subnet's (or the shared) correction has moved
-        enough to reorder them; small drifts only shift latencies the searches still read."""
+        """Rebuild the fronts once the observed subnet's correction, or the shared one
+        unobserved subnets follow, has moved by more than `_REFRONT` since they were built;
+        until then the fronts' latencies are at most that much off (the planning quantile's
+        margin covers it), and a batch costs two comparisons, not a rebuild."""
         forward = self.latency.forward
-        then = self._front_corrections.get(subnet)
-        now = forward.correction(subnet)
-        if then is not None and abs(now - then) <= _REFRONT * then:
-            # unobserved subnets follow the global correction: check one of them too
-            unseen = next((s for s in self.candidates if s not in forward._ratio), None)
-            if unseen is None or abs(forward.correction(unseen) - self._front_corrections[unseen]) <= (
-                _REFRONT * self._front_corrections[unseen]
-            ):
-                self._update_front_latencies(subnet)
-                return
-        self._build_fronts()
-
-    def _update_front_latencies(self, subnet: int) -> None:
-        """Keep the front latencies of `subnet` current (order kept; a small drift)."""
-        forward = self.latency.forward
-        for b in range(1, self.max_batch_size + 1):
-            ids = self._front_ids[b]
-            if subnet in ids:
-                i = ids.index(subnet)
-                lat = self._front_lat[b]
-                ms = forward.predict_ms(subnet, b)
-                lo = lat[i - 1] if i > 0 else -_INF
-                hi = lat[i + 1] if i + 1 < len(lat) else _INF
-                lat[i] = min(max(ms, lo), hi)  # clipped to keep the list sorted
+        then = self._front_corrections.get(subnet, 1.0)
+        shared = forward._global if forward._global is not None else 1.0
+        if abs(forward.correction(subnet) - then) > _REFRONT * then or abs(shared - self._front_global) > (
+            _REFRONT * self._front_global
+        ):
+            self._build_fronts()
 
     def _service_at(self, size: int, floor: float) -> float:
         """Service ms of `size` requests on the fastest subnet meeting `floor`."""
@@ -532,10 +528,14 @@ class BudgetScheduler(SchedulerInterface):
     def _fill_wait_until(self, now: float, subnet: int, size: int, predicted_ms: float) -> float | None:
         """Until when to hold a partial batch back for more arrivals, or None to run now:
         only while every member keeps its deadline with the batch's predicted service time,
-        for at most `batch_wait_ms` since the oldest member arrived, and only when requests
-        arrive faster than that."""
+        for at most `batch_wait_ms` since the oldest member arrived, only when requests
+        arrive faster than that, and only while holds do bring more requests (a client that
+        waits for each answer before sending the next would only be delayed)."""
         if self._gap_s is None or self._gap_s * 1e3 >= self.batch_wait_ms:
             return None
+        self._since_hold += 1
+        if self._wait_useful < 0.5 and self._since_hold < 64:  # holds bring nobody (a closed
+            return None  # loop of single requests): stop holding, probe again every 64 batches
         oldest = min(r.arrival for r in self._reqs[:size])
         latest_start = min(self._hard[:size]) - predicted_ms / 1e3
         # a fuller batch takes longer: keep the margin of one more request's service
