@@ -82,6 +82,18 @@ TARGET_SHED = 0.01  # sheds after admission, as a share of admitted requests
 
 
 @dataclass(frozen=True)
+class Span:
+    """How long one run's arrivals last: long enough for `requests` arrivals, within bounds."""
+
+    min_s: float  # at least this long
+    max_s: float  # at most this long
+    requests: int  # aim for this many arrivals (the expected count at the offered rate)
+
+    def seconds(self, rate_per_s: float) -> float:
+        return min(self.max_s, max(self.min_s, self.requests / rate_per_s))
+
+
+@dataclass(frozen=True)
 class LoadPlan:
     """How much of the load grid a run covers (`--quick` or full)."""
 
@@ -90,8 +102,8 @@ class LoadPlan:
     sim_loads: tuple[float, ...]  # the simulated grid
     repeats: int  # seeds per real point
     sim_repeats: int  # seeds per simulated point
-    duration_s: float  # arrivals per real run span this long
-    sim_duration_s: float  # and per simulated run
+    span: Span  # arrivals of one real run
+    sim_span: Span  # arrivals of one simulated run (virtual seconds)
     oracle_extra: int  # front subnets run statically for real besides the two anchors
     deit_front: int  # published-front subnets of the DeiT scenario to profile and serve
 
@@ -102,8 +114,8 @@ FULL = LoadPlan(
     sim_loads=(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0),
     repeats=3,
     sim_repeats=5,
-    duration_s=3.0,
-    sim_duration_s=4.0,
+    span=Span(2.5, 6.0, 40),
+    sim_span=Span(4.0, 60.0, 400),
     oracle_extra=2,
     deit_front=6,
 )
@@ -113,10 +125,10 @@ QUICK = LoadPlan(
     sim_loads=(0.25, 0.5, 1.0, 2.0, 3.0),
     repeats=3,
     sim_repeats=3,
-    duration_s=1.5,
-    sim_duration_s=2.0,
+    span=Span(1.0, 2.5, 20),
+    sim_span=Span(2.0, 30.0, 200),
     oracle_extra=1,
-    deit_front=3,
+    deit_front=2,
 )
 
 
@@ -345,7 +357,7 @@ def sweep(
     patterns: Sequence[str],
     loads: Sequence[float],
     repeats: int,
-    duration_s: float,
+    span: Span,
     statics_at: dict[tuple[str, float], list[int]] | None,
     seed: int,
 ) -> list[dict[str, Any]]:
@@ -361,7 +373,8 @@ def sweep(
             policies = ["elastic", "slackfit", "infaas"] + [f"static:{s}" for s in statics]
             for r in range(repeats):
                 key = f"{seed}/{scenario.name}/{pattern}/{load}/{r}"
-                arrivals, budgets = workload(pattern, load * calib.capacity_per_s, duration_s, calib.budgets, key)
+                rate = load * calib.capacity_per_s
+                arrivals, budgets = workload(pattern, rate, span.seconds(rate), calib.budgets, key)
                 order = policies[:]
                 random.Random(f"order/{key}").shuffle(order)
                 for policy in order:
@@ -376,6 +389,7 @@ def sweep(
                             "seed": key,
                             "policy": policy,
                             "contender": contender_name(policy, calib),
+                            "duration_s": span.seconds(rate),
                             "wall_s": time.perf_counter() - t0,
                             **result,
                         }
@@ -596,7 +610,7 @@ def run(args: argparse.Namespace) -> dict:
     only = getattr(args, "scenario", None) or "all"
     builders = {
         "demo": lambda: demo_scenario(args.model),
-        "deit": lambda: deit_scenario(front_size=plan.deit_front),
+        "deit": lambda: deit_scenario(front_size=plan.deit_front, profile_repeats=5 if args.quick else 8),
     }
     chosen = builders if only == "all" else {only: builders[only]}
     return run_scenarios(chosen, plan, args.out, args.command, args.seed, bool(getattr(args, "simulate", False)))
@@ -629,7 +643,7 @@ def run_scenarios(
         }
         t0 = time.perf_counter()
         sim_runs = sweep(
-            "sim", scenario, calib, plan.patterns, plan.sim_loads, plan.sim_repeats, plan.sim_duration_s, None, seed
+            "sim", scenario, calib, plan.patterns, plan.sim_loads, plan.sim_repeats, plan.sim_span, None, seed
         )
         sim_points = summarize(sim_runs, calib)
         sim[name] = {
@@ -637,7 +651,7 @@ def run_scenarios(
             "accuracy_source": scenario.accuracy_source
             + "; in simulation every answer's correctness is drawn with its subnet's accuracy",
             "seeds": plan.sim_repeats,
-            "duration_s": plan.sim_duration_s,
+            "span": vars(plan.sim_span),
             "seconds": time.perf_counter() - t0,
             "points": sim_points,
             "runs": sim_runs,
@@ -647,12 +661,12 @@ def run_scenarios(
         t0 = time.perf_counter()
         statics_at = shortlist(sim_points, plan, calib)
         real_runs = sweep(
-            "real", scenario, calib, plan.patterns, plan.real_loads, plan.repeats, plan.duration_s, statics_at, seed
+            "real", scenario, calib, plan.patterns, plan.real_loads, plan.repeats, plan.span, statics_at, seed
         )
         real[name] = {
             **common,
             "seeds": plan.repeats,
-            "duration_s": plan.duration_s,
+            "span": vars(plan.span),
             "seconds": time.perf_counter() - t0,
             "oracle_note": (
                 "statics run for real at each point: the smallest and largest anchors plus the "
@@ -673,7 +687,7 @@ def run_scenarios(
             "shed_after_admission": f"elastic, pooled over seeds: shed / admitted <= {TARGET_SHED}",
         },
         "max_batch_size": MAX_BATCH,
-        "plan": vars(plan),
+        "plan": {k: vars(v) if isinstance(v, Span) else v for k, v in vars(plan).items()},
     }
     result: dict[str, Any] = {"sim_targets": target_summary(sim), "seconds": time.perf_counter() - t_start}
     sim_table = tables(sim, "sim")

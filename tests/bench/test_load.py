@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from elastic.bench.arrivals import BudgetDistribution
-from elastic.bench.load import Calibration, LoadPlan, run_scenarios, shortlist, summarize, target_summary
+from elastic.bench.load import Calibration, LoadPlan, Span, run_scenarios, shortlist, summarize, target_summary
 from elastic.bench.outcomes import BernoulliJudge
 from elastic.bench.scenarios import Scenario
 from elastic.bench.simulate import ServiceModel
@@ -113,7 +113,7 @@ def test_middle_range_comes_from_served_capacities():
 
 def test_shortlist_takes_both_anchors_and_the_simulations_best():
     calib = calibration()
-    plan = LoadPlan(("poisson",), (1.0,), (0.5, 1.25), 3, 3, 1.0, 1.0, oracle_extra=1, deit_front=3)
+    plan = LoadPlan(("poisson",), (1.0,), (0.5, 1.25), 3, 3, Span(1, 1, 1), Span(1, 1, 1), oracle_extra=1, deit_front=3)
 
     def point(load, effs):
         return {
@@ -156,7 +156,9 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
         capacity_burst=24,
         capacity_singles=3,
     )
-    plan = LoadPlan(("poisson",), (0.5,), (0.5, 2.0), 3, 2, 0.25, 0.5, oracle_extra=1, deit_front=3)
+    plan = LoadPlan(
+        ("poisson",), (0.5,), (0.5, 2.0), 3, 2, Span(0.25, 0.5, 10), Span(0.5, 5.0, 100), oracle_extra=1, deit_front=3
+    )
     result = run_scenarios({"tiny": lambda: scenario}, plan, tmp_path, "test command")
     real = json.loads((tmp_path / "load.json").read_text())
     sim = json.loads((tmp_path / "load_sim.json").read_text())
@@ -173,7 +175,7 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     # interleaving: every contender runs on seed r before any runs on seed r + 1
     order = [r["repeat"] for r in runs]
     assert order == sorted(order)
-    assert all(r["requests"] > 0 for r in runs)
+    assert all(r["requests"] > 0 and 0.25 <= r["duration_s"] <= 0.5 for r in runs)
     # the simulation runs every static on the front, the real run a shortlist of them
     sim_point = sim["scenarios"]["tiny"]["points"][0]
     assert {f"static:{s}" for s in calib["candidates"]} <= set(sim_point["contenders"])
@@ -187,3 +189,10 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     assert "REAL" in (tmp_path / "load.md").read_text() and "SIMULATED" in (tmp_path / "load_sim.md").read_text()
     assert "SIMULATED" not in (tmp_path / "load.md").read_text()
     assert math.isfinite(result["seconds"])
+
+
+def test_span_aims_for_a_request_count_within_bounds():
+    span = Span(2.0, 6.0, 40)
+    assert span.seconds(1000.0) == 2.0  # a fast model: the floor
+    assert span.seconds(10.0) == 4.0  # 40 requests at 10 / s
+    assert span.seconds(1.0) == 6.0  # a slow one: the ceiling
