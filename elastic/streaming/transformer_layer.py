@@ -77,8 +77,8 @@ def tail(layer: nn.TransformerEncoderLayer, x: Tensor, a: Tensor) -> Tensor:
         x (the layer's input tokens) and a (their attention outputs): `(..., C)` -> `(..., C)`.
     """
 
-    def ff(h: Tensor) -> Tensor:
-        return layer.linear2(layer.dropout(layer.activation(layer.linear1(h))))
+    def ff(h: Tensor) -> Tensor:  # eval only: the layer's dropouts are identities and skipped
+        return layer.linear2(layer.activation(layer.linear1(h)))
 
     if layer.norm_first:
         h = x + a
