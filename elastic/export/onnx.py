@@ -124,19 +124,22 @@ def _export_graph(model: ElasticModel, sid: int, opset: int) -> bytes:
     c, h, w = model.input_size()
     example = torch.randn(TRACE_BATCH, c, h, w, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim(BATCH_AXIS, min=1)
-    with _torch_kernels(), torch.no_grad():
-        program = torch.onnx.export(
-            SubnetGraph(model, sid).eval(),
-            (example,),
-            None,
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-            opset_version=opset,
-            dynamic_shapes={"images": {0: batch}},
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+    try:
+        with _torch_kernels(), torch.no_grad():
+            program = torch.onnx.export(
+                SubnetGraph(model, sid).eval(),
+                (example,),
+                None,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                opset_version=opset,
+                dynamic_shapes={"images": {0: batch}},
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as e:  # torch.export / onnxscript raise many types; the cause stays attached
+        raise ExportError(f"subnet {sid}: torch's ONNX exporter failed: {e}") from e
     proto = program.model_proto
     import onnx
 
@@ -196,8 +199,8 @@ def export_onnx(
         The manifest written to `out/manifest.json`.
 
     Raises:
-        ExportError: a graph fails onnx's checker, onnxruntime cannot load it, or its output
-            differs from torch's.
+        ExportError: torch's exporter fails on a subnet, a graph fails onnx's checker,
+            onnxruntime cannot load it, or its output differs from torch's.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset}: torch's exporter writes opset {MIN_OPSET} or later")
@@ -321,7 +324,10 @@ def graph_path(path: str | Path, manifest: dict[str, Any], subnet: int, check_ha
     if not file.is_file():
         raise ExportError(f"{file} (subnet {subnet}) is missing")
     if check_hash:
-        digest = sha256_file(file)
+        try:
+            digest = sha256_file(file)
+        except OSError as e:
+            raise ExportError(f"cannot read {file} (subnet {subnet}): {e}") from e
         if digest != entry["sha256"]:
             raise ExportError(
                 f"{file} does not match its manifest (sha256 {digest[:12]}…, expected {entry['sha256'][:12]}…): "
