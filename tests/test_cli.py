@@ -226,3 +226,21 @@ def test_the_installed_command_as_a_subprocess(saved, tmp_path):
         [sys.executable, "-m", "elastic.cli", "info", str(broken)], capture_output=True, text=True, env=env
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_serve_demo_measures_again_instead_of_reusing_a_nan_profile(saved, tmp_path, capsys):
+    import shutil
+
+    model = Path(shutil.copytree(saved, tmp_path / "model"))
+    argv = ["serve-demo", "--model", str(model), "--requests", "16", "--profile-repeats", "1", "--max-batch", "2"]
+    argv += ["--report", str(tmp_path / "report.json")]
+    assert _run(capsys, *argv)[0] == 0
+    file = model / "profile-cpu.json"
+    doc = json.loads(file.read_text())
+    doc["p50_ms"]["0"]["1"] = math.nan
+    file.write_text(json.dumps(doc))
+    code, out, err = _run(capsys, *argv)
+    assert code == 0, err
+    assert f"not reusing {file}: p50_ms[0][1] must be a finite latency" in out
+    assert math.isfinite(json.loads(file.read_text())["p50_ms"]["0"]["1"])

@@ -116,6 +116,21 @@ def default_load(model, example, profile, candidates: list[int], max_batch: int)
     return [round(lo * (hi / lo) ** (k / 5), 3) for k in range(6)], 0.5 * top.throughput_per_s
 
 
+def usable_profile(file: Path) -> bool:
+    """False when a saved profile holds latencies the scheduler cannot plan with (NaN, <= 0):
+    it is measured again instead (a missing or unreadable file is the loader's to judge)."""
+    from elastic.manifest import profile_problems
+
+    try:
+        doc = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return True
+    why = profile_problems(doc)
+    if why is not None:
+        print(f"not reusing {file}: {why}")
+    return why is None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -140,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             batch_sizes=sizes,
             repeats=args.profile_repeats,
             path=args.model,
-            reuse=not args.reprofile,
+            reuse=not args.reprofile and usable_profile(profile_path(args.model, args.device)),
         )
         candidates = rt.candidates
         budgets, rate = default_load(model, images[0], profile, candidates, args.max_batch)
