@@ -5,10 +5,11 @@ temporary folder and run by three executors of the serving engine: "eager" (the 
 forward), "compiled" (`torch.compile`, inductor, one graph per batch bucket) and
 "onnxruntime" (CPU provider); "onnxruntime-opset18" runs the same subnets exported at
 opset 18, where attention is decomposed into MatMul/Softmax, to show what the fused
-`Attention` operator of opset 23 is worth. All run on one thread (torch intra-op threads and
-onnxruntime's intra-op threads both 1, as the runtime's worker runs them), interleaved in
-one run; the table gives each one's median and its ratio to eager (paired per round), and
-the largest output difference from eager, so a fast wrong executor cannot pass.
+`Attention` operator of opset 23 is worth. All run with the same thread count (torch's
+intra-op threads, which `elastic bench --threads` sets, default 1, and as many onnxruntime
+intra-op threads), interleaved in one run; the table gives each one's median and its ratio
+to eager (paired per round), and the largest output difference from eager, so a fast wrong
+executor cannot pass.
 
 Model: the demo's (`out/demo/model`, its accuracy/FLOPs Pareto front) when it is there,
 else a StitchedNet of the demo's architecture with random weights (latency does not
@@ -88,7 +89,9 @@ def make_compiled(model: elastic.ElasticModel):
     return TorchCompiled(model)
 
 
-def compare(model: elastic.ElasticModel, ids: list[int], repeats: int, inner: int) -> tuple[list[dict], dict]:
+def compare(
+    model: elastic.ElasticModel, ids: list[int], repeats: int, inner: int, threads: int = 1
+) -> tuple[list[dict], dict]:
     from elastic.export.onnx import export_onnx
     from elastic.serving.executor import EagerExecutor
     from elastic.serving.onnx_executor import OnnxRuntimeExecutor
@@ -103,8 +106,8 @@ def compare(model: elastic.ElasticModel, ids: list[int], repeats: int, inner: in
         executors = {
             "eager": EagerExecutor(model),
             "compiled": make_compiled(model),
-            "onnxruntime": OnnxRuntimeExecutor(model, export_dir=f"{folder}/opset23", intra_op_threads=1),
-            "onnxruntime-opset18": OnnxRuntimeExecutor(model, export_dir=f"{folder}/opset18", intra_op_threads=1),
+            "onnxruntime": OnnxRuntimeExecutor(model, export_dir=f"{folder}/opset23", intra_op_threads=threads),
+            "onnxruntime-opset18": OnnxRuntimeExecutor(model, export_dir=f"{folder}/opset18", intra_op_threads=threads),
         }
         compile_s = 0.0
         for sid in ids:
@@ -161,18 +164,14 @@ def run(args: argparse.Namespace) -> dict:
     # sample of several calls would carry every preemption among them into the median
     repeats, inner, most = (15, 1, 3) if args.quick else (60, 1, 6)
     load_before = os.getloadavg()[0]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()  # what `elastic bench --threads` set; onnxruntime gets as many
     try:
-        try:
-            model, name = demo_model(args.model), "demo model"
-        except Exception as e:  # the demo model is optional here
-            log.warning("demo model not found (%s): using its architecture with random weights", e)
-            model, name = demo_architecture(), "demo architecture, random weights"
-        ids = choose_subnets(model, most)
-        rows, setup = compare(model, ids, repeats, inner)
-    finally:
-        torch.set_num_threads(threads)
+        model, name = demo_model(args.model), "demo model"
+    except Exception as e:  # the demo model is optional here
+        log.warning("demo model not found (%s): using its architecture with random weights", e)
+        model, name = demo_architecture(), "demo architecture, random weights"
+    ids = choose_subnets(model, most)
+    rows, setup = compare(model, ids, repeats, inner, threads)
     setup["loadavg_1min"] = [load_before, os.getloadavg()[0]]
     overall = {
         f"batch {b}": {
@@ -217,12 +216,20 @@ def run(args: argparse.Namespace) -> dict:
         [[b, *overall[f"batch {b}"].values()] for b in BATCH_SIZES],
     )
     table += (
-        f"\n\nModel: {name}; subnets {ids}; one thread each (torch and onnxruntime); {repeats} interleaved "
+        f"\n\nModel: {name}; subnets {ids}; {threads} thread(s) each (torch and onnxruntime); {repeats} interleaved "
         f"rounds of {inner} call(s); 1-min load average {setup['loadavg_1min'][0]:.1f} -> "
         f"{setup['loadavg_1min'][1]:.1f} on {os.cpu_count()} CPUs; ORT: opset {setup['opset']} (attention "
         f"{'fused' if setup['fused_attention'] else 'decomposed'}); ORT-18: opset 18 (attention decomposed); "
         f"onnxruntime {setup['onnxruntime']}; compiled: {setup['compiled']}."
     )
-    data = {"model": name, "subnets": ids, "repeats": repeats, "inner": inner, "setup": setup, "overall": overall}
+    data = {
+        "model": name,
+        "subnets": ids,
+        "threads": threads,
+        "repeats": repeats,
+        "inner": inner,
+        "setup": setup,
+        "overall": overall,
+    }
     write_results(args.out, "onnx", {**data, "rows": rows}, table, args.command)
     return {"rows": rows, "overall": overall, "table": table}

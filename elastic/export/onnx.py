@@ -185,7 +185,8 @@ def export_onnx(
 
     Args:
         model: the elastic model, on the CPU.
-        out: output folder (created; files of an earlier export are replaced).
+        out: output folder (created); an earlier export there is replaced, and its graphs
+            that the new manifest does not list are removed once it is written.
         subnets: "all", "pareto" or ids (see `select_subnets`).
         opset: ONNX opset (>= 18; 23 keeps attention fused).
         verify: load every graph in onnxruntime and compare it with torch (max abs diff
@@ -217,6 +218,7 @@ def export_onnx(
     ort_version = import_onnxruntime().__version__ if verify else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _listed_files(out)
     model.eval()
     table = {s.id: s for s in model.subnets()}
     entries, ops = [], set()
@@ -261,8 +263,19 @@ def export_onnx(
     }
     manifest["manifest_sha256"] = manifest_digest(manifest)
     atomic_write_json(out / MANIFEST, manifest)
+    for name in earlier - {e["file"] for e in entries}:  # graphs of an earlier export, no longer listed
+        (out / name).unlink(missing_ok=True)
     log.info("wrote %d ONNX graphs (opset %d) and %s to %s", len(entries), opset, MANIFEST, out)
     return manifest
+
+
+def _listed_files(out: Path) -> set[str]:
+    """Graph files an earlier export in `out` listed (none when there is no valid one)."""
+    try:
+        manifest = read_export_manifest(out)
+    except ExportError:
+        return set()
+    return {e["file"] for e in manifest["subnets"] if Path(e["file"]).name == e["file"] and e["file"].endswith(".onnx")}
 
 
 def _op_types(data: bytes) -> set[str]:

@@ -153,3 +153,12 @@ def test_export_rejects_opsets_it_cannot_write(small_model, tmp_path):
     with pytest.raises(ValueError, match="knows up to"):
         export_onnx(small_model, tmp_path, [0], opset=onnx.defs.onnx_opset_version() + 1)
     assert not (tmp_path / MANIFEST).exists()
+
+
+def test_exporting_again_replaces_the_earlier_export(small_model, export_copy):
+    from elastic.export.onnx import export_onnx
+
+    (export_copy / "notes.txt").write_text("mine")
+    manifest = export_onnx(small_model, export_copy, [0], verify=False)
+    assert read_export_manifest(export_copy) == manifest and manifest["verified"] is None
+    assert sorted(p.name for p in export_copy.iterdir()) == ["manifest.json", "notes.txt", "subnet-000.onnx"]
