@@ -53,9 +53,9 @@ class OnnxRuntimeExecutor(Executor):
         intra_op_threads: onnxruntime threads per operator (0 = one per core).
         inter_op_threads: threads across operators.
         spinning: let idle onnxruntime threads spin-wait (for a dedicated CPU).
-        check_atol: largest |ORT - torch| tolerated on the first-use check (default 1e-4
-            on the CPU provider, 1e-2 on CUDA, where onnxruntime may use TF32); None on
-            both means the default, a negative value skips the check.
+        check_atol: largest |ORT - torch| tolerated on the first-use check; None: 1e-4 on
+            the CPU provider, 1e-2 with CUDA (where onnxruntime may use TF32); negative: no
+            check.
 
     Raises:
         ExportError: no `export_dir`, or an export that is missing, modified or of another model.
