@@ -162,3 +162,23 @@ def test_exporting_again_replaces_the_earlier_export(small_model, export_copy):
     manifest = export_onnx(small_model, export_copy, [0], verify=False)
     assert read_export_manifest(export_copy) == manifest and manifest["verified"] is None
     assert sorted(p.name for p in export_copy.iterdir()) == ["manifest.json", "notes.txt", "subnet-000.onnx"]
+
+
+def test_a_sortednet_exports_too(tmp_path):
+    """Another builder (nested prefixes sliced from one ViT): its smallest and largest subnets."""
+    from elastic.builders.sorted import SortedNet
+    from elastic.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    kwargs = dict(embed_dim=64, depth=3, num_heads=4, img_size=28, patch_size=7, in_chans=1, num_classes=10)
+    net = SortedNet.from_timm("vit_tiny_patch16_224", kwargs, "vit-64").eval()
+    ids = [net.smallest().id, net.largest().id]
+    manifest = export_onnx(net, tmp_path, ids)
+    x = torch.randn(5, 1, 28, 28)
+    for sid in ids:
+        session = make_session(graph_path(tmp_path, manifest, sid))
+        with torch.inference_mode():
+            expected = net(x, subnet=sid)
+        torch.testing.assert_close(
+            torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0]), expected, atol=1e-4, rtol=0
+        )
