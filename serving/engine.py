@@ -234,7 +234,7 @@ class EngineCore:
             self._fold_overhead()
         t_sched = self.clock()
         try:
-            out = scheduler.schedule(t_sched)
+            out = scheduler.schedule(t_sched, hold=False)
         except Exception:  # a scheduler bug must not strand requests: the worker fails them
             log.exception("scheduling on a caller's thread failed; the worker fails the queue")
             self._broken_schedule = True

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 _INF = math.inf
 _NO_FLOOR = -math.inf
-_REFRONT = 0.05  # rebuild the fronts once a latency correction moved this much (relative)
+_REFRONT = 0.25  # re-sort the fronts once a latency correction moved this much (relative)
 _ELIGIBLE_CACHE = 256  # most distinct min_accuracy values remembered by `eligible`
 
 
@@ -129,6 +129,7 @@ class BudgetScheduler(SchedulerInterface):
         self._arrivals = 0
         self._since_hold = 0  # decisions since the last hold (to probe again now and then)
         self._eligible_cache: dict[float | None, list[int]] = {}
+        self._svc_any: list[float] | None = None  # service ms by batch size, fastest subnet, no floor
         self.set_profile(profile)
 
     # ---- cost table --------------------------------------------------------------------
@@ -186,6 +187,7 @@ class BudgetScheduler(SchedulerInterface):
             self._front_acc.append(acc)
         self._front_corrections = {s: forward.correction(s) for s in self.candidates}
         self._front_global = forward._global if forward._global is not None else 1.0
+        self._svc_any = None
 
     # the CostView protocol the policies read
     def predict_ms(self, subnet: int, batch: int) -> float:
@@ -228,22 +230,27 @@ class BudgetScheduler(SchedulerInterface):
         i = 0 if min_accuracy is None else bisect.bisect_left(acc, min_accuracy)
         if i == len(acc):
             return None
-        if batch > self.max_batch_size:
-            sid = self._front_ids[b][i]
-            return sid, self.predict_ms(sid, batch)
-        return self._front_ids[b][i], self._front_lat[b][i] + self.overhead.ms(b)
+        sid = self._front_ids[b][i]
+        return sid, self.latency.forward.predict_ms(sid, batch) + self.overhead.ms(batch)
 
     def best_within(self, batch: int, floor: float, max_ms: float) -> tuple[int, float] | None:
         """(id, service ms) of the most accurate candidate with accuracy >= `floor` whose
         service time at `batch` is <= `max_ms`; None if there is none. Two binary searches."""
         lat = self._front_lat[batch]
-        over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
-        j = bisect.bisect_right(lat, max_ms - over) - 1
+        ids = self._front_ids[batch]
+        predict = self.latency.forward.predict_ms
+        limit = max_ms - self.overhead.per_batch_ms - self.overhead.per_request_ms * batch
+        j = bisect.bisect_right(lat, limit) - 1
+        # the front's order is from its last build; the latencies are read exact
+        while j >= 0 and predict(ids[j], batch) > limit:
+            j -= 1
+        while j + 1 < len(ids) and predict(ids[j + 1], batch) <= limit:
+            j += 1
         if j < 0:
             return None
         if floor > _NO_FLOOR and (not self.accuracy_known or self._front_acc[batch][j] < floor):
             return None
-        return self._front_ids[batch][j], lat[j] + over
+        return ids[j], predict(ids[j], batch) + max_ms - limit
 
     def fastest_ms(self, request: Request) -> float:
         found = self.fastest(request.min_accuracy, 1)
@@ -309,7 +316,9 @@ class BudgetScheduler(SchedulerInterface):
         self._arrivals += 1
         return evicted
 
-    def schedule(self, now: float) -> SchedulerOutput:
+    def schedule(self, now: float, hold: bool = True) -> SchedulerOutput:
+        """Shed what can no longer make it, then pick the next batch; `hold=False` never
+        holds a partial batch back (a caller-runs step: the caller is waiting anyway)."""
         out = SchedulerOutput(shed=self.shed_expired(now))
         queue = self._reqs
         if not queue:
@@ -324,7 +333,7 @@ class BudgetScheduler(SchedulerInterface):
             useful = float(self._arrivals > self._waiting_for)
             self._wait_useful += 0.2 * (useful - self._wait_useful)
             self._waiting_for = None
-        if self.batch_wait_ms > 0 and size == len(queue) and size < b_max:
+        if hold and self.batch_wait_ms > 0 and size == len(queue) and size < b_max:
             wait_until = self._fill_wait_until(now, decision.subnet, size, predicted)
             if wait_until is not None:
                 self._waiting_for = self._arrivals
@@ -350,6 +359,7 @@ class BudgetScheduler(SchedulerInterface):
         forward = self.latency.forward
         predicted_forward = forward.predict_ms(batch.subnet, batch.size)
         forward.observe(batch.subnet, batch.size, exec_ms)
+        self._svc_any = None
         self._refresh_fronts(batch.subnet)
         return exec_ms / predicted_forward if predicted_forward > 0 else None
 
@@ -357,6 +367,7 @@ class BudgetScheduler(SchedulerInterface):
         """The engine's own time around one batch's forward (wake-up, scheduling, stacking,
         answering): folded into the overhead model every prediction adds."""
         self.overhead.observe(batch_size, overhead_ms)
+        self._svc_any = None
 
     def abort_all(self, reason: str = "closed") -> list[ShedRequest]:
         shed = [ShedRequest(r.id, reason, "the runtime closed without draining its queue") for r in self._reqs]
@@ -447,10 +458,10 @@ class BudgetScheduler(SchedulerInterface):
         return max(self._reqs, key=lambda r: (-r.priority, r.deadline, r.id))
 
     def _refresh_fronts(self, subnet: int) -> None:
-        """Rebuild the fronts once the observed subnet's correction, or the shared one
-        unobserved subnets follow, has moved by more than `_REFRONT` since they were built;
-        until then the fronts' latencies are at most that much off (the planning quantile's
-        margin covers it), and a batch costs two comparisons, not a rebuild."""
+        """Re-sort the fronts once the observed subnet's correction, or the shared one
+        unobserved subnets follow, has moved by more than `_REFRONT` since they were built.
+        Their latencies are read exact at every query (`predict_ms` of the front member),
+        so only the order can be stale, and only by that much."""
         forward = self.latency.forward
         then = self._front_corrections.get(subnet, 1.0)
         shared = forward._global if forward._global is not None else 1.0
@@ -461,11 +472,25 @@ class BudgetScheduler(SchedulerInterface):
 
     def _service_at(self, size: int, floor: float) -> float:
         """Service ms of `size` requests on the fastest subnet meeting `floor`."""
+        if floor == _NO_FLOOR:
+            table = self._svc_any
+            if table is None:  # cached until a prediction changes
+                table = self._svc_any = [0.0] + [
+                    self._service_uncached(b, _NO_FLOOR) for b in range(1, len(self._front_acc))
+                ]
+            return table[size]
+        return self._service_uncached(size, floor)
+
+    def _service_uncached(self, size: int, floor: float) -> float:
         acc = self._front_acc[size]
         i = 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor)
         if i == len(acc):
             return _INF
-        return self._front_lat[size][i] + self.overhead.per_batch_ms + self.overhead.per_request_ms * size
+        return (
+            self.latency.forward.predict_ms(self._front_ids[size][i], size)
+            + self.overhead.per_batch_ms
+            + self.overhead.per_request_ms * size
+        )
 
     def plan_late(self, hard: list[float], floors: list[float] | None, t: float) -> list[int]:
         """`_plan_late`, for policies: who misses in the engine's cheapest plan from `t`."""
@@ -483,6 +508,11 @@ class BudgetScheduler(SchedulerInterface):
         service = self._service_at
         late: list[int] = []
         i, n = 0, len(hard)
+        if floors is None:  # the common case first: full batches that all make it
+            full = service(B, _NO_FLOOR) / 1e3
+            while i + B <= n and t + full <= min(hard[i : i + B]):
+                t += full
+                i += B
         while i < n:
             m = min(B, n - i)
             chunk = hard[i : i + m]
@@ -526,13 +556,16 @@ class BudgetScheduler(SchedulerInterface):
         return None
 
     def _fill_wait_until(self, now: float, subnet: int, size: int, predicted_ms: float) -> float | None:
-        """Until when to hold a partial batch back for more arrivals, or None to run now:
-        only while every member keeps its deadline with the batch's predicted service time,
-        for at most `batch_wait_ms` since the oldest member arrived, only when requests
-        arrive faster than that, and only while holds do bring more requests (a client that
-        waits for each answer before sending the next would only be delayed)."""
-        if self._gap_s is None or self._gap_s * 1e3 >= self.batch_wait_ms:
-            return None
+        """Until when to hold a partial batch back for more arrivals, or None to run now.
+
+        Only while every member keeps its deadline with the batch's predicted service time;
+        for at most `batch_wait_ms` since the oldest member arrived; only when requests
+        arrive faster than that (on average, or one arrived within the last half of it);
+        and only while holds do bring more requests (a client that waits for each answer
+        before sending the next would only be delayed)."""
+        recent = self._last_arrival is not None and (now - self._last_arrival) * 2e3 < self.batch_wait_ms
+        if not recent and (self._gap_s is None or self._gap_s * 1e3 >= self.batch_wait_ms):
+            return None  # nobody arrived just now, and arrivals are not that frequent
         self._since_hold += 1
         if self._wait_useful < 0.5 and self._since_hold < 64:  # holds bring nobody (a closed
             return None  # loop of single requests): stop holding, probe again every 64 batches
