@@ -372,11 +372,11 @@ def test_a_scheduler_failure_fails_the_queue_and_the_worker_lives_on(rt, monkeyp
     original = rt.scheduler.schedule
     calls = []
 
-    def broken(now):
+    def broken(now, **kwargs):
         calls.append(now)
         if len(calls) == 1:
             raise RuntimeError("injected scheduler bug")
-        return original(now)
+        return original(now, **kwargs)
 
     monkeypatch.setattr(rt.scheduler, "schedule", broken)
     with pytest.raises(ExecutionError, match="scheduler failed"):
