@@ -8,9 +8,13 @@
         rt.serve_metrics(port=9400)               # Prometheus on 127.0.0.1
 
 Pieces: `LatencyProfile` (profile.py) and `measure_latency` (profiler.py);
-`BudgetScheduler` (scheduler.py) behind `SchedulerInterface` (interface.py), emitting
-`SchedulerOutput` (output.py); policies `elastic`, `slackfit`, `static:<id>`
-(policies.py); `Runtime` (runtime.py); `ServingMetrics` (metrics.py) with the Grafana
+`LatencyModel` = corrected forward + fitted engine overhead (latency_model.py);
+`BudgetScheduler` (scheduler.py: queue-aware admission, fronts, expiry) behind
+`SchedulerInterface` (interface.py), emitting `SchedulerOutput` (output.py); policies
+`elastic`, `slackfit`, `static:<id>` (policies.py); `Runtime` (runtime.py), a front end
+(argument checks in admission.py) over `EngineCore` (engine.py: worker, deadline watchdog,
+caller-runs steps); executors `eager`, `compiled` (executor.py, compiled_executor.py);
+the worker's torch threading (worker_threads.py); `ServingMetrics` (metrics.py) with the Grafana
 dashboard in dashboards/elastic.json (`dashboard_path()`); `replay` (loadgen.py).
 
 The scheduler side (scheduler, policies, profile, predictor, request, output) never
@@ -45,6 +49,15 @@ _LAZY = {
     "ServingMetrics": "metrics",
     "measure_latency": "profiler",
     "Runtime": "runtime",
+    "EngineCore": "engine",
+    "Executor": "executor",
+    "EagerExecutor": "executor",
+    "EXECUTORS": "executor",
+    "make_executor": "executor",
+    "CompiledExecutor": "compiled_executor",
+    "LatencyModel": "latency_model",
+    "OverheadModel": "latency_model",
+    "SampleCheck": "admission",
     "ServedCapacity": "capacity",
     "served_capacity": "capacity",
     "budget_range": "capacity",
