@@ -2,14 +2,14 @@
 
 Scenarios (`bench/scenarios.py`): the demo model with real Fashion-MNIST predictions, and
 DeiT-Ti/S/B stitched at a reduced image size with SN-Net's published accuracies and latencies
-measured here. Per scenario, measured first (`calibrate`): the latency profile, the served
-capacity of the largest anchor (its throughput through the runtime under a saturating burst,
-`elastic.serving.served_capacity`) and of the fastest candidate, and from those the runtime's
-own per-request / per-batch cost. Offered loads are multiples of the largest anchor's served
-capacity; budgets are drawn per request, log-uniform between 2× the fastest candidate's
-served batch-1 latency and 4× the time the largest anchor needs to serve a full batch
-(`elastic.serving.budget_range`). Arrivals are open-loop Poisson or bursty on/off
-(`bench/arrivals.py`).
+measured here. Per scenario, measured first (`calibrate`): the latency profile, and the
+served capacity of the largest and of the smallest anchor — the throughput of the static
+subnet through the runtime under a burst, driven as the load runs drive it
+(`served_open_loop`) — with the runtime's own per-request / per-batch cost as its engine
+fitted it. Offered loads are multiples of the largest anchor's served capacity; budgets are
+drawn per request, log-uniform between 2× the smallest anchor's served batch-1 latency and
+4× the time the largest anchor needs to serve a full batch (`elastic.serving.budget_range`).
+Arrivals are open-loop Poisson or bursty on/off (`bench/arrivals.py`).
 
 Contenders, all through the same `Runtime` (max batch 8): `elastic`; `slackfit` (SuperServe's
 SlackFit, NSDI'25); `infaas` (the anchors as separate models, one chosen per request, INFaaS
@@ -32,7 +32,7 @@ Two modes, reported apart (`load.*` real, `load_sim.*` simulated), never mixed:
 
 Targets (issue 9), computed per point for `elastic`: effective accuracy not below the oracle
 (the upper end of the paired difference's interval >= 0); at loads where the largest anchor
-cannot keep up but the fastest candidate can (1× < load <= its capacity / the largest's) at
+cannot keep up but the smallest can (1× < load <= its capacity / the largest's) at
 least 5 points above it (mean difference >= 0.05); >= 99 % of admitted requests within
 budget; sheds after admission <= 1 % of admitted (both pooled over seeds).
 """
@@ -43,15 +43,17 @@ import argparse
 import logging
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from elastic.serving import Runtime, budget_range, served_capacity
+from elastic.serving import Runtime, ServedCapacity, budget_range
 from elastic.serving.profile import LatencyProfile
 
 from .arrivals import BudgetDistribution, on_off, poisson
@@ -113,8 +115,8 @@ FULL = LoadPlan(
     real_loads=(0.25, 1.0, 2.0, 3.0),
     sim_loads=(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0),
     repeats=3,
-    sim_repeats=5,
-    span=Span(2.5, 6.0, 40),
+    sim_repeats=4,
+    span=Span(2.0, 5.0, 40),
     sim_span=Span(4.0, 60.0, 400),
     oracle_extra=2,
     deit_front=6,
@@ -141,9 +143,8 @@ class Calibration:
     variants_profile: LatencyProfile  # the INFaaS-style baseline's
     smallest: int  # smallest anchor
     largest: int  # largest anchor: its served capacity is 1× load
-    fastest: int  # fastest candidate at batch 1
     capacity_per_s: float  # the largest anchor's served throughput
-    fastest_capacity_per_s: float  # the fastest candidate's
+    smallest_capacity_per_s: float  # the smallest anchor's
     budgets: BudgetDistribution
     service: ServiceModel  # for the simulation
     variants_service: ServiceModel
@@ -152,8 +153,8 @@ class Calibration:
 
     @property
     def middle_range(self) -> tuple[float, float]:
-        """Loads (× capacity) where the largest anchor cannot keep up but the fastest subnet can."""
-        return 1.0, self.fastest_capacity_per_s / self.capacity_per_s
+        """Loads (× capacity) where the largest anchor cannot keep up but the smallest can."""
+        return 1.0, self.smallest_capacity_per_s / self.capacity_per_s
 
     def in_middle(self, load: float) -> bool:
         lo, hi = self.middle_range
@@ -171,9 +172,8 @@ class Calibration:
             "candidates": self.candidates,
             "smallest_anchor": self.smallest,
             "largest_anchor": self.largest,
-            "fastest_candidate": self.fastest,
             "capacity_per_s": self.capacity_per_s,
-            "fastest_capacity_per_s": self.fastest_capacity_per_s,
+            "smallest_capacity_per_s": self.smallest_capacity_per_s,
             "middle_range": list(self.middle_range),
             "budgets": self.budgets.describe(),
             "budget_bounds_ms": [self.budgets.lo_ms, self.budgets.hi_ms],
@@ -210,45 +210,39 @@ def calibrate(scenario: Scenario, profile_repeats: int | None = None) -> Calibra
         candidates = rt.candidates
     anchors = scenario.anchors
     smallest, largest = anchors[0], anchors[-1]
-    fastest = min(candidates, key=lambda s: profile.latency_ms(s, 1, "p50"))
     measured = {
-        sid: served_capacity(
-            model,
-            example,
-            sid,
-            profile,
-            MAX_BATCH,
-            burst=scenario.capacity_burst,
-            singles=scenario.capacity_singles,
-        )
-        for sid in dict.fromkeys((largest, fastest))
+        sid: served_open_loop(model, example, sid, profile, scenario.capacity_burst, scenario.capacity_singles)
+        for sid in (largest, smallest)
     }
-    served, fast = measured[largest], measured[fastest]
-    per_request, per_batch = measure_overhead(model, example, fastest, profile, scenario.capacity_burst)
-    budgets = BudgetDistribution(*budget_range(fast, served, MAX_BATCH))
+    (served, over_l), (small, over_s) = measured[largest], measured[smallest]
+    per_request = (over_l[0] + over_s[0]) / 2
+    per_batch = (over_l[1] + over_s[1]) / 2
+    budgets = BudgetDistribution(*budget_range(small, served, MAX_BATCH))
     calib = Calibration(
         profile=profile,
         candidates=list(candidates),
         variants_profile=variants_profile,
         smallest=smallest,
         largest=largest,
-        fastest=fastest,
         capacity_per_s=served.throughput_per_s,
-        fastest_capacity_per_s=fast.throughput_per_s,
+        smallest_capacity_per_s=small.throughput_per_s,
         budgets=budgets,
         service=ServiceModel(profile, per_request, per_batch),
         variants_service=ServiceModel(variants_profile, per_request, per_batch),
-        served={str(sid): vars(m) for sid, m in measured.items()},
+        served={
+            str(sid): {**vars(m), "overhead_ms": {"per_request": o[0], "per_batch": o[1]}}
+            for sid, (m, o) in measured.items()
+        },
         seconds=time.perf_counter() - t0,
     )
     log.info(
-        "%s: capacity %.1f req/s (largest anchor %d), fastest %d at %.1f req/s; budgets %s; "
+        "%s: capacity %.1f req/s (largest anchor %d), smallest anchor %d at %.1f req/s; budgets %s; "
         "overhead %.3f ms/request + %.3f ms/batch; candidates %s (%.0f s)",
         scenario.name,
         calib.capacity_per_s,
         largest,
-        fastest,
-        calib.fastest_capacity_per_s,
+        smallest,
+        calib.smallest_capacity_per_s,
         budgets.describe(),
         per_request,
         per_batch,
@@ -258,31 +252,48 @@ def calibrate(scenario: Scenario, profile_repeats: int | None = None) -> Calibra
     return calib
 
 
-def measure_overhead(
-    model, example: torch.Tensor, subnet: int, profile: LatencyProfile, burst: int
-) -> tuple[float, float]:
-    """The runtime's own cost around a forward, as its engine fits it while serving.
+def served_open_loop(
+    model, example: torch.Tensor, subnet: int, profile: LatencyProfile, burst: int, singles: int
+) -> tuple[ServedCapacity, tuple[float, float]]:
+    """What one static subnet sustains when driven as the load runs drive the runtime.
 
-    Serves single requests and bursts (batches of 1 and of up to `MAX_BATCH`) at a static
-    subnet, then reads the engine's fitted overhead model.
+    The load runs submit from one thread and never block on a result until the end, so the
+    worker serves every batch; `served_capacity` waits with `result()`, which lets the
+    caller run batches itself and measures a different path. Here: `singles` requests one at
+    a time (submit, then wait without `result()`) give the batch-1 latency; a burst of
+    `burst` submitted at once and waited for gives the throughput; the engine's own fitted
+    overhead model is read at the end.
 
     Returns:
-        (per_request_ms, per_batch_ms).
+        (the `ServedCapacity`, (per_request_ms, per_batch_ms) as the engine fitted them).
     """
     with (
         torch.inference_mode(),
-        Runtime(model, max_batch_size=MAX_BATCH, policy=f"static:{subnet}", profile=profile) as rt,
+        Runtime(
+            model, max_batch_size=MAX_BATCH, policy=f"static:{subnet}", profile=profile, batch_wait_ms=BATCH_WAIT_MS
+        ) as rt,
     ):
-        for _ in range(3):
-            for _ in range(10):
-                rt.infer(example, math.inf)
-            for f in [rt.submit(example, math.inf) for _ in range(burst)]:
-                f.result()
-        rt.infer(example, math.inf)  # the engine folds the last batch in before the next
+        for _ in range(5):
+            wait([rt.submit(example, math.inf)])
+        latencies = []
+        for _ in range(singles):
+            f = rt.submit(example, math.inf)
+            wait([f])
+            latencies.append(f.result().latency_ms)
+        rounds, elapsed, sizes = 2, 0.0, []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            futures = [rt.submit(example, math.inf) for _ in range(burst)]
+            wait(futures)
+            elapsed += time.perf_counter() - t0
+            sizes += [f.result().batch_size for f in futures]
+        wait([rt.submit(example, math.inf)])  # the engine folds the last batch's overhead in first
         overhead = rt.scheduler.overhead
         if overhead.observations == 0:
             raise RuntimeError("the runtime reported no overhead observations")
-        return overhead.per_request_ms, overhead.per_batch_ms
+        fitted = (overhead.per_request_ms, overhead.per_batch_ms)
+    served = ServedCapacity(subnet, rounds * burst / elapsed, statistics.median(latencies), statistics.fmean(sizes))
+    return served, fitted
 
 
 def workload(
@@ -516,7 +527,7 @@ def tables(scenarios: dict[str, dict[str, Any]], mode: str) -> str:
         out.append(
             f"## {label}: {name} — {sc['label']}\n\nAccuracy: {sc['accuracy_source']}.\n"
             f"Capacity (1×) = {sc['calibration']['capacity_per_s']:.1f} req/s (largest anchor served); "
-            f"budgets {sc['calibration']['budgets']}; middle range (largest cannot keep up, fastest can): "
+            f"budgets {sc['calibration']['budgets']}; middle range (largest anchor cannot keep up, smallest can): "
             f"{lo:.2g}× < load ≤ {hi:.2g}×. Mean ± 95 % t-interval over {sc['seeds']} seeds.\n"
         )
         rows = []
@@ -609,7 +620,7 @@ def run(args: argparse.Namespace) -> dict:
     plan = QUICK if args.quick else FULL
     only = getattr(args, "scenario", None) or "all"
     builders = {
-        "demo": lambda: demo_scenario(args.model),
+        "demo": lambda: demo_scenario(args.model, profile_repeats=10 if args.quick else 30),
         "deit": lambda: deit_scenario(front_size=plan.deit_front, profile_repeats=5 if args.quick else 8),
     }
     chosen = builders if only == "all" else {only: builders[only]}

@@ -73,12 +73,14 @@ class Scenario:
         return self._variants
 
 
-def demo_scenario(model_dir: str | Path | None, images: int | None = None) -> Scenario:
+def demo_scenario(model_dir: str | Path | None, images: int | None = None, profile_repeats: int = 30) -> Scenario:
     """The demo's trained model on Fashion-MNIST test images, judged by its real predictions.
 
     Args:
         model_dir: the saved model (default `out/demo/model`).
         images: use only the first `images` test images (default: all 10,000).
+        profile_repeats: timed runs per (subnet, batch size); the scheduler plans with the
+            p99, which with few runs is the largest, so a cheap model gets many.
     """
     from elastic.demo.data import fashion_mnist
 
@@ -98,6 +100,7 @@ def demo_scenario(model_dir: str | Path | None, images: int | None = None) -> Sc
         images=x,
         real_judge=lambda seed: judge,
         accuracy_source="real predictions on Fashion-MNIST test images (argmax vs label)",
+        profile_repeats=profile_repeats,
     )
 
 

@@ -14,7 +14,7 @@ from elastic.bench.simulate import ServiceModel
 from elastic.serving import LatencyProfile
 
 
-def calibration(capacity=100.0, fastest_capacity=250.0) -> Calibration:
+def calibration(capacity=100.0, smallest_capacity=250.0) -> Calibration:
     profile = LatencyProfile.from_table({s: {1: 1.0 + s, 8: 4.0 + 4 * s} for s in range(4)})
     return Calibration(
         profile=profile,
@@ -22,9 +22,8 @@ def calibration(capacity=100.0, fastest_capacity=250.0) -> Calibration:
         variants_profile=profile,
         smallest=0,
         largest=2,
-        fastest=0,
         capacity_per_s=capacity,
-        fastest_capacity_per_s=fastest_capacity,
+        smallest_capacity_per_s=smallest_capacity,
         budgets=BudgetDistribution(2.0, 50.0),
         service=ServiceModel(profile),
         variants_service=ServiceModel(profile),
@@ -105,7 +104,7 @@ def test_elastic_below_the_oracle_beyond_the_interval_fails():
 
 
 def test_middle_range_comes_from_served_capacities():
-    calib = calibration(capacity=100.0, fastest_capacity=250.0)
+    calib = calibration(capacity=100.0, smallest_capacity=250.0)
     assert calib.middle_range == (1.0, 2.5)
     assert [calib.in_middle(x) for x in (0.5, 1.0, 1.5, 2.5, 3.0)] == [False, False, True, True, False]
     assert calib.statics() == [0, 1, 2, 3]  # the front plus the largest anchor, fastest first
