@@ -19,7 +19,7 @@ python=${PYTHON:-python3}
 stamp=.venv/.elastic-setup-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[dev]"
+  .venv/bin/pip install -q -e ".[dev,ray]"
   rm -f .venv/.elastic-setup-*
   touch "$stamp"
 fi

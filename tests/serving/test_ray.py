@@ -1,0 +1,187 @@
+"""elastic.serving.ray: routing predictions (pure), error unwrapping, and a real local Ray cluster.
+
+The cluster tests start Ray on 127.0.0.1 (no dashboard, no HTTP proxy), deploy 2 replicas of
+the tiny stitched model saved to a temporary directory, and check the serving contract across
+the hop: every request ends with a `Result` or a typed `ElasticError`, also when a replica is
+killed with requests in flight.
+"""
+
+import math
+import threading
+import time
+
+import pytest
+import torch
+
+from elastic.errors import BudgetInfeasible, ElasticError, ExecutionError, InvalidInput, Overloaded
+from elastic.serving.ray.stats import drain_ms, predict, replica_stats, usable
+
+
+def _stats(service, accuracy, B=2, queued=0):
+    fastest = [0.0] + [min(row[b - 1] for row in service) for b in range(1, B + 1)]
+    return {
+        "v": 1,
+        "subnets": list(range(len(service))),
+        "accuracy": accuracy,
+        "accuracy_known": True,
+        "service_ms": service,
+        "fastest_ms": fastest,
+        "max_batch_size": B,
+        "queued": queued,
+    }
+
+
+# ---- pure: what the router predicts ---------------------------------------------------------------
+def test_predict_picks_most_accurate_subnet_within_budget():
+    stats = _stats([[1.0, 1.5], [4.0, 6.0], [10.0, 15.0]], [0.5, 0.7, 0.9])
+    assert predict(stats, 0, 12.0).subnet == 2
+    assert predict(stats, 0, 5.0).subnet == 1
+    p = predict(stats, 0, 5.0, hop_ms=2.0)  # the hop eats into the budget
+    assert (p.subnet, p.completion_ms) == (0, 3.0)
+
+
+def test_predict_queue_ahead_moves_to_cheaper_subnet_or_none():
+    stats = _stats([[1.0, 1.5], [4.0, 6.0], [10.0, 15.0]], [0.5, 0.7, 0.9])
+    assert drain_ms(stats, 3) == 1.5 + 1.0  # one full batch of 2, then one alone, on the fastest
+    assert predict(stats, 3, 12.0).subnet == 1  # 2.5 ahead: 2.5 + 10 > 12, 2.5 + 4 <= 12
+    late = predict(stats, 40, 12.0)
+    assert late.subnet is None and late.accuracy == -math.inf and late.completion_ms == 20 * 1.5 + 1.0
+
+
+def test_predict_accuracy_floor_and_ranking():
+    stats = _stats([[1.0, 1.5], [4.0, 6.0], [10.0, 15.0]], [0.5, 0.7, 0.9])
+    assert predict(stats, 0, 5.0, min_accuracy=0.8).subnet is None
+    assert predict(stats, 0, 50.0, min_accuracy=0.8).subnet == 2
+    idle, busy = predict(stats, 0, 12.0), predict(stats, 3, 12.0)
+    assert sorted([busy, idle], key=lambda p: p.rank_key())[0] is idle  # more accurate wins
+    a, b = predict(stats, 0, 50.0), predict(stats, 1, 50.0)  # same subnet: earlier completion wins
+    assert a.subnet == b.subnet and a.rank_key() < b.rank_key()
+
+
+def test_replica_stats_from_a_real_scheduler(served_model, served_profile):
+    from elastic.serving import BudgetScheduler
+
+    sched = BudgetScheduler(served_model.subnets(), served_profile, max_batch_size=4)
+    stats = replica_stats(sched, queued=5, replica="r0", metrics_port=1234)
+    assert usable(stats) and stats["subnets"] == list(sched.candidates)
+    assert stats["service_ms"][0][0] == pytest.approx(sched.predict_ms(sched.candidates[0], 1), abs=1e-3)
+    assert stats["backlog_ms"] == pytest.approx(stats["fastest_ms"][4] + stats["fastest_ms"][1])
+    assert not usable(replica_stats(None, 0))
+
+
+# ---- typed errors survive the hop --------------------------------------------------------------
+def test_unwrap_error_restores_elastic_types():
+    ray_ex = pytest.importorskip("ray.exceptions")
+    from elastic.serving.ray.client import unwrap_error
+
+    wrapped = ray_ex.RayTaskError("infer", "traceback", Overloaded("queue full")).as_instanceof_cause()
+    got = unwrap_error(wrapped)
+    assert type(got) is Overloaded and str(got) == "queue full"
+    got = unwrap_error(ray_ex.RayTaskError("infer", "tb", ZeroDivisionError("x")))
+    assert type(got) is ExecutionError and isinstance(got.__cause__, ZeroDivisionError)
+    assert type(unwrap_error(ray_ex.RayActorError())) is Overloaded
+    assert type(unwrap_error(TimeoutError())) is Overloaded
+
+
+# ---- a real local cluster ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(served_model, tmp_path_factory):
+    import elastic
+    from elastic.serving import Runtime
+
+    path = tmp_path_factory.mktemp("ray") / "model"
+    elastic.save(served_model, path)
+    with Runtime(served_model, max_batch_size=8) as rt:  # measured once here, reused by every replica
+        rt.profile(batch_sizes=(1, 2, 4, 8), repeats=2, warmup=1, path=path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster(model_dir):
+    pytest.importorskip("ray.serve")
+    from ray import serve
+
+    from elastic.serving.ray import ElasticClient, build_app, local_cluster
+
+    with local_cluster(num_cpus=2) as app:
+        handle = serve.run(build_app(model_dir, replicas=2, num_cpus=0.5, routing_stats_period_s=0.5), name=app)
+        client = ElasticClient(handle, timeout_s=30)
+        client.infer(torch.zeros(3, 32, 32), 10_000)  # warm
+        yield client
+
+
+def _drive(client, n_threads, per_thread, budgets, results, errors, others, started=None):
+    def worker(k):
+        for i in range(per_thread):
+            budget = budgets[(k + i) % len(budgets)]
+            x = torch.randn(3, 32, 32)
+            try:
+                pending = client.submit(x, budget, best_effort=(i % 5 == 4), min_accuracy=0.6 if i % 7 == 6 else None)
+                if started is not None:
+                    started.release()
+                r = pending.result()
+                results.append((budget, r))
+            except ElasticError as e:
+                errors.append((budget, e))
+            except BaseException as e:  # noqa: BLE001 - anything untyped is a failure of the contract
+                others.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+@pytest.mark.slow
+def test_mixed_budgets_from_threads_every_request_answered_or_typed(cluster):
+    results, errors, others = [], [], []
+    threads = _drive(cluster, 4, 12, [0.5, 5.0, 30.0, 200.0, 2000.0], results, errors, others)
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert others == []
+    assert len(results) + len(errors) == 48
+    assert results, "no request was served"
+    for _budget, r in results:
+        assert r.output.shape == (10,) and torch.isfinite(r.output).all()
+    for _budget, e in errors:
+        assert isinstance(e, (BudgetInfeasible, Overloaded)), e
+
+
+@pytest.mark.slow
+def test_typed_errors_cross_the_hop(cluster):
+    with pytest.raises(InvalidInput):
+        cluster.infer(torch.zeros(3, 16, 16), 1000)  # wrong size, checked in the replica
+    with pytest.raises(InvalidInput):
+        cluster.infer(torch.zeros(3, 32, 32, dtype=torch.float64), 1000)
+    with pytest.raises(BudgetInfeasible):
+        cluster.infer(torch.zeros(3, 32, 32), 1000, min_accuracy=0.999)  # no subnet that accurate
+    with pytest.raises(InvalidInput):
+        cluster.infer("not a tensor", 1000)
+
+
+@pytest.mark.slow
+def test_killed_replica_loses_no_accepted_request(cluster):
+    import ray
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "ElasticReplica" in a["name"]]
+    assert len(replicas) == 2
+    victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+    results, errors, others = [], [], []
+    started = threading.Semaphore(0)
+    threads = _drive(cluster, 4, 10, [50.0, 500.0, 5000.0], results, errors, others, started)
+    for _ in range(8):  # kill once requests are in flight
+        started.acquire(timeout=30)
+    ray.kill(victim)
+    killed_at = time.perf_counter()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert others == []
+    assert len(results) + len(errors) == 40  # none lost: each one a Result or a typed error
+    for _budget, e in errors:
+        assert isinstance(e, (BudgetInfeasible, Overloaded)), e
+    # the deployment keeps serving after the loss (the survivor, or Ray's replacement)
+    r = cluster.infer(torch.randn(3, 32, 32), 10_000)
+    assert r.output.shape == (10,)
+    assert time.perf_counter() - killed_at < 120
