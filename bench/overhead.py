@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import statistics
 
 import torch
 
@@ -59,7 +60,10 @@ def measure(model, name: str, subnet: int, repeats: int) -> list[dict]:
             times = interleaved({"runtime": served, "direct": direct}, repeats=repeats, warmup=0)
             r, d = summary(times["runtime"]), summary(times["direct"])
             ratio = paired_ratio(times["runtime"], times["direct"])
-            added_us = 1e3 * (r["median_ms"] - d["median_ms"]) / batch
+            # paired: the median over rounds of (runtime - direct), per request
+            added_us = (
+                1e6 * statistics.median(a - b for a, b in zip(times["runtime"], times["direct"], strict=True)) / batch
+            )
             if batch == 8 and len(batches) != 8 * repeats:
                 raise RuntimeError(f"expected {8 * repeats} timed batch-8 answers, counted {len(batches)}")
             target = (
