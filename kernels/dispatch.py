@@ -6,7 +6,18 @@ The Triton custom op runs when all of these hold, else the reference in `referen
   "auto") is not "torch";
 - triton imports, and on first use per device the kernel passes a small self-test;
 - the tensors are on CUDA, fp32 / fp16 / bf16, all of one dtype, and TRITON_INTERPRET
-  is not set (the interpreter is slow and wrong in bf16: tests force it explicitly).
+  is not set (the interpreter is slow and wrong in bf16: tests force it explicitly);
+- for `stitch_linear`: the call has a LoRA term. A plain linear (no LoRA, no LayerNorm)
+  goes to torch (`F.linear`, cuBLAS) under "auto": on an H200 (torch 2.11, triton 3.6) the
+  Triton kernel measured 0.02-0.72x torch's speed on every SN-Net shape (issue 16, bf16, e.g.
+  b1 192->384 0.257 ms vs 0.006 ms), so it runs only when forced (`backend="triton"`).
+  `PLAIN_LINEAR_BACKEND` holds that choice in one place.
+
+In eager inference (no operand needs a gradient, no torch.compile tracing, no dispatch mode
+such as the FLOP counter active) the kernel is launched directly (`ops.launch_eager`), not
+through the custom op, which saves the op's per-call dispatcher overhead; otherwise the
+custom op runs (autograd, torch.compile, FLOP counting). During CUDA-graph capture nothing
+here synchronises: a device whose self-test has not run yet gets the reference instead.
 
 `backend="triton"` (or `ELASTIC_KERNELS=triton`) forces the kernel and raises when it cannot
 run; on CPU tensors it needs TRITON_INTERPRET=1 set before triton is imported, which is how
@@ -20,6 +31,7 @@ import logging
 import os
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import ops
 from .reference import check_lora, stitch_linear_layernorm_ref, stitch_linear_ref
@@ -29,6 +41,12 @@ log = logging.getLogger(__name__)
 ENV_VAR = "ELASTIC_KERNELS"
 BACKENDS = ("auto", "triton", "torch")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# "auto" sends a plain linear (no LoRA) here; "triton" would send it to the kernel.
+PLAIN_LINEAR_BACKEND = "torch"
+PLAIN_LINEAR_REASON = (
+    "plain linear (no LoRA) runs F.linear (cuBLAS): the Triton kernel measured 0.02-0.72x torch on an H200 "
+    "(issue 16); backend='triton' or ELASTIC_KERNELS=triton forces the kernel"
+)
 
 _LOGGED: set[str] = set()  # fallback reasons already logged
 _IMPORT_ERROR: list[str | None] = []  # [] until triton was tried, then [None] or [reason]
@@ -120,11 +138,28 @@ def use_triton(x: torch.Tensor, *tensors: torch.Tensor | None, backend: str | No
             raise RuntimeError(f"the Triton stitch kernel was forced but cannot run: {reason}")
         return True
     if reason is None and not torch.compiler.is_compiling():
-        reason = _self_test(x.device)
+        if str(x.device) not in _SELF_TEST and x.is_cuda and torch.cuda.is_current_stream_capturing():
+            reason = "the kernel's self-test cannot run during CUDA-graph capture (run a batch before capturing)"
+        else:
+            reason = _self_test(x.device)
     if reason is not None:
         _log_once(reason)
         return False
     return True
+
+
+def plain_linear_to_torch(is_cuda: bool, has_lora: bool, mode: str) -> bool:
+    """Whether `stitch_linear` sends this call to F.linear by policy (`PLAIN_LINEAR_BACKEND`)
+    before any other check: a plain linear on CUDA under "auto"."""
+    return is_cuda and not has_lora and mode == "auto" and PLAIN_LINEAR_BACKEND == "torch"
+
+
+def _eager(*tensors: torch.Tensor | None) -> bool:
+    """True when the kernel may be launched without the custom op: nothing to differentiate,
+    trace or intercept."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
 def _autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -154,15 +189,20 @@ def stitch_linear(
         weight, bias: the linear map; bias optional.
         lora_a, lora_b: optional low-rank update (both or neither).
         lora_scale: its scale.
-        backend: "auto", "triton" or "torch"; None reads env ELASTIC_KERNELS.
+        backend: "auto", "triton" or "torch"; None reads env ELASTIC_KERNELS. Under "auto"
+            a call without LoRA runs torch (see `PLAIN_LINEAR_BACKEND`).
 
     Shape:
         x: (..., C_in), weight: (C_out, C_in), bias: (C_out,), lora_a: (r, C_in),
         lora_b: (C_out, r) -> (..., C_out)
     """
-    check_lora(lora_a, lora_b)
+    if plain_linear_to_torch(x.is_cuda, check_lora(lora_a, lora_b), requested_backend(backend)):
+        _log_once(PLAIN_LINEAR_REASON)
+        return stitch_linear_ref(x, weight, bias)
     cast = _autocast(x, weight, bias, lora_a, lora_b)
     if use_triton(*cast, backend=backend):
+        if _eager(*cast):
+            return ops.launch_eager(*cast, float(lora_scale))[0]
         return ops.stitch_linear_op(*cast, float(lora_scale))
     return stitch_linear_ref(x, weight, bias, lora_a, lora_b, lora_scale)
 
@@ -197,5 +237,7 @@ def stitch_linear_layernorm(
     check_lora(lora_a, lora_b)
     cast = _autocast(x, weight, bias, lora_a, lora_b)
     if use_triton(*cast, backend=backend):
+        if _eager(*cast, ln_weight, ln_bias):
+            return ops.launch_eager(*cast, float(lora_scale), True, ln_weight, ln_bias, float(eps))
         return ops.stitch_linear_layernorm_op(*cast, float(lora_scale), ln_weight, ln_bias, float(eps))
     return stitch_linear_layernorm_ref(x, weight, bias, lora_a, lora_b, lora_scale, ln_weight, ln_bias, eps)

@@ -10,7 +10,9 @@ five matmuls, plus `native_layer_norm_backward` for the fused norm), and a FLOP 
 so `torch.utils.flop_counter` counts it like the `F.linear` calls it replaces.
 
 The implementations always launch the kernel (on CPU tensors that needs TRITON_INTERPRET=1);
-choosing between them and the torch reference is `elastic.kernels.dispatch`'s job.
+choosing between them and the torch reference is `elastic.kernels.dispatch`'s job. In eager
+inference (no gradients, not tracing) the dispatch calls `launch_eager`, the same launcher
+without the custom op around it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,34 @@ def _launch(x, weight, bias, lora_a, lora_b, lora_scale, **layernorm):
     from .stitch_linear_kernel import stitch_linear_triton  # imports triton, so only when launched
 
     return stitch_linear_triton(x, weight, bias, lora_a, lora_b, lora_scale, **layernorm)
+
+
+def launch_eager(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
+    lora_scale: float,
+    layernorm: bool = False,
+    ln_weight: torch.Tensor | None = None,
+    ln_bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The kernel launched directly, without the custom op's dispatcher round trip.
+
+    For eager inference only (no autograd, not tracing): the dispatch calls this when no
+    operand needs a gradient, which saves the custom op's per-call Python overhead; the
+    result is the op's own (the op runs this same launcher).
+
+    Shape:
+        as `stitch_linear_layernorm_op`; the second output is None unless `layernorm`.
+    """
+    if layernorm:
+        return _launch(
+            x, weight, bias, lora_a, lora_b, lora_scale, layernorm=True, ln_weight=ln_weight, ln_bias=ln_bias, eps=eps
+        )
+    return _launch(x, weight, bias, lora_a, lora_b, lora_scale)
 
 
 def _out_shape(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -237,28 +238,64 @@ def _check(x: torch.Tensor, weight: torch.Tensor, *others: tuple[str, torch.Tens
             raise TypeError(f"stitch_linear kernel: {name} is {t.dtype}, x is {x.dtype}")
 
 
-def stitch_linear_triton(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    lora_a: torch.Tensor | None = None,
-    lora_b: torch.Tensor | None = None,
-    lora_scale: float = 1.0,
-    *,
-    layernorm: bool = False,
-    ln_weight: torch.Tensor | None = None,
-    ln_bias: torch.Tensor | None = None,
-    eps: float = 1e-5,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Validate, allocate and launch `_stitch_linear_kernel`.
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything about one launch that depends only on shapes, strides, dtype and flags.
 
-    Returns:
-        (y, ln_y), ln_y None unless `layernorm`. Outputs are contiguous, dtype of x.
-
-    Shape:
-        x: (..., C_in) any strides, weight: (C_out, C_in), bias / ln_weight / ln_bias:
-        (C_out,), lora_a: (r, C_in), lora_b: (C_out, r) -> ((..., C_out), (..., C_out))
+    Built (validated, autotuned) on the first call with a new `plan_key`; later calls with
+    the same key allocate the outputs and launch the plain JIT kernel with `config`, with no
+    validation, no autotuner and no Python-side key building beyond `plan_key`.
     """
+
+    grid: tuple[int]  # programs along axis 0
+    args: dict  # scalar kernel arguments (sizes, strides, constexpr flags), no pointers
+    config: dict  # BLOCK_* meta-parameters, num_warps, num_stages of the tuned config
+    fuse_ln: bool  # the kernel writes ln_y (else torch normalises y afterwards)
+    tuned: bool  # False when made during CUDA-graph capture without autotuning
+
+
+PLAN_CACHE_SIZE = 4096  # plans kept before the cache is cleared (each is a few hundred bytes)
+_PLANS: dict[tuple, LaunchPlan] = {}
+
+
+def plan_key(
+    x3: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
+    layernorm: bool,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+) -> tuple:
+    """What a `LaunchPlan` depends on: shapes, strides, dtypes, device, optional operands."""
+
+    def sig(t: torch.Tensor | None) -> tuple | None:
+        return None if t is None else (t.shape, t.stride(), t.dtype)
+
+    return (
+        x3.shape,
+        x3.stride(),
+        x3.dtype,
+        x3.device,
+        weight.shape,
+        weight.stride(),
+        sig(bias),
+        sig(lora_a),
+        sig(lora_b),
+        layernorm,
+        sig(ln_weight) if layernorm else None,
+        sig(ln_bias) if layernorm else None,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _make_plan(x3, x, weight, bias, lora_a, lora_b, layernorm, ln_weight, ln_bias) -> LaunchPlan | None:
+    """Validate once and work out the launch arguments; None when no kernel is needed (empty)."""
     n, k = weight.shape[0], x.shape[-1]
     has_lora = lora_a is not None and lora_b is not None
     r = lora_a.shape[0] if has_lora else 0
@@ -271,28 +308,13 @@ def stitch_linear_triton(
         ("ln_weight", ln_weight if layernorm else None, (n,)),
         ("ln_bias", ln_bias if layernorm else None, (n,)),
     )
-    out_shape = (*x.shape[:-1], n)
-    y = torch.empty(out_shape, device=x.device, dtype=x.dtype)
-    ln_y = torch.empty_like(y) if layernorm else None
-    x3 = _as_rows(x)
     m = x3.shape[0] * x3.shape[1]
-    if m == 0 or n == 0:
-        if ln_y is not None:
-            ln_y.zero_()
-        return y, ln_y
-    if k == 0:  # empty reduction: y is the bias
-        y.copy_(bias.expand(out_shape) if bias is not None else torch.zeros_like(y))
-        if ln_y is not None:
-            ln_y.copy_(torch.nn.functional.layer_norm(y, (n,), ln_weight, ln_bias, eps))
-        return y, ln_y
-
+    if m == 0 or n == 0 or k == 0:
+        return None
     fp32_ieee = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    bias_c = bias.contiguous() if bias is not None else None
     block_n = triton.next_power_of_2(n)
     fuse_ln = layernorm and block_n <= LN_MAX_BLOCK_N and any(_fits(c, block_n, x.element_size()) for c in LN_CONFIGS)
-    ln_w = ln_weight.contiguous() if fuse_ln and ln_weight is not None else None
-    ln_b = ln_bias.contiguous() if fuse_ln and ln_bias is not None else None
-    common = dict(
+    args = dict(
         M=m,
         N=n,
         K=k,
@@ -307,26 +329,137 @@ def stitch_linear_triton(
         stride_ak=lora_a.stride(1) if has_lora else 0,
         stride_lbn=lora_b.stride(0) if has_lora else 0,
         stride_lbr=lora_b.stride(1) if has_lora else 0,
-        lora_scale=float(lora_scale),
-        eps=float(eps),
         M_KEY=min(triton.next_power_of_2(m), 1 << 16),
         HAS_BIAS=bias is not None,
         HAS_LORA=has_lora,
         FUSE_LN=fuse_ln,
-        HAS_LN_W=ln_w is not None,
-        HAS_LN_B=ln_b is not None,
+        HAS_LN_W=fuse_ln and ln_weight is not None,
+        HAS_LN_B=fuse_ln and ln_bias is not None,
         INPUT_PRECISION="ieee" if fp32_ieee else "tf32",
         R_PAD=max(16, triton.next_power_of_2(r)),
     )
-    ptrs = (x3, weight, bias_c, lora_a, lora_b, y, ln_w, ln_b, ln_y if fuse_ln else None)
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        if fuse_ln:
-            grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)
-            _layernorm_tuned[grid](*ptrs, **common, BLOCK_N=block_n)
-        else:
-            grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-            _linear_tuned[grid](*ptrs, **common)
-    if layernorm and not fuse_ln:
-        log.debug("C_out=%d (%s) too wide to fuse LayerNorm: torch normalises", n, x.dtype)
+    if fuse_ln:
+        args["BLOCK_N"] = block_n
+    return LaunchPlan(grid=(0,), args=args, config={}, fuse_ln=fuse_ln, tuned=False)
+
+
+def _grid(plan: LaunchPlan, config: dict) -> tuple[int]:
+    m, n = plan.args["M"], plan.args["N"]
+    if plan.fuse_ln:
+        return (triton.cdiv(m, config["BLOCK_M"]),)
+    return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
+
+
+def _untuned_config(plan: LaunchPlan, x3: torch.Tensor) -> dict:
+    """A config chosen without benchmarking (for a first call made during CUDA-graph capture)."""
+    if plan.fuse_ln:
+        pruned = _prune_ln_configs(LN_CONFIGS, {"x_ptr": x3}, BLOCK_N=plan.args["BLOCK_N"])
+    else:
+        pruned = _prune_linear_configs(LINEAR_CONFIGS, {"x_ptr": x3})
+    small_m = plan.args["M"] <= 256
+    config = min(pruned, key=lambda c: c.kwargs["BLOCK_M"]) if small_m else pruned[0]
+    return config.all_kwargs()
+
+
+def stitch_linear_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    lora_a: torch.Tensor | None = None,
+    lora_b: torch.Tensor | None = None,
+    lora_scale: float = 1.0,
+    *,
+    layernorm: bool = False,
+    ln_weight: torch.Tensor | None = None,
+    ln_bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Validate (once per shape), allocate and launch `_stitch_linear_kernel`.
+
+    The first call with a new `plan_key` validates the operands and autotunes; its
+    `LaunchPlan` is cached, so later calls only allocate and launch. Nothing here reads a
+    tensor's values or synchronises, so a warmed-up shape can be captured in a CUDA graph
+    (a shape first seen during capture gets an untuned config instead of the autotuner).
+
+    Returns:
+        (y, ln_y), ln_y None unless `layernorm`. Outputs are contiguous, dtype of x.
+
+    Shape:
+        x: (..., C_in) any strides, weight: (C_out, C_in), bias / ln_weight / ln_bias:
+        (C_out,), lora_a: (r, C_in), lora_b: (C_out, r) -> ((..., C_out), (..., C_out))
+    """
+    x3 = _as_rows(x)
+    key = plan_key(x3, weight, bias, lora_a, lora_b, layernorm, ln_weight, ln_bias)
+    plan = _PLANS.get(key)
+    if plan is None:  # validate once per key; the allocation below needs a valid weight
+        plan = _make_plan(x3, x, weight, bias, lora_a, lora_b, layernorm, ln_weight, ln_bias)
+    y = torch.empty((*x.shape[:-1], weight.shape[0]), device=x.device, dtype=x.dtype)
+    ln_y = torch.empty_like(y) if layernorm else None
+    if plan is None:
+        return _empty(y, ln_y, bias, ln_weight, ln_bias, eps)
+    if not plan.tuned:
+        plan = _first_launch(plan, key, x3, weight, bias, lora_a, lora_b, y, ln_weight, ln_bias, ln_y, lora_scale, eps)
+    else:
+        ptrs = (x3, weight, bias, lora_a, lora_b, y, ln_weight, ln_bias, ln_y if plan.fuse_ln else None)
+        with _on_device(x):
+            _stitch_linear_kernel[plan.grid](
+                *_pointers(plan, ptrs), **plan.args, lora_scale=float(lora_scale), eps=float(eps), **plan.config
+            )
+    if layernorm and not plan.fuse_ln:
+        ln_y.copy_(torch.nn.functional.layer_norm(y, (y.shape[-1],), ln_weight, ln_bias, eps))
+    return y, ln_y
+
+
+def _on_device(x: torch.Tensor):
+    """The CUDA device context of x, entered only when it is not the current device."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
+def _pointers(plan: LaunchPlan, ptrs: tuple) -> tuple:
+    """The pointer arguments, contiguous where the kernel indexes them as contiguous."""
+    x3, weight, bias, lora_a, lora_b, y, ln_w, ln_b, ln_y = ptrs
+    bias = bias.contiguous() if bias is not None else None
+    ln_w = ln_w.contiguous() if plan.args["HAS_LN_W"] else None
+    ln_b = ln_b.contiguous() if plan.args["HAS_LN_B"] else None
+    return x3, weight, bias, lora_a, lora_b, y, ln_w, ln_b, ln_y
+
+
+def _first_launch(plan, key, x3, weight, bias, lora_a, lora_b, y, ln_weight, ln_bias, ln_y, lora_scale, eps):
+    """Launch through the autotuner (or, during capture, an untuned config) and cache the plan."""
+    ptrs = _pointers(plan, (x3, weight, bias, lora_a, lora_b, y, ln_weight, ln_bias, ln_y if plan.fuse_ln else None))
+    scalars = dict(lora_scale=float(lora_scale), eps=float(eps))
+    with _on_device(x3):
+        if _capturing(x3):
+            config = _untuned_config(plan, x3)
+            log.warning(
+                "stitch kernel: shape %s first seen during CUDA-graph capture: untuned config %s "
+                "(run it once before capture)",
+                tuple(x3.shape),
+                config,
+            )
+            plan = replace(plan, config=config, grid=_grid(plan, config), tuned=False)
+            _stitch_linear_kernel[plan.grid](*ptrs, **plan.args, **scalars, **plan.config)
+            return plan  # not cached: an eager call autotunes this shape later
+        tuner = _layernorm_tuned if plan.fuse_ln else _linear_tuned
+        tuner[lambda meta: _grid(plan, meta)](*ptrs, **plan.args, **scalars)
+        config = tuner.best_config.all_kwargs()
+    plan = replace(plan, config=config, grid=_grid(plan, config), tuned=True)
+    if len(_PLANS) >= PLAN_CACHE_SIZE:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
+def _empty(y, ln_y, bias, ln_weight, ln_bias, eps):
+    """Outputs when there is nothing to multiply: no rows, no columns, or C_in = 0 (y = bias)."""
+    n = y.shape[-1]
+    if y.numel() == 0:
+        if ln_y is not None:
+            ln_y.zero_()
+        return y, ln_y
+    y.copy_(bias.expand(y.shape) if bias is not None else torch.zeros_like(y))
+    if ln_y is not None:
         ln_y.copy_(torch.nn.functional.layer_norm(y, (n,), ln_weight, ln_bias, eps))
     return y, ln_y

@@ -24,6 +24,13 @@ def fresh(monkeypatch):
     for name in ("stitch_linear_op", "stitch_linear_layernorm_op"):
         real = getattr(dispatch.ops, name)
         monkeypatch.setattr(dispatch.ops, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    real_eager = dispatch.ops.launch_eager
+
+    def launch_eager(*a):  # the op's launcher without the op: counted under the op's name
+        calls.append("stitch_linear_layernorm_op" if len(a) > 6 and a[6] else "stitch_linear_op")
+        return real_eager(*a)
+
+    monkeypatch.setattr(dispatch.ops, "launch_eager", launch_eager)
     return calls
 
 
@@ -117,3 +124,29 @@ def test_stitch_layer_on_cpu_is_f_linear(fresh):
     x = torch.randn(2, 7, 24)
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
     assert fresh == []
+
+
+def test_plain_linear_policy():
+    """A plain linear on CUDA under "auto" goes to F.linear; LoRA, forcing, or CPU do not."""
+    assert dispatch.plain_linear_to_torch(is_cuda=True, has_lora=False, mode="auto")
+    assert not dispatch.plain_linear_to_torch(is_cuda=True, has_lora=True, mode="auto")
+    assert not dispatch.plain_linear_to_torch(is_cuda=True, has_lora=False, mode="triton")
+    assert not dispatch.plain_linear_to_torch(is_cuda=False, has_lora=False, mode="auto")  # CPU: "not CUDA"
+    assert "issue 16" in dispatch.PLAIN_LINEAR_REASON and "backend='triton'" in dispatch.PLAIN_LINEAR_REASON
+
+
+def test_eager_inference_skips_the_custom_op(fresh, monkeypatch):
+    """No gradients: the launcher runs directly; gradients or a dispatch mode: the custom op."""
+    direct = []
+    real = dispatch.ops.launch_eager
+    monkeypatch.setattr(dispatch.ops, "launch_eager", lambda *a: direct.append(1) or real(*a))
+    x, w, b = operands()
+    a, lb = torch.randn(3, 24), torch.randn(40, 3)
+    torch.testing.assert_close(stitch_linear(x, w, b, a, lb, backend="triton"), stitch_linear_ref(x, w, b, a, lb))
+    assert len(direct) == 1
+    stitch_linear(x, w.requires_grad_(), b, a, lb, backend="triton")  # needs autograd: the op
+    with torch.no_grad():
+        stitch_linear(x, w, b, a, lb, backend="triton")  # no autograd: direct again
+    with FlopCounterMode(display=False):
+        stitch_linear(x.detach(), w.detach(), b, a, lb, backend="triton")  # a dispatch mode: the op
+    assert len(direct) == 2 and fresh == ["stitch_linear_op"] * 4  # `fresh` counts both ways

@@ -176,14 +176,58 @@ def test_gpu_autocast_takes_the_kernel(monkeypatch):
     from elastic.kernels import dispatch
 
     calls = []
-    real = dispatch.ops.stitch_linear_op
-    monkeypatch.setattr(dispatch.ops, "stitch_linear_op", lambda *a: calls.append(1) or real(*a))
+    for name in ("stitch_linear_op", "launch_eager"):  # the op, or its launcher in eager inference
+        real = getattr(dispatch.ops, name)
+        monkeypatch.setattr(dispatch.ops, name, lambda *a, _real=real: calls.append(1) or _real(*a))
     kw = make_operands(197, 192, 384, "lora", device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         got = stitch_linear(**kw)
         want = stitch_linear_ref(**kw)
     assert calls and got.dtype == want.dtype == torch.bfloat16
     torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_SKIP is not None, reason=GPU_SKIP or "")
+def test_gpu_plain_linear_goes_to_torch(monkeypatch):
+    """Under "auto" a plain linear on CUDA runs F.linear; forcing the kernel still runs it."""
+    from elastic.kernels import dispatch
+
+    monkeypatch.delenv("ELASTIC_KERNELS", raising=False)
+    calls = []
+    for name in ("stitch_linear_op", "launch_eager"):
+        real = getattr(dispatch.ops, name)
+        monkeypatch.setattr(dispatch.ops, name, lambda *a, _real=real: calls.append(1) or _real(*a))
+    kw = {k: v.detach() for k, v in make_operands(197, 192, 384, "bias", dtype=torch.bfloat16, device="cuda").items()}
+    torch.testing.assert_close(stitch_linear(**kw), stitch_linear_ref(**kw), atol=0, rtol=0)
+    assert calls == []
+    stitch_linear(**kw, backend="triton")
+    assert calls == [1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_SKIP is not None, reason=GPU_SKIP or "")
+@pytest.mark.parametrize("variant", ["lora", "layernorm"])
+def test_gpu_kernel_replays_in_a_cuda_graph(variant):
+    """A warmed-up shape captures in a CUDA graph (no sync, no autotuning on the hot path),
+    and the replay on new input values equals the eager kernel."""
+    kw = {
+        k: v.detach() if torch.is_tensor(v) else v
+        for k, v in make_operands(394, 192, 384, variant, dtype=torch.bfloat16, device="cuda").items()
+    }
+    static_x = kw.pop("x").clone()
+    with torch.no_grad():
+        run(variant, "triton", x=static_x, **kw)  # autotunes and caches the launch plan
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = run(variant, "triton", x=static_x, **kw)
+        static_x.copy_(torch.randn_like(static_x))
+        graph.replay()
+        want = run(variant, "triton", x=static_x, **kw)
+    torch.cuda.synchronize()
+    for a, b in zip(static_out, want, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -198,3 +242,50 @@ def test_gpu_configs_survive_pruning(dtype, c_out):
     assert linear and all(sk._fits(c, c.kwargs["BLOCK_N"], dtype.itemsize) for c in linear)
     ln = [c for c in sk.GPU_LN_CONFIGS if sk._fits(c, block_n, dtype.itemsize)]
     assert ln and sk._prune_ln_configs(sk.GPU_LN_CONFIGS, args, BLOCK_N=block_n) == ln
+
+
+def test_launch_plan_cached_per_shape(monkeypatch):
+    """Validation and autotuning run once per shape key; later calls reuse the plan."""
+    from elastic.kernels import stitch_linear_kernel as sk
+
+    monkeypatch.setattr(sk, "_PLANS", {})
+    made, tuned = [], []
+    real_make, real_first = sk._make_plan, sk._first_launch
+    monkeypatch.setattr(sk, "_make_plan", lambda *a: made.append(1) or real_make(*a))
+    monkeypatch.setattr(sk, "_first_launch", lambda *a: tuned.append(1) or real_first(*a))
+    with torch.no_grad():
+        for rows in (7, 7, 7, 9, 7):
+            kw = {k: v.detach() for k, v in make_operands(rows, 24, 40, "lora").items() if torch.is_tensor(v)}
+            torch.testing.assert_close(
+                sk.stitch_linear_triton(**kw, lora_scale=0.5)[0], stitch_linear_ref(**kw, lora_scale=0.5)
+            )
+    assert len(made) == len(tuned) == len(sk._PLANS) == 2
+    plan = next(iter(sk._PLANS.values()))
+    assert plan.tuned and plan.grid[0] >= 1 and {"BLOCK_M", "num_warps"} <= set(plan.config)
+
+
+def test_plan_cache_keeps_operands_apart(monkeypatch):
+    """A cached plan is never reused for other strides, optional operands or a bad weight."""
+    from elastic.kernels import stitch_linear_kernel as sk
+
+    monkeypatch.setattr(sk, "_PLANS", {})
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(5, 24, generator=g), torch.randn(40, 24, generator=g), torch.randn(40, generator=g)
+    wt = torch.randn(24, 40, generator=g).t()
+    for args in [(x, w, b), (x, w, None), (x, wt, b), (torch.randn(10, 48, generator=g)[::2, ::2], w, b)]:
+        torch.testing.assert_close(sk.stitch_linear_triton(*args)[0], stitch_linear_ref(*args))
+    assert len(sk._PLANS) == 4
+    with pytest.raises(ValueError, match="bias"):
+        sk.stitch_linear_triton(x, w, torch.randn(41))
+
+
+def test_untuned_config_for_capture_fits():
+    """The config a shape first seen during CUDA-graph capture gets is one the pruner keeps."""
+    from elastic.kernels import stitch_linear_kernel as sk
+
+    x3 = torch.empty(1, 197, 192)
+    for layernorm in (False, True):
+        plan = sk._make_plan(x3, x3, torch.empty(384, 192), None, None, None, layernorm, None, None)
+        config = sk._untuned_config(plan, x3)
+        assert {"BLOCK_M", "BLOCK_K", "num_warps"} <= set(config)
+        assert sk._grid(plan, config)[0] >= 1
