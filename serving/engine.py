@@ -109,7 +109,7 @@ class EngineCore:
         self._running: tuple[ScheduledBatch, list[Pending]] | None = None
         self._idle = False  # the worker is waiting for work
         self._woken_at: float | None = None  # when a submit woke the idle worker
-        self._overhead: tuple[int, float] | None = None  # last batch's (size, ms), to fold in
+        self._overhead: tuple[int, float, int] | None = None  # last batch: (size, overhead ms, subnet)
         self._watch_at = math.inf  # when the watchdog next wakes by itself
         self._closing = False
         self._stopped = False
@@ -444,17 +444,17 @@ class EngineCore:
         overhead_ms = 1e3 * (clock() - t_sched) - exec_ms
         if woken_at is not None and t_sched > woken_at:
             overhead_ms += 1e3 * (t_sched - woken_at)
-        self._overhead = (batch.size, overhead_ms)
+        self._overhead = (batch.size, overhead_ms, batch.subnet)
 
     def _fold_overhead(self) -> None:
         """Fold the last batch's overhead into the latency model (under the lock)."""
-        size, ms = self._overhead
+        size, ms, subnet = self._overhead
         self._overhead = None
         scheduler = self.scheduler
         scheduler.observe_overhead(size, ms)
         o = scheduler.overhead
         self.metrics.set_overhead(o.per_batch_ms, o.per_request_ms)
-        self.metrics.set_corrections(scheduler.predictor.corrections())
+        self.metrics.set_corrections({subnet: scheduler.predictor.correction(subnet)})  # only this one moved
 
     def _shed(self, shed: list[tuple[Pending, ShedRequest]]) -> None:
         for p, s in shed:

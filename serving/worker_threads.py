@@ -1,21 +1,26 @@
 """How the engine's worker thread runs torch, and the measurement behind that choice.
 
-Torch's CPU intra-op parallelism is an OpenMP thread team. OpenMP keeps its settings
-(`nthreads-var`) and its team *per calling thread*: `torch.set_num_threads(n)` on the main
-thread sets them for the main thread only, and the first parallel region run from another
-Python thread builds a second team sized by the process default (the number of cores).
-On a small shared machine that gives two teams of spinning threads (GNU OpenMP lets idle
-team members busy-wait before they sleep, `OMP_WAIT_POLICY`/`GOMP_SPINCOUNT`), both
-oversubscribing the cores the forward needs; each small op's barrier then waits for a
-thread that is not running. The forward of a small model in the worker can so be several
-times slower than the same forward on the main thread (DESIGN.md, "torch from a second
-Python thread"). `python -m elastic.serving.worker_threads` measures it on this machine.
+Torch's CPU intra-op parallelism is an OpenMP thread team, one team per OS thread that runs
+parallel ops: the main thread's team and the worker's team are separate sets of threads.
+Every parallel op ends at a barrier where the team waits for its slowest member, and GNU
+OpenMP lets a waiting member busy-spin before it sleeps. With two intra-op threads on a
+two-core machine that other processes (and the runtime's own threads: the caller, the
+deadline watchdog) also use, a teammate is often not running when the barrier needs it,
+and a small forward — dozens of short ops, dozens of barriers — waits for scheduler time
+slices at each. That is why a forward of the demo model in the worker was 3-5x slower
+than on the main thread (DESIGN.md, "torch from a second Python thread"): not the worker
+thread as such, but a two-thread team contending for cores; the measurement here shows
+the main thread just as slow (or slower) whenever its own two-thread team is the one
+contended, and every one-thread setting fast. `python -m elastic.serving.worker_threads`
+measures it on this machine (interleaved; it records the load average).
 
 The engine's choice (`Runtime(worker_threads=...)`): the worker calls
-`torch.set_num_threads(n)` on itself before its first forward, with n = the main thread's
-`torch.get_num_threads()` at construction unless told otherwise, so the worker runs with
-exactly the threading its caller chose and profiled with — never a second default-sized
-team. See docs/serving.md for the numbers.
+`torch.set_num_threads(n)` on itself before its first forward, with n = the constructing
+thread's `torch.get_num_threads()` unless told otherwise — the worker runs with the
+threading its caller chose and profiled with (profiles are measured on the worker), and
+caller-runs steps (engine.py) run with the caller's own. On a small or shared CPU, choose
+one thread (`torch.set_num_threads(1)` before building the runtime, or
+`worker_threads=1`): see docs/serving.md for the numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import subprocess
 import threading
@@ -123,6 +129,8 @@ def measure(subnets=(0, 2), batches=(1, 8), repeats: int = 30, rounds: int = 3) 
         "commit": commit,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "main_threads": main_threads,
         "parallel_backend": torch.__config__.parallel_info().splitlines()[-1].strip(),
         "unit": "median ms per forward",
@@ -134,8 +142,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
-    print(json.dumps(measure(repeats=args.repeats, rounds=args.rounds), indent=2))
+    result = measure(repeats=args.repeats, rounds=args.rounds)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
