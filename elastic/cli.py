@@ -24,6 +24,7 @@ COMMANDS = [
     "elastic.commands.bench",
     "elastic.commands.serve_demo",
     "elastic.commands.export_onnx",
+    "elastic.commands.serve",
 ]
 
 
