@@ -67,6 +67,7 @@ EXECUTORS: dict[str, str] = {
     "eager": "elastic.serving.executor:EagerExecutor",
     "compiled": "elastic.serving.compiled_executor:CompiledExecutor",
     "onnxruntime": "elastic.serving.onnx_executor:OnnxRuntimeExecutor",
+    "cuda_graphs": "elastic.serving.cuda_graph_executor:CUDAGraphExecutor",
 }
 
 
