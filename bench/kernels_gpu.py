@@ -5,6 +5,11 @@
 2. Speed on SN-Net shapes (DeiT Ti/S/B: batch x 197 tokens; 192->384, 384->768, 768->1024;
    batch 1, 8, 64): ours vs torch (`F.linear`, + the LoRA add, + `F.layer_norm`), with
    TFLOP/s and GB/s set against this GPU's measured matmul rate and copy bandwidth.
+3. Where a call's time goes (`host_path`), at batch 1 192->384 per variant: microseconds per
+   call of each layer of the host path (the public function, the custom op, the launcher,
+   back-to-back with one sync at the end, so the host cost shows when it exceeds the GPU's),
+   against the GPU time of the same call replayed from a CUDA graph (no host work at all),
+   and the same for torch. The issue-16 target is <= 15 us per call on the host.
 
 Writes JSON to `--out`; exits 1 if a correctness check fails. Stays under 5 minutes on an
 H100 (timing stops at `--budget-s` and lists what it skipped).
@@ -239,6 +244,76 @@ def time_cases(
     return timings, skipped
 
 
+# ---- host path -----------------------------------------------------------------------
+def per_call_us(fn: Callable[[], object], device: str, calls: int) -> float:
+    """Wall microseconds per call of `calls` back-to-back calls, one sync at the end."""
+    fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync(device)
+        best = min(best, (time.perf_counter() - t) * 1e6 / calls)
+    return best
+
+
+def graph_replay_us(fn: Callable[[], object], calls: int) -> float | None:
+    """GPU microseconds per call of `fn` captured in a CUDA graph (CUDA events); None if it
+    cannot be captured (the error is logged in the result by the caller)."""
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(3):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e3 / calls)
+    return best
+
+
+def host_path(device: str, dtype: str, rows: int, c_in: int, c_out: int, lora_rank: int, calls: int) -> list[dict]:
+    """Per-call microseconds of each layer of the kernel's host path and of torch, per variant."""
+    from elastic.kernels import ops
+    from elastic.kernels.stitch_linear_kernel import stitch_linear_triton
+
+    results = []
+    for variant in VARIANTS:
+        kw = make_case(rows, c_in, c_out, variant, DTYPES[dtype], device, lora_rank=lora_rank)["cast"]
+        args = (kw["x"], kw["weight"], kw["bias"], kw.get("lora_a"), kw.get("lora_b"), kw.get("lora_scale", 1.0))
+        ln = (kw.get("ln_weight"), kw.get("ln_bias"), 1e-5)
+        if variant == "layernorm":
+            op = partial(ops.stitch_linear_layernorm_op, *args, *ln)
+            launcher = partial(stitch_linear_triton, *args, layernorm=True, ln_weight=ln[0], ln_bias=ln[1])
+        else:
+            op, launcher = partial(ops.stitch_linear_op, *args), partial(stitch_linear_triton, *args)
+        layers = {
+            "public": partial(ours(variant), **kw),
+            "custom_op": op,
+            "launcher": launcher,
+            "torch": partial(torch_baseline(variant), **kw),
+        }
+        entry = dict(variant=variant, dtype=dtype, rows=rows, c_in=c_in, c_out=c_out, calls=calls)
+        with torch.no_grad():
+            for name, fn in layers.items():
+                entry[f"{name}_host_us"] = per_call_us(fn, device, calls)
+            if device == "cuda":
+                for name in ("public", "torch"):
+                    try:
+                        entry[f"{name}_graph_gpu_us"] = graph_replay_us(layers[name], calls)
+                    except Exception as e:  # a capture failure is a result, not a crash
+                        entry[f"{name}_graph_error"] = f"{type(e).__name__}: {e}"
+        results.append(entry)
+    return results
+
+
 # ---- main --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -286,6 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     if skipped:
         print(f"skipped {len(skipped)} timing cases (time budget {args.budget_s:.0f} s)")
+    hp_shape = (2, 24, 40) if smoke else (TOKENS, *SNNET_PAIRS[0])
+    hp = host_path(device, dtypes[0], *hp_shape, r, 5 if smoke else 200)
+    for h in hp:
+        print(
+            f"host {h['dtype']:>4} {h['variant']:>9} {h['rows']}x{h['c_in']}->{h['c_out']}: "
+            + ", ".join(f"{k[:-3]} {v:.1f} us" for k, v in h.items() if k.endswith("_us"))
+        )
 
     result = dict(
         mode="interpret-smoke" if smoke else "gpu",
@@ -301,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         all_correct=all(c["ok"] for c in correctness),
         timings=timings,
         skipped=skipped,
+        host_path=hp,
+        command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        commit=_git_commit(),
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         elapsed_s=time.monotonic() - start,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +395,22 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(args.out)
     print(f"wrote {args.out} in {result['elapsed_s']:.0f} s; correctness {'ok' if result['all_correct'] else 'FAILED'}")
     return 0 if result["all_correct"] else 1
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _triton_version() -> str | None:

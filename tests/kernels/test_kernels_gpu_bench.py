@@ -32,6 +32,10 @@ def test_interpret_smoke_writes_json(tmp_path):
     assert len(result["timings"]) == 12 and not result["skipped"]
     assert {"ms", "torch_ms", "tflop_s", "gb_s", "frac_of_copy_bw"} <= set(result["timings"][0])
     assert result["peaks"]["copy_gb_s"] > 0
+    assert [h["variant"] for h in result["host_path"]] == ["linear", "lora", "layernorm"]
+    for h in result["host_path"]:
+        assert all(h[f"{layer}_host_us"] > 0 for layer in ("public", "custom_op", "launcher", "torch"))
+    assert result["command"].startswith("kernels_gpu.py --interpret-smoke") and result["date"]
 
 
 def load_script():
