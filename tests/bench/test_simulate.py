@@ -29,7 +29,7 @@ def test_sparse_arrivals_are_answered_in_exactly_the_service_time():
     service = ServiceModel(profile, per_request_ms=1.0, per_batch_ms=0.5)
     arrivals = [0.05 * k for k in range(20)]
     outcomes = simulate(
-        subnets({0: 0.6}), service, "static:0", arrivals, [12.0] * 20, BernoulliJudge({0: 0.6}, 0), batch_wait_ms=1.0
+        subnets({0: 0.6}), service, "static:0", arrivals, [12.0] * 20, BernoulliJudge({0: 0.6}, 0), batch_wait_ms=0
     )
     assert [o.status for o in outcomes] == [ANSWERED] * 20
     assert all(o.latency_ms == pytest.approx(11.5) for o in outcomes)  # 10 forward + 1 + 0.5
