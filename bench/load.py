@@ -323,6 +323,7 @@ def run_one(
 ) -> dict[str, Any]:
     """One contender on one workload, real or simulated; its score."""
     infaas = policy == "infaas"
+    extra: dict[str, Any] = {}
     if mode == "sim":
         model = scenario.variants() if infaas else scenario.model
         accuracy = {s.id: s.accuracy for s in model.subnets() if s.accuracy is not None}
@@ -350,11 +351,14 @@ def run_one(
                 batch_wait_ms=BATCH_WAIT_MS,
             ) as rt,
         ):
-            outcomes = replay_outcomes(rt, scenario.images, arrivals, budgets, scenario.real_judge(seed))
+            lag: list[float] = []
+            outcomes = replay_outcomes(rt, scenario.images, arrivals, budgets, scenario.real_judge(seed), lag=lag)
+        extra["submit_lag_ms"] = {"p50": 1e3 * statistics.median(lag), "max": 1e3 * max(lag)} if lag else None
     s = score(outcomes)
     n = s["requests"]
     return {
         **s,
+        **extra,
         "rejected_share": s["rejected"] / n if n else 0.0,
         "p50_ms": s["latency_ms"]["p50"],
         "p99_ms": s["latency_ms"]["p99"],
@@ -437,6 +441,8 @@ def summarize(runs: list[dict[str, Any]], calib: Calibration) -> list[dict[str, 
             entry["shed"] = sum(r["shed"] for r in rs)
             entry["rejected"] = sum(r["rejected"] for r in rs)
             entry["late"] = sum(r["late"] for r in rs)
+            lags = [r["submit_lag_ms"]["p50"] for r in rs if r.get("submit_lag_ms")]
+            entry["submit_lag_ms_p50_worst"] = max(lags) if lags else None  # real runs: driver behind schedule
             contenders[policy] = entry
         statics = [p for p in by_policy if p.startswith("static:")]
         oracle = max(statics, key=lambda p: contenders[p]["effective_accuracy"]["mean"])

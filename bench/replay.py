@@ -32,6 +32,7 @@ def replay_outcomes(
     budgets_ms: Sequence[float],
     judge: Judge,
     timeout_s: float = 60.0,
+    lag: list[float] | None = None,
 ) -> list[Outcome]:
     """Submit request k at `arrivals_s[k]` seconds from now; one `Outcome` per request.
 
@@ -43,6 +44,8 @@ def replay_outcomes(
         judge: decides correctness of an answer.
         timeout_s: most seconds to wait for the last answers; a request still unanswered
             then counts as failed ("unanswered") and is logged.
+        lag: if given, receives how many seconds each submit came after its arrival time
+            (a driver that falls behind offers less load than asked).
 
     Shape:
         images: (N, C, H, W)
@@ -58,6 +61,8 @@ def replay_outcomes(
         delay = t0 + at - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+        if lag is not None:
+            lag.append(time.perf_counter() - t0 - at)
         try:
             future = runtime.submit(images[k % len(images)], budget)
         except BudgetInfeasible:

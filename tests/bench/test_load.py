@@ -175,6 +175,7 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     order = [r["repeat"] for r in runs]
     assert order == sorted(order)
     assert all(r["requests"] > 0 and 0.25 <= r["duration_s"] <= 0.5 for r in runs)
+    assert all(r["submit_lag_ms"]["max"] >= r["submit_lag_ms"]["p50"] >= 0 for r in runs)
     # the simulation runs every static on the front, the real run a shortlist of them
     sim_point = sim["scenarios"]["tiny"]["points"][0]
     assert {f"static:{s}" for s in calib["candidates"]} <= set(sim_point["contenders"])
