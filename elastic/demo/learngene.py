@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 # stitch inits compared before fine-tuning: the paper's from the width transforms (pseudo-inverse,
 # or the transpose the official code copies), SN-Net's least squares, and nn.Linear's default
+# DemoConfig fields that must agree for the SN-Net report's front to be comparable
+SAME_CONFIG = ("widths", "depth", "anchor_epochs", "train_size", "test_size", "val_size", "seed")
 STITCH_INITS = ("random", "least_squares", "transforms_transpose", "transforms")
 
 SNNET_REPORT = Path("results/demo/report.json")
@@ -118,7 +120,13 @@ def teacher_anchor(cfg: DemoConfig, train, evalset, data_root, cache_dir, use_ca
         cached = load_anchors(cfg, root / "anchors" / key)
         if cached is not None:
             family, meta = cached
-            return family[len(family) - 1], {"source": "sn-net anchor cache", "key": key, "meta_accuracy": meta}
+            info = {
+                "source": "sn-net anchor cache",
+                "key": key,
+                "accuracy": meta.get("accuracy", {}).get(label),
+                "seconds": meta.get("seconds", {}).get(label),
+            }
+            return family[len(family) - 1], info
         own = root / "learngene" / "teacher" / key
         if (own / "meta.json").is_file():
             try:
@@ -327,8 +335,14 @@ def _run(cfg, lg, out: Path, data_root, cache_dir, use_cache, progress, timer, s
     }
     if snnet is not None:
         points = pareto_points(snnet)
+        same = {k: snnet.get("config", {}).get(k) for k in SAME_CONFIG} == json.loads(
+            json.dumps({k: asdict(cfg)[k] for k in SAME_CONFIG})
+        )
+        if not same:
+            log.warning("%s comes from another demo configuration: its front is not comparable", snnet_report)
         comparison.update(
             snnet_report=str(snnet_report),
+            snnet_same_demo_config=same,
             snnet_commit=snnet.get("commit"),
             snnet_pareto=[{"flops": f, "accuracy": a} for f, a in points],
             snnet_smallest_anchor_flops=smallest_anchor,
@@ -436,6 +450,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"Descendants below SN-Net's smallest anchor ({cmp['snnet_smallest_anchor_flops'] / 1e6:.2f} MFLOPs): "
             f"{len(small)} (ids {', '.join(map(str, small)) or '-'}).",
             "",
+            *(
+                []
+                if cmp.get("snnet_same_demo_config", True)
+                else [f"**{cmp['snnet_report']} comes from another demo configuration: not comparable.**", ""]
+            ),
             "| pool Pareto descendant | MFLOPs | acc % | SN-Net front at <= FLOPs | delta (points) |",
             "|---|---:|---:|---:|---:|",
         ]

@@ -79,6 +79,9 @@ def test_report_holds_descendants_costs_accuracies_and_provenance(demo_runs):
     cmp = report["comparison"]
     assert cmp["pool_weight_bytes"] > 0 and 0 < cmp["bytes_ratio"] < 1
     assert cmp["snnet_family_covering_range"]["anchors"][0] == "vit-ti"
+    if "front" in cmp:  # results/demo/report.json is the full demo: not this tiny one
+        assert cmp["snnet_same_demo_config"] is False
+        assert "not comparable" in (outs[0] / "report.md").read_text()
     inits = report["training"]["stitch_init_accuracy_before_finetune"]
     assert set(inits) == {"random", "least_squares", "transforms_transpose", "transforms"}
     losses = report["training"]["distill_loss_per_epoch"]
