@@ -31,7 +31,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,6 +42,9 @@ from elastic.builders.stitch_layer import StitchLayer, flatten_channels, least_s
 from elastic.errors import CheckpointError
 from elastic.model import ElasticModel, register_builder
 from elastic.subnet import Subnet
+
+if TYPE_CHECKING:
+    from elastic.builders.learngene_distill import DistillConfig, DistillResult
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ class LearngenePool(ElasticModel):
         self._config = dict(nearest=nearest, window=window, stride=stride)
         self.stitches = nn.ModuleDict()
         self.paths: list[Descendant | None] = [None] * len(family)
-        self.distill_result = None  # set by `distill`: transforms and loss history (not saved)
+        self.distill_result: DistillResult | None = None  # set by `distill`: transforms, losses (not saved)
         k = len(family)
         pairs = [(a, a + 1) for a in range(k - 1)] if nearest else [(a, b) for a in range(k) for b in range(a + 1, k)]
         for front, back in pairs:
@@ -127,7 +130,7 @@ class LearngenePool(ElasticModel):
         students: Sequence[Any] | AnchorFamily,
         data: tuple[torch.Tensor, torch.Tensor],
         epochs: float,
-        config: Any = None,
+        config: DistillConfig | None = None,
         *,
         cache_dir: str | Path | None = None,
         progress: bool = False,
