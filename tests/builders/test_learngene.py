@@ -215,3 +215,25 @@ def test_the_runtime_serves_the_pool(pool):
             with torch.inference_mode():
                 expected = pool(x.unsqueeze(0), subnet=result.subnet)[0]
             torch.testing.assert_close(result.output, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_every_pair_small_to_large_with_nearest_off():
+    net = LearngenePool(make_students(), nearest=False)
+    pairs = {(p.front, p.back) for p in net.paths if p is not None}
+    assert pairs == {(0, 1), (0, 2), (1, 2)} and len(net.subnets()) == 3 + 3 * 4
+    assert all(p.front < p.back for p in net.paths if p is not None)  # small to large
+
+
+def test_paired_configs_map_back_starts_across_depths():
+    # front depth 2, back depth 4: back starts at the same relative depth
+    assert paired_configs(2, 4) == [[(0, 0), (0, 2), (1, 0), (1, 2)]]
+
+
+def test_pool_fine_tuning_draws_random_descendants():
+    from elastic.demo.train import FitConfig, fit
+
+    net = LearngenePool(make_students())
+    net.init_stitches(torch.randn(8, 3, IMG, IMG))
+    history = fit(net, make_data(64), 2, FitConfig(batch_size=8, progress=False, seed=0))
+    steps = history["subnet_steps"]
+    assert sum(steps) == 16 and sum(1 for n in steps if n) >= 5  # uniform draws over 11 subnets
