@@ -13,6 +13,8 @@
 #   gpu-tests  the tests marked `gpu`, in their own pytest process with the interpreter off
 #              (TRITON_INTERPRET=0; tests/conftest.py sets 1 only when it is unset)
 #   kernels    bench/kernels_gpu.py -> kernels_gpu.json (correctness, speed, host path)
+#   graphs     bench/cuda_graphs_gpu.py -> cuda_graphs.json (CUDAGraphExecutor vs eager on
+#              DeiT Ti/S/B subnets: latency, order by FLOPs, switching cost, graph memory)
 #   bench-*    `elastic bench overhead|parity|switching|load --quick --device cuda` when
 #              `elastic bench --help` offers --device and a saved model is there
 #              (ELASTIC_MODEL, default out/demo/model: carry it into the device call);
@@ -144,17 +146,20 @@ esac
 
 # ---- GPU tests -------------------------------------------------------------------------
 mapfile -t GPU_TESTS < <(cd "$REPO" && grep -rl --include='test_*.py' "pytest.mark.gpu" tests | sort)
-step gpu-tests 180 env TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 "${PYP[@]}" -m pytest -q -m gpu -p no:cacheprovider \
+step gpu-tests 150 env TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 "${PYP[@]}" -m pytest -q -m gpu -p no:cacheprovider \
     --junitxml="$OUTDIR/gpu-tests.xml" "${GPU_TESTS[@]}"
 
 # ---- kernels ---------------------------------------------------------------------------
-step kernels 210 env HF_HUB_OFFLINE=1 "${PYP[@]}" bench/kernels_gpu.py --budget-s 100 --out "$OUTDIR/kernels_gpu.json"
+step kernels 170 env HF_HUB_OFFLINE=1 "${PYP[@]}" bench/kernels_gpu.py --budget-s 80 --out "$OUTDIR/kernels_gpu.json"
+
+# ---- CUDA graphs: eager vs graphs per subnet, ordering by FLOPs, switching, memory -------
+step graphs 120 env HF_HUB_OFFLINE=1 "${PYP[@]}" bench/cuda_graphs_gpu.py --budget-s 60 --out "$OUTDIR/cuda_graphs.json"
 
 # ---- elastic bench suites on the GPU ---------------------------------------------------
 HELP=$(cd /tmp && HF_HUB_OFFLINE=1 timeout 60 "${PYP[@]}" -m elastic.cli bench --help 2>&1)
 echo "$HELP" >"$OUTDIR/bench-help.txt"
 SUITES=(overhead parity switching load)
-LIMITS=(60 60 60 120)
+LIMITS=(45 45 45 90)
 for i in "${!SUITES[@]}"; do
     suite=${SUITES[$i]}
     if ! grep -q -- "--device" <<<"$HELP"; then

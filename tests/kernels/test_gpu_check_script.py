@@ -24,7 +24,7 @@ def test_dry_run_plans_every_step_through_the_copy_route(tmp_path):
     out = tmp_path / "out"
     rows = csv.DictReader((out / "steps.tsv").read_text().splitlines(), delimiter="\t")
     steps = {row["step"]: row for row in rows}
-    assert list(steps) == ["env", "imports", "gpu-tests", "kernels", *(f"bench-{s}" for s in SUITES)]
+    assert list(steps) == ["env", "imports", "gpu-tests", "kernels", "graphs", *(f"bench-{s}" for s in SUITES)]
     assert steps["imports"]["status"] == "ok" and "route copy:" in steps["imports"]["note"]
     copy = steps["imports"]["note"].split("route copy:")[1].split(";")[0]
     assert steps["imports"]["note"].endswith(f"{copy}/elastic/kernels/__init__.py")
@@ -32,6 +32,7 @@ def test_dry_run_plans_every_step_through_the_copy_route(tmp_path):
     assert steps["gpu-tests"]["status"] == "dry-run" and "TRITON_INTERPRET=0" in gpu_tests and "-m gpu" in gpu_tests
     assert "tests/serving/test_cuda_graph_executor.py" in gpu_tests and "-P" in gpu_tests
     assert "bench/kernels_gpu.py" in steps["kernels"]["note"]
+    assert "bench/cuda_graphs_gpu.py" in steps["graphs"]["note"]
     for suite in SUITES:  # no saved model in ELASTIC_MODEL (and maybe no --device): skipped, with the reason
         assert steps[f"bench-{suite}"]["status"] == "skipped" and steps[f"bench-{suite}"]["note"]
     summary = json.loads((out / "summary.json").read_text())

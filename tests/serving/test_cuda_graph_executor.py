@@ -143,3 +143,36 @@ def test_gpu_runtime_profiles_and_serves_through_graphs(cuda_model):
         cuda_model, torch.zeros(3, 32, 32), (1, 4), "cuda", repeats=2, warmup=1, subnets=[0, 20], executor=executor
     )
     assert {(0, 1), (0, 4), (20, 1), (20, 4)} <= set(executor.graphs)
+
+
+# ---- bench/cuda_graphs_gpu.py: its arithmetic on the CPU ---------------------------------
+def load_graphs_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "cuda_graphs_gpu.py"
+    spec = importlib.util.spec_from_file_location("cuda_graphs_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_graphs_bench_rank_correlation_spread_and_switch_cost():
+    bench = load_graphs_bench()
+    assert bench.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert bench.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert bench.spearman([1, 2, 3], [5, 5, 5]) == 0.0  # no order at all: launch-bound
+    assert bench.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # ties: mean ranks
+    with pytest.raises(ValueError):
+        bench.spearman([1], [1])
+    ids = list(range(71))
+    picked = bench.spread(ids, 12)
+    assert picked[0] == 0 and picked[-1] == 70 and len(picked) == 12 and picked == sorted(picked)
+    assert bench.spread([3, 1], 5) == [3, 1]
+    assert bench.switch_cost(alternating_s=1.2, blocked_s=1.0, switches=99) == pytest.approx(0.2 / 99)
+
+
+@pytest.mark.skipif(CUDA, reason="a GPU is here: no quick refusal")
+def test_graphs_bench_refuses_without_cuda(tmp_path, capsys):
+    assert load_graphs_bench().main(["--out", str(tmp_path / "g.json")]) == 2
+    assert "needs a GPU" in capsys.readouterr().err and not (tmp_path / "g.json").exists()
