@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> dict:
             ),
         }
         write_results(args.out, "ray_load", data, tables(points, calibration), args.command)
-        return {"points": points, "calibration": calibration}
+        return {"points": points, "calibration": calibration, "table": tables(points, calibration)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

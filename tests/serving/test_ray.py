@@ -20,7 +20,8 @@ from elastic.serving.ray.stats import drain_ms, predict, replica_stats, usable
 def _stats(service, accuracy, B=2, queued=0):
     fastest = [0.0] + [min(row[b - 1] for row in service) for b in range(1, B + 1)]
     return {
-        "v": 1,
+        "v": 2,
+        "drain_ms_per_request": service[-1][B - 1] / B,
         "subnets": list(range(len(service))),
         "accuracy": accuracy,
         "accuracy_known": True,
@@ -42,10 +43,10 @@ def test_predict_picks_most_accurate_subnet_within_budget():
 
 def test_predict_queue_ahead_moves_to_cheaper_subnet_or_none():
     stats = _stats([[1.0, 1.5], [4.0, 6.0], [10.0, 15.0]], [0.5, 0.7, 0.9])
-    assert drain_ms(stats, 3) == 1.5 + 1.0  # one full batch of 2, then one alone, on the fastest
-    assert predict(stats, 3, 12.0).subnet == 1  # 2.5 ahead: 2.5 + 10 > 12, 2.5 + 4 <= 12
-    late = predict(stats, 40, 12.0)
-    assert late.subnet is None and late.accuracy == -math.inf and late.completion_ms == 20 * 1.5 + 1.0
+    assert drain_ms(stats, 1) == 7.5  # at the most accurate subnet's full-batch rate, 15 ms / 2
+    assert predict(stats, 1, 15.0).subnet == 1  # 7.5 ahead: 7.5 + 10 > 15, 7.5 + 4 <= 15
+    late = predict(stats, 4, 12.0)
+    assert late.subnet is None and late.accuracy == -math.inf and late.completion_ms == 4 * 7.5 + 1.0
 
 
 def test_predict_accuracy_floor_and_ranking():
@@ -65,7 +66,9 @@ def test_replica_stats_from_a_real_scheduler(served_model, served_profile):
     stats = replica_stats(sched, queued=5, replica="r0", metrics_port=1234)
     assert usable(stats) and stats["subnets"] == list(sched.candidates)
     assert stats["service_ms"][0][0] == pytest.approx(sched.predict_ms(sched.candidates[0], 1), abs=1e-3)
-    assert stats["backlog_ms"] == pytest.approx(stats["fastest_ms"][4] + stats["fastest_ms"][1])
+    top = max(sched.candidates, key=sched.accuracy)
+    assert stats["drain_ms_per_request"] == pytest.approx(sched.predict_ms(top, 4) / 4, abs=1e-3)
+    assert stats["backlog_ms"] == pytest.approx(5 * stats["drain_ms_per_request"])
     assert not usable(replica_stats(None, 0))
 
 
