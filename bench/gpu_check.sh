@@ -120,7 +120,7 @@ ROUTE=""
 if [ "${GPU_CHECK_FORCE_SHIM:-0}" != 1 ]; then
     if importable; then
         ROUTE=installed
-    elif timeout 120 "$PY" -m pip install -q --no-deps --no-build-isolation -e "$REPO" >"$OUTDIR/pip.log" 2>&1 && importable; then
+    elif timeout 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e "$REPO" >"$OUTDIR/pip.log" 2>&1 && importable; then
         ROUTE=pip-editable
     fi
 fi
