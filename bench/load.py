@@ -431,7 +431,8 @@ def summarize(runs: list[dict[str, Any]], calib: Calibration) -> list[dict[str, 
         for r in sorted(here, key=lambda r: r["repeat"]):
             by_policy.setdefault(r["policy"], []).append(r)
         contenders = {}
-        for policy, rs in by_policy.items():
+        for policy in sorted(by_policy, key=lambda p: _display_rank(p, calib)):
+            rs = by_policy[policy]
             entry = {"contender": rs[0]["contender"], "seeds": len(rs)}
             for m in METRICS:
                 values = [r[m] for r in rs if r[m] is not None]
@@ -482,6 +483,14 @@ def summarize(runs: list[dict[str, Any]], calib: Calibration) -> list[dict[str, 
             }
         )
     return points
+
+
+def _display_rank(policy: str, calib: Calibration) -> tuple[int, float]:
+    """Table order: elastic, slackfit, infaas, then statics fastest first."""
+    fixed = {"elastic": 0, "slackfit": 1, "infaas": 2}
+    if policy in fixed:
+        return fixed[policy], 0.0
+    return 3, calib.candidates_order(int(policy.split(":")[1]))
 
 
 def target_summary(scenarios: dict[str, dict[str, Any]]) -> dict[str, Any]:
