@@ -31,10 +31,10 @@ def provenance(md: Path) -> str:
     if not meta.is_file():
         return ""
     data = json.loads(meta.read_text())
-    env = data.get("environment", {})
-    command = data.get("command") or env.get("command")
-    commit = data.get("commit") or env.get("commit")
-    date = data.get("date") or env.get("date")
+    env, run = data.get("environment", {}), data.get("run", {})
+    command = data.get("command") or env.get("command") or run.get("command")
+    commit = data.get("commit") or env.get("commit") or run.get("commit")
+    date = data.get("date") or env.get("date") or run.get("date")
     parts = [f"`{command}`" if command else None, f"commit {commit}" if commit else None, date]
     parts = [p for p in parts if p]
     return f"\n<sub>From {', '.join(parts)} ({md.relative_to(ROOT).as_posix()}).</sub>\n" if parts else ""

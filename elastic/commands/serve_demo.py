@@ -186,8 +186,13 @@ def run(args: argparse.Namespace) -> int:
     }
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     report["serving"] = serving
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(report_path, report)
+    if "anchors" in report:  # a demo report: JSON and its markdown summary
+        from elastic.demo.report import write_report
+
+        write_report(report_path, report)
+    else:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(report_path, report)
 
     print(format_summary(serving))
     print(f"wrote 'serving' to {report_path}")

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from elastic.checkpoint import atomic_write_json
+from elastic.checkpoint import atomic_write, atomic_write_json
 from elastic.subnet import Subnet, pareto
 
 log = logging.getLogger(__name__)
@@ -166,10 +166,57 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def markdown_report(report: Mapping[str, Any]) -> str:
+    """The report's headline numbers as markdown (what the README renders): anchors, the
+    Pareto front and its interpolation check, timings, and the serving stage when present."""
+    lines = ["# demo", ""]
+    run = report.get("run", {})
+    if run:
+        lines += [f"`{run.get('command', '?')}` at commit {run.get('commit', '?')}, {run.get('date', '?')}", ""]
+    lines += ["| anchor | test accuracy | MFLOPs / image | params |", "|---|---|---|---|"]
+    for a in report["anchors"]:
+        lines.append(f"| {a['name']} | {100 * a['accuracy']:.2f} % | {a['flops'] / 1e6:.2f} | {a['params']:,} |")
+    subnets, front = report["subnets"], report.get("pareto", [])
+    interp = report.get("interpolation") or {}
+    lines += ["", f"- {len(subnets)} subnets, {len(front)} on the accuracy/FLOPs Pareto front"]
+    if interp:
+        worst = interp["max_shortfall_points"]
+        lines.append(
+            f"- {interp['front_between_anchors']} front subnets strictly between the smallest and largest anchor; "
+            f"the front stays within {'n/a' if worst is None else f'{worst:.2f}'} points below the line between "
+            f"neighbouring anchors (tolerance {interp['tolerance_points']}: "
+            f"{'holds' if interp['holds'] else 'does not hold'})"
+        )
+    before = [a.get("accuracy_standalone") for a in report["anchors"]]
+    if all(b is not None for b in before):
+        lines.append("- anchors before SN-Net training: " + " / ".join(f"{100 * b:.2f} %" for b in before))
+    timings = report.get("timings")
+    if timings:
+        lines.append("- timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    serving = report.get("serving")
+    if serving:
+        budgets = serving.get("budgets_ms") or []
+        span = f", budgets {min(budgets):.3g}–{max(budgets):.3g} ms" if budgets else ""
+        lines += [
+            "",
+            f"Serving (`elastic serve-demo`): {serving['requests']} requests, Poisson at "
+            f"{serving['offered_rate_per_s']:.0f}/s{span}, policy {serving['policy']}:",
+            "",
+            "| SLO attainment | admitted within budget | effective accuracy | rejected | shed | late | mean batch |",
+            "|---|---|---|---|---|---|---|",
+            f"| {100 * serving['slo_attainment']:.1f} % | {100 * (serving['admitted_slo_attainment'] or 0):.1f} % "
+            f"| {100 * serving['effective_accuracy']:.1f} % | {serving['rejected']} | {serving['shed']} "
+            f"| {serving['late']} | {serving['mean_batch_size'] or 0:.1f} |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(path: str | Path, report: Mapping[str, Any]) -> Path:
-    """Write the report as JSON, atomically (temp file + rename)."""
+    """Write the report as JSON and its headline numbers as markdown beside it (report.md),
+    atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, dict(report))
+    atomic_write(path.with_suffix(".md"), markdown_report(report).encode())
     log.info("wrote %s", path)
     return path

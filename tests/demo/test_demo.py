@@ -189,3 +189,43 @@ def test_latency_has_every_subnet_and_batch_size(tiny_stitched):
 
     lat = latency_table(tiny_stitched, batch_sizes=(1, 2), repeats=2, warmup=1, subnets=[0, 5])
     assert set(lat) == {0, 5} and all(set(v) == {1, 2} and min(v.values()) > 0 for v in lat.values())
+
+
+def test_markdown_report_shows_the_json_numbers():
+    from elastic.demo.report import markdown_report
+
+    report = {
+        "run": {"command": "make demo", "commit": "abc1234", "date": "2026-01-01"},
+        "anchors": [
+            {"name": "a", "accuracy": 0.8123, "flops": 1_500_000, "params": 1000, "accuracy_standalone": 0.82},
+            {"name": "b", "accuracy": 0.9, "flops": 4_000_000, "params": 4000, "accuracy_standalone": 0.91},
+        ],
+        "subnets": [{"id": i} for i in range(5)],
+        "pareto": [0, 3, 1],
+        "interpolation": {
+            "front_between_anchors": 1,
+            "max_shortfall_points": 0.5,
+            "tolerance_points": 1.5,
+            "holds": True,
+        },
+        "serving": {
+            "requests": 10,
+            "offered_rate_per_s": 99.6,
+            "budgets_ms": [2, 9],
+            "policy": "elastic",
+            "slo_attainment": 0.9,
+            "admitted_slo_attainment": 0.95,
+            "effective_accuracy": 0.7,
+            "rejected": 1,
+            "shed": 0,
+            "late": 0,
+            "mean_batch_size": 2.5,
+        },
+    }
+    md = markdown_report(report)
+    assert "| a | 81.23 % | 1.50 | 1,000 |" in md
+    assert "5 subnets, 3 on the accuracy/FLOPs Pareto front" in md
+    assert "within 0.50 points" in md and "holds" in md
+    assert "82.00 % / 91.00 %" in md
+    assert "| 90.0 % | 95.0 % | 70.0 % | 1 | 0 | 0 | 2.5 |" in md
+    assert "commit abc1234" in md
