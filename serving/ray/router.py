@@ -7,12 +7,13 @@ keyword arguments of the handle call), each replica's published cost table
 (`RunningReplica.routing_stats`, filled by the replica's `record_routing_stats`, see
 stats.py) and the replica's live queue length (Ray's queue-length cache, probed with
 `get_queue_len` when the cache has no fresh entry), and ranks the replicas: the most
-accurate subnet predicted to make the budget first, ties to the earliest predicted
-completion. Ray then sends the request to the first replica in that order whose queue has
-room (`max_ongoing_requests`). Without a budget (an HTTP request, whose body the router
-cannot see) or before every replica has published a table, it falls back to power of two
-choices — Ray's default (Mitzenmacher, "The Power of Two Choices in Randomized Load
-Balancing", 2001): two random replicas, the less loaded wins.
+accurate subnet predicted to make the budget first; among replicas that tie on accuracy,
+the shorter queue, then the earliest predicted completion. Ray then sends the request to
+the first replica in that order whose queue has room (`max_ongoing_requests`). Without a
+budget (an HTTP request, whose body the router cannot see) or before every replica has
+published a table, it falls back to power of two choices, Ray's default (Mitzenmacher,
+"The Power of Two Choices in Randomized Load Balancing", 2001): two random replicas, the
+less loaded wins.
 
 No FIFO mixin: each routing decision is for the request it was computed for (Ray's base
 router then hands the chosen replica to exactly that request), because a replica good for
@@ -109,7 +110,10 @@ class BudgetAwareRouter(RequestRouter):
                 hop_ms=self.hop_ms,
                 min_accuracy=floor if isinstance(floor, (int, float)) else None,
             )
-            ranked.append((p.rank_key(), random.random(), r))
+            # most accurate first; among equals the shorter live queue, then the earlier predicted
+            # completion (with empty queues that alone would always pick the replica whose own
+            # latency estimate is lowest: measured, 85-100 % of requests on one of two replicas)
+            ranked.append(((-p.accuracy, lens[r.replica_id], p.completion_ms), random.random(), r))
         ranked.sort(key=lambda item: (item[0], item[1]))
         self.decisions["budget"] += 1
         return [[r] for _, _, r in ranked]
