@@ -136,12 +136,17 @@ class ElasticPolicy(Policy):
     Args:
         horizon: how many requests after the batch the look-ahead considers (default:
             4 × max batch).
+        utilisation: on a scheduler that reports the arrival rate, a batch of b requests
+            may take at most this share of the b × mean gap in which b more arrive, unless
+            only the fastest subnet makes the deadlines: under load the policy moves to
+            cheaper subnets before the queue builds up, not after.
     """
 
     name = "elastic"
 
-    def __init__(self, horizon: int | None = None):
+    def __init__(self, horizon: int | None = None, utilisation: float = 0.9):
         self.horizon = horizon
+        self.utilisation = utilisation
 
     def choose(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
         if hasattr(costs, "best_within"):
@@ -167,6 +172,20 @@ class ElasticPolicy(Policy):
         n_hard = h - window.count(_INF)
         prefix_deadline = list(accumulate(hard[:n], min))
         prefix_floor = list(accumulate(floors[:n], max))
+        gap = costs.arrival_gap_ms() if hasattr(costs, "arrival_gap_ms") else None
+
+        def pick(b: int, f: float, window_ms: float):
+            """Most accurate within the window and within the batch's share of time at the
+            arrival rate (b requests arrive every b × gap: a batch that takes longer makes
+            the queue grow); else the fastest that makes the window."""
+            if gap is None or gap * b * self.utilisation >= window_ms:
+                return costs.best_within(b, f, window_ms)
+            found = costs.best_within(b, f, gap * b * self.utilisation)
+            if found is not None:
+                return found
+            fastest = costs.fastest(None if f == _NO_FLOOR else f, b)
+            return fastest if fastest is not None and fastest[1] <= window_ms else None
+
         best: tuple | None = None
         decision = None
         hard_b = soft_b = 0
@@ -200,13 +219,13 @@ class ElasticPolicy(Policy):
             d = prefix_deadline[b - 1]
             f = prefix_floor[b - 1]
             limit = d if d < latest else latest
-            found = costs.best_within(b, f, (min(limit, soft_d) - now) * 1e3) if soft_b else None
+            found = pick(b, f, (min(limit, soft_d) - now) * 1e3) if soft_b else None
             if found is not None:  # best-effort members on time too: they count like the rest
                 sid, t = found
                 acc = costs.accuracy(sid)
                 key = (1, (hard_b + soft_b) * acc + (n_hard - hard_b) * acc_fast, b, acc, -t)
             elif hard_b:
-                found = costs.best_within(b, f, (limit - now) * 1e3)
+                found = pick(b, f, (limit - now) * 1e3)
                 if found is not None:
                     sid, t = found
                     acc = costs.accuracy(sid)

@@ -11,11 +11,28 @@ and predicts `profiled <quantile> ms × ratio`. Scaling the chosen quantile (p99
 default) by a ratio taken against the median keeps the profile's tail margin while the
 level follows the machine: observed latency steadily twice the median doubles every
 prediction for that subnet. Subnets not yet observed use the EWMA over all subnets.
+
+A profile's p99 of a few repeats is a noisy tail, and the serving machine's spread is not
+the profiling run's. So once `TAIL_MIN` batches have run (planning quantile "p99"), the
+prediction becomes `profiled median × ratio × tail`, where `tail` is the 95th percentile of
+the recent residuals observed / (profiled median × ratio): the margin the machine really
+needs, measured while serving, the same for every subnet (so it never reorders them).
+Until then the profiled quantile is capped at `COLD_TAIL_CAP` medians: one outlier in the
+profiling run must not make a subnet look unusable, or nothing is ever admitted to correct it.
 """
 
 from __future__ import annotations
 
+from collections import deque
+
 from .profile import LatencyProfile
+
+TAIL_WINDOW = 256  # residuals kept for the tail estimate
+TAIL_MIN = 32  # observations before the measured tail replaces the profile's quantile
+TAIL_EVERY = 8  # re-estimate the tail every this many observations
+TAIL_QUANTILE = 0.95  # planning quantile of observed / expected-median forward time
+TAIL_CLAMP = (1.0, 5.0)
+COLD_TAIL_CAP = 3.0  # until then, the profiled quantile is capped at this many medians
 
 
 class LatencyPredictor:
@@ -46,6 +63,10 @@ class LatencyPredictor:
         self._ratio: dict[int, float] = {}
         self._global: float | None = None
         self._rows: dict[int, list[float]] = {}  # subnet -> profiled ms by batch size (index)
+        self._medians: dict[int, list[float]] = {}  # subnet -> profiled median ms by batch size
+        self._residuals: deque[float] = deque(maxlen=TAIL_WINDOW)  # observed / expected median
+        self._seen = 0
+        self.tail: float | None = None  # online tail factor once TAIL_MIN observations are in
 
     def correction(self, subnet: int) -> float:
         """The current observed / profiled ratio used for `subnet` (1.0 before any data)."""
@@ -53,23 +74,38 @@ class LatencyPredictor:
             return self._ratio[subnet]
         return self._global if self._global is not None else 1.0
 
+    def _row(self, table: dict[int, list[float]], subnet: int, batch: int, quantile: str) -> list[float]:
+        row = table.get(subnet)
+        if row is None or batch >= len(row):
+            row = table[subnet] = [0.0] + [
+                self.profile.latency_ms(subnet, b, quantile) for b in range(1, max(batch, 16) + 1)
+            ]
+        return row
+
     def predict_ms(self, subnet: int, batch: int) -> float:
         """Corrected latency prediction for one forward of `subnet` on `batch` samples."""
-        row = self._rows.get(subnet)
-        if row is None or batch >= len(row):
-            row = self._rows[subnet] = [0.0] + [
-                self.profile.latency_ms(subnet, b, self.quantile) for b in range(1, max(batch, 16) + 1)
-            ]
-        return row[batch] * self.correction(subnet)
+        if self.tail is not None:  # the machine's own spread, measured while serving
+            return self._row(self._medians, subnet, batch, "p50")[batch] * self.correction(subnet) * self.tail
+        planned = self._row(self._rows, subnet, batch, self.quantile)[batch]
+        if self.quantile != "p50":  # a profiled p99 of a few repeats can hold one huge outlier
+            planned = min(planned, COLD_TAIL_CAP * self._row(self._medians, subnet, batch, "p50")[batch])
+        return planned * self.correction(subnet)
 
     def observe(self, subnet: int, batch: int, observed_ms: float) -> None:
-        """Fold one observed forward time into the subnet's and the global correction."""
-        base = self.profile.latency_ms(subnet, batch, "p50")
+        """Fold one observed forward time into the subnet's and the global correction, and
+        its residual (observed / expected median) into the tail estimate."""
+        base = self._row(self._medians, subnet, batch, "p50")[batch]
         if base <= 0 or observed_ms < 0:
             return
         lo, hi = self.clamp
-        ratio = min(hi, max(lo, observed_ms / base))
         prev = self.correction(subnet)
+        self._residuals.append(observed_ms / (base * prev))
+        self._seen += 1
+        if self.quantile != "p50" and self._seen >= TAIL_MIN and self._seen % TAIL_EVERY == 0:
+            ordered = sorted(self._residuals)
+            q = ordered[min(len(ordered) - 1, int(TAIL_QUANTILE * len(ordered)))]
+            self.tail = min(TAIL_CLAMP[1], max(TAIL_CLAMP[0], q))
+        ratio = min(hi, max(lo, observed_ms / base))
         self._ratio[subnet] = prev + self.alpha * (ratio - prev)
         prev_global = 1.0 if self._global is None else self._global
         self._global = prev_global + self.alpha * (ratio - prev_global)

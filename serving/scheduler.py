@@ -38,6 +38,7 @@ import bisect
 import heapq
 import logging
 import math
+from collections import deque
 from collections.abc import Sequence
 from itertools import accumulate
 from numbers import Integral
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 _INF = math.inf
 _NO_FLOOR = -math.inf
 _REFRONT = 0.25  # re-sort the fronts once a latency correction moved this much (relative)
+_RATE_WINDOW = 32  # arrivals the arrival-rate estimate spans
 _ELIGIBLE_CACHE = 256  # most distinct min_accuracy values remembered by `eligible`
 
 
@@ -122,7 +124,8 @@ class BudgetScheduler(SchedulerInterface):
         self._queued: dict[int, Request] = {}
         self._expiry: list[tuple[float, int]] = []  # heap of (latest start, request id); lazy deletion
         self._busy_until: float | None = None  # predicted end of the batch running
-        self._gap_s: float | None = None  # EWMA of the time between arrivals
+        self._gap_s: float | None = None  # EWMA of the time between arrivals (fast: for holds)
+        self._arrival_times: deque[float] = deque(maxlen=_RATE_WINDOW)  # for the arrival rate
         self._last_arrival: float | None = None
         self._wait_useful = 1.0  # EWMA: did holding a batch back bring another request?
         self._waiting_for: int | None = None  # arrivals counted when the last hold began
@@ -187,6 +190,7 @@ class BudgetScheduler(SchedulerInterface):
             self._front_acc.append(acc)
         self._front_corrections = {s: forward.correction(s) for s in self.candidates}
         self._front_global = forward._global if forward._global is not None else 1.0
+        self._front_tail = forward.tail is not None  # the measured tail replaced the profile's
         self._svc_any = None
 
     # the CostView protocol the policies read
@@ -252,6 +256,15 @@ class BudgetScheduler(SchedulerInterface):
             return None
         return ids[j], predict(ids[j], batch) + max_ms - limit
 
+    def arrival_gap_ms(self) -> float | None:
+        """Mean time between the last `_RATE_WINDOW` arrivals, in ms; None before that many,
+        or when they all arrived at once (a burst says nothing about a sustained rate)."""
+        times = self._arrival_times
+        if len(times) < _RATE_WINDOW:
+            return None
+        span = times[-1] - times[0]
+        return span * 1e3 / (len(times) - 1) if span > 0 else None
+
     def fastest_ms(self, request: Request) -> float:
         found = self.fastest(request.min_accuracy, 1)
         return found[1] if found is not None else math.inf
@@ -313,6 +326,7 @@ class BudgetScheduler(SchedulerInterface):
             gap = max(0.0, now - self._last_arrival)
             self._gap_s = gap if self._gap_s is None else self._gap_s + 0.2 * (gap - self._gap_s)
         self._last_arrival = now
+        self._arrival_times.append(now)
         self._arrivals += 1
         return evicted
 
@@ -465,8 +479,10 @@ class BudgetScheduler(SchedulerInterface):
         forward = self.latency.forward
         then = self._front_corrections.get(subnet, 1.0)
         shared = forward._global if forward._global is not None else 1.0
-        if abs(forward.correction(subnet) - then) > _REFRONT * then or abs(shared - self._front_global) > (
-            _REFRONT * self._front_global
+        if (
+            abs(forward.correction(subnet) - then) > _REFRONT * then
+            or abs(shared - self._front_global) > _REFRONT * self._front_global
+            or (forward.tail is not None) != self._front_tail
         ):
             self._build_fronts()
 

@@ -199,3 +199,23 @@ def test_caches_stay_bounded_under_many_distinct_accuracy_floors():
     assert len(s._eligible_cache) <= 256
     s.abort_all()
     assert s.next_expiry() is None and len(s._expiry) == 0
+
+
+def test_the_measured_tail_replaces_the_profiles_quantile_after_enough_batches():
+    profile = LatencyProfile.from_table(TABLE, tail=3.0)  # a pessimistic profiled p99
+    from test_scheduler import subnets
+
+    from elastic.serving import BudgetScheduler
+
+    s = BudgetScheduler(subnets(), profile)
+    c = Clock()
+    assert s.predict_ms(0, 1) == pytest.approx(6.0)  # the profile's p99 until it has data
+    rng = random.Random(0)
+    for _ in range(64):
+        s.add_request(c.request(1000), now=0.0)
+        batch = s.schedule(0.0).batch
+        median = TABLE[batch.subnet][1] if batch.size == 1 else profile.latency_ms(batch.subnet, batch.size, "p50")
+        s.update_from_output(batch, median * rng.uniform(0.9, 1.1))  # the machine: ±10 %
+    assert s.predictor.tail == pytest.approx(1.1, abs=0.05)
+    assert s.predict_ms(0, 1) == pytest.approx(2.0 * s.predictor.correction(0) * s.predictor.tail)
+    assert s.predict_ms(0, 1) < 3.0  # the measured spread, not the profile's 3x
