@@ -86,6 +86,37 @@ def test_unwrap_error_restores_elastic_types():
     assert type(unwrap_error(TimeoutError())) is Overloaded
 
 
+# ---- configuration (no cluster) ----------------------------------------------------------------
+def test_build_app_autoscaling_router_and_refusals(tmp_path, served_model):
+    pytest.importorskip("ray.serve")
+    import elastic
+    from elastic.errors import ConfigError
+    from elastic.serving.ray import build_app
+
+    elastic.save(served_model, tmp_path / "m")
+    deployment = build_app(tmp_path / "m", replicas=1, max_replicas=3, target_ongoing_requests=2)._bound_deployment
+    config = deployment._deployment_config
+    scaling = config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (1, 3, 2.0)
+    assert config.request_router_config.request_router_class.endswith("router.BudgetAwareRouter")
+    fixed = build_app(tmp_path / "m", replicas=2, router="round_robin", num_gpus=1)._bound_deployment
+    assert fixed.num_replicas == 2 and fixed.ray_actor_options["num_gpus"] == 1
+    assert fixed._deployment_config.request_router_config.request_router_class.endswith("RoundRobinRouter")
+    with pytest.raises(ConfigError, match="router"):
+        build_app(tmp_path / "m", router="random")
+    with pytest.raises(ConfigError, match="max_replicas"):
+        build_app(tmp_path / "m", replicas=3, max_replicas=2)
+    with pytest.raises(ConfigError, match="manifest"):
+        build_app(tmp_path / "nothing")
+
+
+def test_serve_command_refuses_a_missing_model_before_starting_ray(tmp_path, capsys):
+    from elastic.cli import main
+
+    assert main(["serve", "--replicas", "2", str(tmp_path)]) == 2
+    assert "no saved model" in capsys.readouterr().err
+
+
 # ---- a real local cluster ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(served_model, tmp_path_factory):
