@@ -24,6 +24,9 @@ PURE_PYTHON = [
     "elastic.serving.profile",
     "elastic.serving.predictor",
     "elastic.builders.published",
+    "elastic.export",
+    "elastic.manifest",
+    "elastic.tables",
 ]
 
 
