@@ -136,10 +136,11 @@ class ElasticPolicy(Policy):
     Args:
         horizon: how many requests after the batch the look-ahead considers (default:
             4 × max batch).
-        utilisation: on a scheduler that reports the arrival rate, a batch of b requests
-            may take at most this share of the b × mean gap in which b more arrive, unless
-            only the fastest subnet makes the deadlines: under load the policy moves to
-            cheaper subnets before the queue builds up, not after.
+        utilisation: on a scheduler that reports the arrival rate, once more than a full
+            batch is queued, a batch of b requests may take at most this share of the
+            b × mean gap in which b more arrive, unless only the fastest subnet makes the
+            deadlines: under load the policy moves to cheaper subnets as soon as a backlog
+            forms, before deadlines force it.
     """
 
     name = "elastic"
@@ -172,7 +173,15 @@ class ElasticPolicy(Policy):
         n_hard = h - window.count(_INF)
         prefix_deadline = list(accumulate(hard[:n], min))
         prefix_floor = list(accumulate(floors[:n], max))
-        gap = costs.arrival_gap_ms() if hasattr(costs, "arrival_gap_ms") else None
+        # the arrival-rate share applies once a backlog forms (more than a full batch queued)
+        # that the most accurate subnet could not drain before the earliest deadline
+        gap = None
+        if len(queue) > max_batch and hasattr(costs, "arrival_gap_ms"):
+            gap = costs.arrival_gap_ms()
+            top = costs.best_within(max_batch, _NO_FLOOR, _INF)
+            drain_ms = -(-len(queue) // max_batch) * top[1] if top is not None else _INF
+            if gap is not None and drain_ms <= (suffix_min[0] - now) * 1e3:
+                gap = None
 
         def pick(b: int, f: float, window_ms: float):
             """Most accurate within the window and within the batch's share of time at the

@@ -219,3 +219,18 @@ def test_the_measured_tail_replaces_the_profiles_quantile_after_enough_batches()
     assert s.predictor.tail == pytest.approx(1.1, abs=0.05)
     assert s.predict_ms(0, 1) == pytest.approx(2.0 * s.predictor.correction(0) * s.predictor.tail)
     assert s.predict_ms(0, 1) < 3.0  # the measured spread, not the profile's 3x
+
+
+def test_under_sustained_load_the_elastic_policy_moves_to_cheaper_subnets_once_a_backlog_forms():
+    from elastic.serving import ElasticPolicy
+
+    def first_batch(policy):
+        s, c = make(policy, max_queue=256), Clock()
+        for k in range(40):  # one request per ms, for 40 ms, while (say) a long batch runs
+            s.add_request(c.request(200, at=k / 1e3), now=k / 1e3)
+        return s.schedule(0.040).batch
+
+    capped = first_batch(ElasticPolicy())  # 8 requests arrive every 8 ms: a batch may take 7.2
+    uncapped = first_batch(ElasticPolicy(utilisation=math.inf))
+    assert capped.subnet == 0 and capped.size == 8  # the fastest, full: the backlog drains
+    assert TABLE[uncapped.subnet][8] > TABLE[capped.subnet][8]  # deadlines alone would allow more
