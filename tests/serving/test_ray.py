@@ -72,6 +72,68 @@ def test_replica_stats_from_a_real_scheduler(served_model, served_profile):
     assert not usable(replica_stats(None, 0))
 
 
+# ---- the router's ranking, on stand-in replicas (no cluster) -------------------------------------
+class _Replica:
+    """What the router reads of a `RunningReplica`: id, published stats, queue probe."""
+
+    def __init__(self, name, stats, queue_len):
+        from ray.serve._private.common import DeploymentID, ReplicaID
+
+        self.replica_id = ReplicaID(name, DeploymentID("d", "app"))
+        self.routing_stats = stats
+        self.queue_len = queue_len
+        self.probes = 0
+
+    async def get_queue_len(self, *, deadline_s):
+        self.probes += 1
+        return self.queue_len
+
+
+def _router():
+    from ray.serve._private.request_router.common import ReplicaQueueLengthCache
+
+    from elastic.serving.ray.router import BudgetAwareRouter
+
+    router = BudgetAwareRouter.__new__(BudgetAwareRouter)  # Ray builds it with a live deployment
+    router._replica_queue_len_cache = ReplicaQueueLengthCache()
+    router.initialize_state(hop_ms=0.0)
+    return router
+
+
+def _pending(**kwargs):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(args=[], kwargs=kwargs, created_at=time.time())
+
+
+def test_router_ranks_by_accuracy_then_queue_and_falls_back_without_a_budget():
+    pytest.importorskip("ray.serve")
+    import asyncio
+
+    stats = _stats([[1.0, 1.5], [4.0, 6.0], [10.0, 15.0]], [0.5, 0.7, 0.9])
+    idle, busy, busier = _Replica("idle", stats, 0), _Replica("busy", stats, 1), _Replica("busier", stats, 2)
+    router = _router()
+    order = lambda ranks: [rank[0].replica_id.unique_id for rank in ranks]  # noqa: E731
+    # budget 15: subnet 2 only on the idle replica (7.5 ms per queued request), 1 on busy, 0 on busier
+    ranks = asyncio.run(router.choose_replicas([busier, busy, idle], _pending(budget_ms=15.0, sent_at=time.time())))
+    assert order(ranks) == ["idle", "busy", "busier"] and idle.probes == 1  # probed once, then cached
+    # a loose budget: every replica serves subnet 2, so the shorter queue wins
+    ranks = asyncio.run(router.choose_replicas([busier, idle, busy], _pending(budget_ms=1e4, sent_at=time.time())))
+    assert order(ranks) == ["idle", "busy", "busier"] and idle.probes == 1
+    # equal accuracy: the shorter queue beats a replica whose own latency estimate is lower
+    fast = _Replica("fast", _stats([[0.1, 0.15], [0.4, 0.6], [1.0, 1.5]], [0.5, 0.7, 0.9]), 1)
+    ranks = asyncio.run(router.choose_replicas([fast, idle], _pending(budget_ms=1e4, sent_at=time.time())))
+    assert order(ranks) == ["idle", "fast"]
+    # no budget (HTTP) or a replica without a cost table: power of two choices, one rank of two
+    for candidates, pending in (
+        ([idle, busy, busier], _pending()),
+        ([idle, _Replica("new", {}, 0)], _pending(budget_ms=9.0)),
+    ):
+        ranks = asyncio.run(router.choose_replicas(candidates, pending))
+        assert len(ranks) == 1 and len(ranks[0]) == 2
+    assert router.decisions == {"budget": 3, "fallback": 2}
+
+
 # ---- typed errors survive the hop --------------------------------------------------------------
 def test_unwrap_error_restores_elastic_types():
     ray_ex = pytest.importorskip("ray.exceptions")
