@@ -13,10 +13,10 @@ The prediction is the replica's own latency model, simplified: the requests ahea
 (`queue_len`, counting the batch running) drain at the per-request cost of full batches on
 the most accurate candidate (`drain_ms`: what the elastic policy runs while slack allows),
 then the new request runs at batch 1 on the subnet in question. A first version drained
-the queue on the *fastest* candidate; that optimism made every replica look able to serve
-the top subnet behind any queue, so accuracy ties sent most requests to one replica (measured:
-80-90 % of requests on one of two replicas, bench ray_load); charging the queue at the
-accurate subnet's rate makes a longer queue cost accuracy and spreads the load.
+the queue in full batches on the *fastest* candidate, which let a replica look able to serve
+the top subnet behind almost any queue; charging the queue at the accurate subnet's rate
+makes a longer queue cost predicted accuracy sooner. (It did not by itself stop requests
+herding onto one replica: that came from the router's tie-break, see router.py.)
 """
 
 from __future__ import annotations
