@@ -243,7 +243,8 @@ class BudgetScheduler(SchedulerInterface):
         lat = self._front_lat[batch]
         ids = self._front_ids[batch]
         predict = self.latency.forward.predict_ms
-        limit = max_ms - self.overhead.per_batch_ms - self.overhead.per_request_ms * batch
+        over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
+        limit = max_ms - over
         j = bisect.bisect_right(lat, limit) - 1
         # the front's order is from its last build; the latencies are read exact
         while j >= 0 and predict(ids[j], batch) > limit:
@@ -254,7 +255,7 @@ class BudgetScheduler(SchedulerInterface):
             return None
         if floor > _NO_FLOOR and (not self.accuracy_known or self._front_acc[batch][j] < floor):
             return None
-        return ids[j], predict(ids[j], batch) + max_ms - limit
+        return ids[j], predict(ids[j], batch) + over
 
     def arrival_gap_ms(self) -> float | None:
         """Mean time between the last `_RATE_WINDOW` arrivals, in ms; None before that many,

@@ -265,3 +265,12 @@ def test_scheduler_side_modules_do_not_import_torch():
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 imported.add(node.module.split(".")[0])
         assert not imported & {"torch", "numpy"}, name
+
+
+def test_best_within_an_unbounded_window_is_the_most_accurate_with_a_finite_latency():
+    from elastic.serving.latency_model import OverheadModel
+
+    profile = LatencyProfile.from_table(TABLE)
+    s = BudgetScheduler(subnets(), profile, overhead=OverheadModel(per_batch_ms=0.5, per_request_ms=0.25))
+    assert s.best_within(8, -math.inf, math.inf) == (2, pytest.approx(38.0 + 0.5 + 2.0))
+    assert s.best_within(1, -math.inf, 1.0) is None
