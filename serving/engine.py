@@ -423,6 +423,8 @@ class EngineCore:
             metrics.batch(batch.size, exec_ms / 1e3, ratio)
             accuracy = scheduler.real_accuracy(batch.subnet)
             subnet, size = batch.subnet, batch.size
+            rows: list[tuple[float, float, bool]] = []
+            answers: list[tuple[Future, Result]] = []
             for i, m in enumerate(members):
                 r = m.request
                 if i in bad:
@@ -434,13 +436,16 @@ class EngineCore:
                         ),
                     )
                     continue
-                done = clock()
-                latency_ms = 1e3 * (done - r.arrival)
+                output = y[i] if m.squeeze else y[i : i + 1]
+                latency_ms = 1e3 * (clock() - r.arrival)
                 queue_ms = 1e3 * (start - r.arrival)
                 met = latency_ms <= r.budget_ms
-                metrics.answered(subnet, accuracy, latency_ms / 1e3, queue_ms / 1e3, met)
-                output = y[i] if m.squeeze else y[i : i + 1]
-                m.future.set_result(Result(output, subnet, queue_ms, exec_ms, latency_ms, met, size, r.id))
+                rows.append((latency_ms / 1e3, queue_ms / 1e3, met))
+                answers.append((m.future, Result(output, subnet, queue_ms, exec_ms, latency_ms, met, size, r.id)))
+            if rows:
+                metrics.answered_batch(subnet, accuracy, rows)  # counted before anyone is told
+            for future, result in answers:
+                future.set_result(result)
         overhead_ms = 1e3 * (clock() - t_sched) - exec_ms
         if woken_at is not None and t_sched > woken_at:
             overhead_ms += 1e3 * (t_sched - woken_at)

@@ -259,6 +259,36 @@ class ServingMetrics:
         self.queue_latency.observe(queue_s)
         self._roll(accuracy if (met_budget and accuracy is not None) else 0.0, met_budget)
 
+    def answered_batch(self, subnet: int, accuracy: float | None, rows: list[tuple[float, float, bool]]) -> None:
+        """The answered members of one batch, `(latency_s, queue_s, met_budget)` each: the
+        same series as `answered` per request, with the counters and gauges touched once."""
+        met = sum(1 for _, _, m in rows if m)
+        if met:
+            self._outcome["ok"].inc(met)
+        if len(rows) > met:
+            self._outcome["late"].inc(len(rows) - met)
+        child = self._selected.get(subnet)
+        if child is None:
+            child = self._selected[subnet] = self.selections.labels(str(subnet))
+        child.inc(len(rows))
+        weight = accuracy if accuracy is not None else 0.0
+        with self._lock:
+            window = self._window
+            for latency_s, queue_s, m in rows:
+                self.latency.observe(latency_s)
+                self.queue_latency.observe(queue_s)
+                w = weight if m else 0.0
+                if len(window) == window.maxlen:
+                    old_w, old_met = window[0]
+                    self._sum_weight -= old_w
+                    self._sum_met -= old_met
+                window.append((w, m))
+                self._sum_weight += w
+                self._sum_met += m
+            n = len(window)
+            self.effective_accuracy.set(max(0.0, self._sum_weight) / n)
+            self.slo_attainment.set(self._sum_met / n)
+
     def set_queue_depth(self, n: int) -> None:
         self.queue_depth.set(n)
 
