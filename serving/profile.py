@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elastic.manifest import profile_problems
 from elastic.subnet import Subnet, pareto
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,9 @@ class LatencyProfile:
     def from_dict(cls, d: Mapping[str, Any]) -> LatencyProfile:
         if d.get("format") != FORMAT:
             raise ValueError(f"not an {FORMAT} document")
+        problem = profile_problems(d)  # NaN / non-positive latencies, p99 < p50, bad sizes
+        if problem is not None:
+            raise ValueError(problem)
 
         def table(t: Mapping[str, Mapping[str, float]]) -> dict[int, dict[int, float]]:
             return {int(s): {int(b): float(v) for b, v in row.items()} for s, row in t.items()}

@@ -490,11 +490,6 @@ def test_profile_problems_finds_non_finite_and_negative_latencies(tmp_path):
     assert "batch_sizes" in profile_problems({**doc, "batch_sizes": [0]})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serving/profile.py (engine-owned) reuses NaN latencies; fix: call "
-    "elastic.manifest.profile_problems in LatencyProfile.from_dict",
-)
 def test_a_profile_with_nan_latencies_is_not_reused(tmp_path):
     from elastic.serving import LatencyProfile
 

@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     if "anchors" in report:  # a demo report: JSON and its markdown summary
         from elastic.demo.report import write_report
 
-        write_report(report_path, report)
+        write_report(report_path, report, markdown=True)
     else:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(report_path, report)

@@ -462,7 +462,7 @@ def _run(
         "flops_unit": "FLOPs per image (not MACs), fused attention off while counting",
         "model": "model",
     }
-    write_report(out / "report.json", report)
+    write_report(out / "report.json", report, markdown=True)
     plot_pareto(report, out / "pareto.png", batch_size=str(cfg.latency_batch_sizes[0]))
     for line in summary_lines(report):
         log.info(line)

@@ -211,12 +211,13 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(path: str | Path, report: Mapping[str, Any]) -> Path:
-    """Write the report as JSON and its headline numbers as markdown beside it (report.md),
-    atomically (temp file + rename)."""
+def write_report(path: str | Path, report: Mapping[str, Any], markdown: bool = False) -> Path:
+    """Write the report as JSON, atomically (temp file + rename); with `markdown`, also the
+    SN-Net demo's headline numbers as `report.md` beside it (`markdown_report`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, dict(report))
-    atomic_write(path.with_suffix(".md"), markdown_report(report).encode())
+    if markdown:
+        atomic_write(path.with_suffix(".md"), markdown_report(report).encode())
     log.info("wrote %s", path)
     return path

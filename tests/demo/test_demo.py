@@ -78,7 +78,12 @@ def test_report_schema(demo_run):
     run = report["run"]  # what made it
     assert run["command"].startswith("elastic demo --quick") or "elastic demo --quick" in run["command"]
     assert run["date"][:2] == "20" and isinstance(run["uncommitted_source_changes"], list)
-    assert sorted(p.name for p in out.iterdir()) == ["model", "pareto.png", "report.json"]  # no temp debris
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model",
+        "pareto.png",
+        "report.json",
+        "report.md",
+    ]  # no temp debris
 
 
 @pytest.mark.slow
