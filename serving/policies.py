@@ -200,9 +200,9 @@ class ElasticPolicy(Policy):
         hard_b = soft_b = 0
         soft_d = _INF  # earliest deadline of the best-effort members (they never bind)
         for b in range(1, n + 1):
-            if hard[b - 1] < _INF:
-                hard_b += 1
-            elif queue[b - 1].best_effort:
+            if hard[b - 1] < _INF or not queue[b - 1].best_effort:
+                hard_b += 1  # an unbounded budget (deadline inf) is served on time by any subnet
+            else:
                 soft_b += 1
                 soft_d = min(soft_d, queue[b - 1].deadline)
             latest = _INF  # latest end of this batch that keeps the planned rest on time

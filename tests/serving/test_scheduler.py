@@ -47,7 +47,7 @@ def test_only_pareto_subnets_are_candidates():
     assert s.candidates == [0, 1, 2]
 
 
-@pytest.mark.parametrize(("budget", "expected"), [(3, 0), (8, 1), (12, 2), (1000, 2)])
+@pytest.mark.parametrize(("budget", "expected"), [(3, 0), (8, 1), (12, 2), (1000, 2), (math.inf, 2)])
 def test_single_request_gets_the_most_accurate_subnet_that_meets_its_budget(budget, expected):
     s, c = make(), Clock()
     s.add_request(c.request(budget), now=0.0)
