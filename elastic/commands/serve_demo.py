@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also serve Prometheus metrics on 127.0.0.1:PORT",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=1,
+        help="torch intra-op threads of the runtime (default 1: on a small shared CPU a larger OpenMP team waits "
+        "on descheduled threads; see docs/serving.md)",
+    )
     p.set_defaults(func=run)
 
 
@@ -148,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     order = torch.randperm(len(images), generator=g)[: min(args.requests, len(images))]
     images, labels = images[order], labels[order]
 
+    torch.set_num_threads(args.threads)  # the runtime's worker takes the constructing thread's count
     with Runtime(model, device=args.device, max_batch_size=args.max_batch, policy=args.policy) as rt:
         sizes = sorted({1, 2, 4, args.max_batch} | {b for b in (8, 16) if b <= args.max_batch})
         profile = rt.profile(
@@ -170,7 +180,11 @@ def run(args: argparse.Namespace) -> int:
         result = replay(rt, images, labels, budgets, rate, args.seed, requests=args.requests)
 
     subnets = {s.id: s for s in model.subnets()}
+    from elastic.demo.pipeline import run_record
+
     serving = {
+        "run": run_record("elastic serve-demo " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])),
+        "threads": args.threads,
         **result,
         "policy": rt.policy.name,
         "device": str(rt.device),
