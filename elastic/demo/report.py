@@ -199,7 +199,9 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         span = f", budgets {min(budgets):.3g}–{max(budgets):.3g} ms" if budgets else ""
         lines += [
             "",
-            f"Serving (`elastic serve-demo`): {serving['requests']} requests, Poisson at "
+            f"Serving (`{serving.get('run', {}).get('command', 'elastic serve-demo')}`"
+            + (f" at commit {serving['run']['commit']}, {serving['run']['date']}" if serving.get("run") else "")
+            + f"): {serving['requests']} requests, Poisson at "
             f"{serving['offered_rate_per_s']:.0f}/s{span}, policy {serving['policy']}:",
             "",
             "| SLO attainment | admitted within budget | effective accuracy | rejected | shed | late | mean batch |",
