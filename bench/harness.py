@@ -70,8 +70,13 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
+# what "-dirty" looks at: the code that runs, not the results, docs or README a run may rewrite
+SOURCE_DIRS = ("elastic", "anchors", "kernels", "serving", "bench/*.py", "pyproject.toml")
+
+
 def git_commit(repo: str | Path | None = None) -> str:
-    """`git rev-parse --short HEAD` of the checkout, plus "-dirty" when tracked files changed.
+    """`git rev-parse --short HEAD` of the checkout, plus "-dirty" when tracked source files
+    (`SOURCE_DIRS`) differ from it.
 
     Returns "unknown" outside a git checkout (an installed package).
     """
@@ -80,8 +85,8 @@ def git_commit(repo: str | Path | None = None) -> str:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(  # source only: the results files a run rewrites do not count
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *SOURCE_DIRS],
             cwd=cwd,
             capture_output=True,
             text=True,

@@ -5,7 +5,9 @@ Three ways to offer the operating points of a stitched model:
 - anchors only (INFaaS-style variants): the anchors as separate models, which cover the
   range's ends but none of the points between;
 - one model per Pareto subnet: each operating point on the front as its own network.
-Bytes are counted over unique parameter and buffer storages, as they sit in memory.
+The first two are measured: bytes over unique parameter and buffer storages, as they sit in
+memory. The third is an estimate (parameters the subnet touches × bytes per parameter; no
+such models are built), and the table says so.
 """
 
 from __future__ import annotations
@@ -51,15 +53,15 @@ def measure(net) -> dict:
 def run(args: argparse.Namespace) -> dict:
     r = measure(demo_model(args.model))
     rows = [
-        ["elastic (StitchedNet)", r["subnets"], r["elastic_bytes"] / 2**20, 1.0],
+        [f"elastic ({r['builder']})", r["subnets"], r["elastic_bytes"] / 2**20, 1.0],
         [
-            "anchors as separate models",
+            "anchors as separate models" if r["stitch_bytes"] else "anchors as separate models (n/a: no stitches)",
             r["anchors_only_points"],
             r["anchors_only_bytes"] / 2**20,
             r["anchors_only_bytes"] / r["elastic_bytes"],
         ],
         [
-            "one model per Pareto subnet",
+            "one model per Pareto subnet (estimate: params × bytes)",
             r["pareto_subnets"],
             r["per_pareto_subnet_bytes"] / 2**20,
             r["per_pareto_subnet_bytes"] / r["elastic_bytes"],
