@@ -48,7 +48,11 @@ def fragment(path: str) -> str:
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
     body = "\n".join(lines).strip("\n")
-    return f"{body}\n{provenance(md)}"
+    line = provenance(md)
+    commit = re.search(r"commit (\S+?)[,)\s]", line)
+    if commit and commit.group(1) in body:  # the file already names its run
+        line = ""
+    return f"{body}\n{line}"
 
 
 def render(text: str) -> str:

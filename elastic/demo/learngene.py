@@ -28,6 +28,7 @@ import os
 import platform
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -455,6 +456,15 @@ def markdown(report: dict[str, Any]) -> str:
                 if cmp.get("snnet_same_demo_config", True)
                 else [f"**{cmp['snnet_report']} comes from another demo configuration: not comparable.**", ""]
             ),
+            *(
+                [
+                    f"SN-Net front from {cmp['snnet_report']} (commit {cmp.get('snnet_commit')}); comparison redone "
+                    f"by `{cmp['redone']['command']}` at {cmp['redone']['date']}.",
+                    "",
+                ]
+                if cmp.get("redone")
+                else []
+            ),
             "| pool Pareto descendant | MFLOPs | acc % | SN-Net front at <= FLOPs | delta (points) |",
             "|---|---:|---:|---:|---:|",
         ]
@@ -516,3 +526,40 @@ def run_builder_demo(args: argparse.Namespace) -> int:
     print(markdown(report).split("\n\n", 3)[-1])
     print(f"wrote {out}/report.json, {out}/report.md, {out}/model/")
     return 0
+
+
+def refresh_snnet_comparison(report_path: str | Path, snnet_report: str | Path = SNNET_REPORT) -> dict[str, Any]:
+    """Redo a saved pool report's comparison with SN-Net's Pareto front against another SN-Net
+    demo report, without retraining (the pool's accuracies are the saved ones); records the SN-Net
+    report's commit and when the comparison was redone. Rewrites report.json and report.md."""
+    path = Path(report_path)
+    report = json.loads(path.read_text())
+    snnet = json.loads(Path(snnet_report).read_text())
+    subnets = [
+        Subnet(s["id"], s["kind"], s["description"], s["flops"], s["params"], s["accuracy"]) for s in report["subnets"]
+    ]
+    points = pareto_points(snnet)
+    smallest_anchor = min(a["flops"] for a in snnet["anchors"])
+    demo_cfg = report["config"]["demo"]
+    report["comparison"].update(
+        snnet_report=Path(snnet_report).as_posix(),
+        snnet_same_demo_config={k: snnet.get("config", {}).get(k) for k in SAME_CONFIG}
+        == {k: demo_cfg.get(k) for k in SAME_CONFIG},
+        snnet_commit=snnet.get("run", {}).get("commit") or snnet.get("commit"),
+        snnet_pareto=[{"flops": f, "accuracy": a} for f, a in points],
+        snnet_smallest_anchor_flops=smallest_anchor,
+        smaller_than_smallest_anchor=[s.id for s in subnets if s.flops < smallest_anchor],
+        front=compare_fronts(subnets, points),
+        redone={
+            "command": f"python -m elastic.demo.learngene {path.as_posix()} {Path(snnet_report).as_posix()}",
+            "commit": _commit(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    write_report(path, report)
+    atomic_write(path.with_suffix(".md"), markdown(report).encode())
+    return report
+
+
+if __name__ == "__main__":  # python -m elastic.demo.learngene POOL_REPORT [SNNET_REPORT]
+    refresh_snnet_comparison(*sys.argv[1:3])

@@ -394,7 +394,15 @@ def markdown(report: dict[str, Any]) -> str:
     if sn is not None:
         lines += [
             "",
-            f"SN-Net's accuracy/FLOPs front ({sn['report']}) against the best SortedNet subnet of no more FLOPs:",
+            f"SN-Net's accuracy/FLOPs front ({sn['report']}"
+            + (f", commit {sn['commit']}" if sn.get("commit") else "")
+            + ") against the best SortedNet subnet of no more FLOPs"
+            + (
+                f" (comparison redone by `{sn['redone']['command']}` at {sn['redone']['date']})"
+                if sn.get("redone")
+                else ""
+            )
+            + ":",
             "",
             "| SN-Net subnet | MFLOPs | SN-Net acc % | SortedNet subnet | MFLOPs | SortedNet acc % | points |",
             "|---|---:|---:|---|---:|---:|---:|",
@@ -437,3 +445,39 @@ def _commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def refresh_snnet_comparison(report_path: str | Path, snnet_report: str | Path) -> dict[str, Any]:
+    """Redo a saved SortedNet report's SN-Net comparison against another SN-Net demo report,
+    without retraining: the SortedNet accuracies are the saved ones, SN-Net's front comes
+    from `snnet_report`; the comparison records both reports' commits and when it was redone.
+    Rewrites report.json and report.md beside it."""
+    import json
+
+    from elastic.subnet import Subnet
+
+    path = Path(report_path)
+    report = json.loads(path.read_text())
+    subnets = [
+        Subnet(s["id"], s["kind"], s["description"], s["flops"], s["params"], s["accuracy"]) for s in report["subnets"]
+    ]
+    cfg = DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["config"]["demo"].items()})
+    sn = compare_snnet(subnets, snnet_report, cfg)
+    if sn is None:
+        raise FileNotFoundError(f"no SN-Net report at {snnet_report}")
+    snnet = json.loads(Path(snnet_report).read_text())
+    sn["report"] = Path(snnet_report).as_posix()
+    sn["commit"] = snnet.get("run", {}).get("commit") or snnet.get("commit")
+    sn["redone"] = {
+        "command": f"python -m elastic.demo.sorted {path.as_posix()} {Path(snnet_report).as_posix()}",
+        "commit": _commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    report["snnet"] = sn
+    atomic_write_json(path, report)
+    atomic_write(path.with_suffix(".md"), (markdown(report) + "\n").encode())
+    return report
+
+
+if __name__ == "__main__":  # python -m elastic.demo.sorted SORTED_REPORT SNNET_REPORT
+    refresh_snnet_comparison(sys.argv[1], sys.argv[2])
