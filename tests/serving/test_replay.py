@@ -138,4 +138,5 @@ def test_replay_schedule_scores_given_arrivals_and_budgets(served_model, served_
     assert report["requests"] == 4 and report["rejected"] == 1
     assert report["admitted_slo_attainment"] == 1.0 and report["slo_attainment"] == 0.75
     assert report["answered"] == 3 and report["errors"] == report["shed"] == report["unanswered"] == 0
-    assert 1 <= report["mean_batch_size"] <= 3  # three answered requests, in one to three batches
+    # three answered requests in batches of 1+1+1, 2+1 or 3: the per-request mean batch size is one of these
+    assert any(report["mean_batch_size"] == pytest.approx(m) for m in (1.0, 5 / 3, 3.0))
