@@ -27,6 +27,7 @@ PURE_PYTHON = [
     "elastic.export",
     "elastic.manifest",
     "elastic.tables",
+    "elastic.provenance",
 ]
 
 

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         result = replay(rt, images, labels, budgets, rate, args.seed, requests=args.requests)
 
     subnets = {s.id: s for s in model.subnets()}
-    from elastic.demo.pipeline import run_record
+    from elastic.provenance import run_record
 
     serving = {
         "run": run_record("elastic serve-demo " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])),

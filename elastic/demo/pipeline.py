@@ -31,11 +31,9 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,7 @@ from elastic.demo.plot import plot_pareto
 from elastic.demo.report import interpolation, latency_fronts, subnet_rows, summary_lines, write_report
 from elastic.demo.train import FitConfig, fit
 from elastic.errors import CheckpointError
+from elastic.provenance import run_record
 from elastic.subnet import pareto
 
 log = logging.getLogger(__name__)
@@ -267,27 +266,6 @@ def train_anchors(cfg: DemoConfig, train, evalset, progress: bool = False) -> tu
             meta["seconds"][anchor.name],
         )
     return family, meta
-
-
-def run_record(command: str | None) -> dict[str, Any]:
-    """What made a result: the command, the commit (and which tracked source files differed
-    from it), the UTC date."""
-    root = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True)
-            return done.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    changed = git("diff", "--name-only", "HEAD", "--", "elastic", "anchors", "kernels", "serving")
-    return {
-        "command": command or "elastic.demo.pipeline.run_demo (Python API)",
-        "commit": git("rev-parse", "--short", "HEAD") or None,
-        "uncommitted_source_changes": changed.splitlines() if changed else [],
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def default_threads() -> int:
