@@ -12,7 +12,8 @@ import os
 import shlex
 import time
 
-# --builder NAME -> the module whose `run_builder_demo(args) -> int` runs that builder's demo;
+# --builder NAME -> the module whose `run_builder_demo(args, on_stage) -> str` runs that builder's
+# demo and returns the summary to print;
 # "stitched" (SN-Net) is this file's own `run`
 _DEFAULTS: dict[str, dict] = {}  # the demo parser's defaults, to rebuild the command line
 
@@ -77,7 +78,13 @@ def run(args: argparse.Namespace) -> int:
     require_writable_dir(args.out)  # fails now, not after minutes of training
     module = BUILDER_DEMOS[getattr(args, "builder", "stitched")]
     if module is not None:
-        return int(importlib.import_module(module).run_builder_demo(args) or 0)
+        t0 = time.perf_counter()
+
+        def on_stage(name: str) -> None:
+            print(f"[{time.perf_counter() - t0:6.0f} s] {name}", flush=True)
+
+        print(importlib.import_module(module).run_builder_demo(args, on_stage))
+        return 0
     from elastic.demo.pipeline import DemoConfig, run_demo
     from elastic.demo.report import format_table, summary_lines
 

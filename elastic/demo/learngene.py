@@ -30,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -490,9 +491,10 @@ def _command(args: argparse.Namespace, out: str) -> str:
     return shlex.join(argv + ["--out", out] + (["--no-cache"] if args.no_cache else []))
 
 
-def run_builder_demo(args: argparse.Namespace) -> int:
+def run_builder_demo(args: argparse.Namespace, on_stage: Callable[[str], None] | None = None) -> str:
     """`elastic demo --builder learngene`: options as `elastic demo`; `--stitch-epochs` sets
-    the pool's fine-tuning epochs, `--epochs` the teacher's (when it is trained here)."""
+    the pool's fine-tuning epochs, `--epochs` the teacher's (when it is trained here). Returns
+    the summary the CLI prints."""
     overrides: dict[str, Any] = {"seed": args.seed}
     if args.epochs is not None:
         overrides["anchor_epochs"] = args.epochs
@@ -503,11 +505,6 @@ def run_builder_demo(args: argparse.Namespace) -> int:
     if args.stitch_epochs is not None:
         lg = replace(lg, finetune_epochs=args.stitch_epochs)
     out = "out/learngene" if args.out == DEFAULT_OUT else args.out
-    t0 = time.perf_counter()
-
-    def on_stage(name: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f} s] {name}", flush=True)
-
     report = run_learngene_demo(
         cfg,
         lg,
@@ -520,12 +517,8 @@ def run_builder_demo(args: argparse.Namespace) -> int:
         threads=args.threads,
         command=_command(args, out),
     )
-    print()
-    print(format_table(report))
-    print()
-    print(markdown(report).split("\n\n", 3)[-1])
-    print(f"wrote {out}/report.json, {out}/report.md, {out}/model/")
-    return 0
+    summary = markdown(report).split("\n\n", 3)[-1]
+    return f"\n{format_table(report)}\n\n{summary}\nwrote {out}/report.json, {out}/report.md, {out}/model/"
 
 
 def refresh_snnet_comparison(report_path: str | Path, snnet_report: str | Path = SNNET_REPORT) -> dict[str, Any]:

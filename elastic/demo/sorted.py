@@ -23,6 +23,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,9 @@ class SortedDemoConfig:
         return replace(cls(epochs=1.0, importance_images=512, latency_repeats=3), **overrides)
 
 
-def run_builder_demo(args: argparse.Namespace) -> int:
-    """The CLI entry (`elastic demo --builder sorted`); prints the table, returns 0."""
+def run_builder_demo(args: argparse.Namespace, on_stage: Callable[[str], None] | None = None) -> str:
+    """The CLI's entry (`elastic demo --builder sorted`): runs the demo, returns the summary
+    the CLI prints."""
     out = Path("out/sorted" if args.out == "out/demo" else args.out)  # never overwrite SN-Net's demo
     overrides: dict[str, Any] = {"seed": args.seed}
     if args.epochs is not None:
@@ -87,11 +89,6 @@ def run_builder_demo(args: argparse.Namespace) -> int:
     scfg = SortedDemoConfig.quick() if args.quick else SortedDemoConfig()
     if args.stitch_epochs is not None:
         scfg = replace(scfg, epochs=args.stitch_epochs)
-    t0 = time.perf_counter()
-
-    def on_stage(name: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f} s] {name}", flush=True)
-
     report = run_sorted_demo(
         cfg,
         scfg,
@@ -104,10 +101,7 @@ def run_builder_demo(args: argparse.Namespace) -> int:
         threads=args.threads,
         command=" ".join(["elastic", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("elastic") else None,
     )
-    print()
-    print(markdown(report))
-    print(f"wrote {out}/report.json, {out}/report.md, {out}/model/")
-    return 0
+    return f"\n{markdown(report)}\nwrote {out}/report.json, {out}/report.md, {out}/model/"
 
 
 def run_sorted_demo(
