@@ -59,6 +59,12 @@ class SampleCheck:
     """Validates one sample against the model: dense, on a real device, the model's dtype,
     its input size, finite.
 
+    The checks are `ElasticModel.check_input`'s, done here with the input size read once
+    (reading it walks the model's modules) and finiteness tested on the sample's sum (one
+    reduction instead of an element-wise mask: a finite sum means every element is finite;
+    a sum that is not finite — a NaN or infinity, or an overflow — is checked element by
+    element). A model that overrides `check_input` has its own method called.
+
     Args:
         model: the served model (`input_size()`, `check_input`).
         dtype: the dtype the model runs in; samples of any other dtype are refused.
@@ -67,12 +73,19 @@ class SampleCheck:
     def __init__(self, model: ElasticModel, dtype: torch.dtype):
         self.model = model
         self.dtype = dtype
+        self.input_size = tuple(model.input_size())
+        self._own_check = getattr(type(model), "check_input", None) is not ElasticModel.check_input
 
-    def __call__(self, x: object) -> tuple[torch.Tensor, bool]:
-        """Returns the sample as a private (1, C, H, W) copy, and whether to squeeze the answer.
+    def __call__(self, x: object, copy: bool = True) -> tuple[torch.Tensor, bool]:
+        """Returns the sample as (1, C, H, W), and whether to squeeze the answer.
 
         Shape:
             x: (C, H, W) or (1, C, H, W) -> (1, C, H, W)
+
+        Args:
+            x: the sample.
+            copy: return a private copy (the caller may change `x` once `submit` returns);
+                False returns a view, for a sample that is used before the call returns.
 
         Raises:
             InvalidInput: naming what is wrong with `x`.
@@ -87,9 +100,13 @@ class SampleCheck:
             raise InvalidInput(f"x has dtype {x.dtype}; the model runs {self.dtype}: send x.to({self.dtype})")
         squeeze = x.dim() == 3
         batch = x.unsqueeze(0) if squeeze else x
-        self.model.check_input(batch)
-        if batch.shape[0] != 1:
+        shape = batch.shape
+        if self._own_check or shape[0] != 1 or shape[1:] != self.input_size or not batch.is_floating_point():
+            self.model.check_input(batch)  # its own checks, or its error message for this shape
+        elif not math.isfinite(batch.sum().item()):  # a finite sum: every element is finite
+            self.model.check_input(batch)  # NaN / infinity, or only an overflowing sum
+        if shape[0] != 1:
             raise InvalidInput(
-                f"one sample per request: got a batch of {batch.shape[0]}; submit each sample, the runtime batches them"
+                f"one sample per request: got a batch of {shape[0]}; submit each sample, the runtime batches them"
             )
-        return batch.detach().clone(), squeeze
+        return (batch.detach().clone() if copy else batch.detach()), squeeze

@@ -126,6 +126,7 @@ class EngineCore:
         """Serve with `scheduler` from now on (its queue must be empty or the current one's)."""
         with self._lock:
             self.scheduler = scheduler
+            self.metrics.track_queue_depth(scheduler.get_num_waiting)  # read at scrape time
             self._work.notify()
 
     def on_engine_thread(self) -> bool:
@@ -156,6 +157,10 @@ class EngineCore:
         caller's thread, and the future is done on return: two thread hand-offs saved,
         which on a loaded CPU cost more than a small forward. Otherwise, and whenever the
         scheduler would rather hold the request back to fill a batch, the worker serves it.
+
+        `x` must be the caller's private copy, except with `inline`: then it may be the
+        caller's own tensor (a view), and is copied here only if the request is queued
+        rather than run before this call returns.
         """
         future: Future[Result] = _HelpingFuture(self) if self.caller_runs else Future()
         future.set_running_or_notify_cancel()  # running from now on: cannot be cancelled
@@ -188,7 +193,8 @@ class EngineCore:
             victims = [(self._pending.pop(s.request_id), s) for s in evicted] if evicted else None
             step, shed = self._claim_step() if inline and not victims and len(scheduler._reqs) == 1 else (None, [])
             if step is None:
-                metrics.set_queue_depth(len(scheduler._reqs))
+                if inline:  # queued: the caller may change its tensor once this returns
+                    self._pending[request.id].x = x.clone()
                 if self._idle:
                     self._woken_at = now
                     self._work.notify()
@@ -247,7 +253,6 @@ class EngineCore:
             return None, shed
         members = [self._pending.pop(rid) for rid in out.batch.request_ids]
         self._running = (out.batch, members)
-        self.metrics.set_queue_depth(len(scheduler._reqs))
         return (out.batch, members, t_sched), shed
 
     def _execute_here(
@@ -277,7 +282,6 @@ class EngineCore:
             if rid is None or self.scheduler is None or not self.scheduler.remove(rid):
                 return False
             p = self._pending.pop(rid)
-            self.metrics.set_queue_depth(self.scheduler.get_num_waiting())
         self._shed([(p, ShedRequest(rid, reason, "the caller stopped waiting"))])
         return True
 
@@ -343,10 +347,8 @@ class EngineCore:
                             woken_at, self._woken_at = self._woken_at, None
                             if scheduler.has_waiting():
                                 self._watch.notify()
-                            self.metrics.set_queue_depth(len(scheduler._reqs))
                             break
                         if shed:
-                            self.metrics.set_queue_depth(len(scheduler._reqs))
                             break
                         if out.wait_until is not None and not self._closing:
                             self._idle = True
@@ -402,10 +404,10 @@ class EngineCore:
         try:
             x = members[0].x if len(members) == 1 else torch.cat([m.x for m in members])
             y = self.executor.run(batch.subnet, x).detach().to("cpu")  # on CUDA, also waits
-            if self.check_outputs:
+            # a finite sum means every output is finite (one reduction, no mask); else find the rows
+            if self.check_outputs and not math.isfinite(y.sum().item()):
                 finite = torch.isfinite(y.reshape(len(members), -1)).all(dim=1)
-                if not bool(finite.all()):
-                    bad = {i for i, ok in enumerate(finite.tolist()) if not ok}
+                bad = {i for i, ok in enumerate(finite.tolist()) if not ok}
         except Exception as e:
             error = e
         end = clock()
@@ -425,6 +427,8 @@ class EngineCore:
             subnet, size = batch.subnet, batch.size
             rows: list[tuple[float, float, bool]] = []
             answers: list[tuple[Future, Result]] = []
+            outputs = y.unbind(0) if size > 1 else (y[0],)  # views, no copies
+            answered_at = clock()  # one instant for the batch: every answer is ready now
             for i, m in enumerate(members):
                 r = m.request
                 if i in bad:
@@ -436,8 +440,8 @@ class EngineCore:
                         ),
                     )
                     continue
-                output = y[i] if m.squeeze else y[i : i + 1]
-                latency_ms = 1e3 * (clock() - r.arrival)
+                output = outputs[i] if m.squeeze else (y if size == 1 else outputs[i].unsqueeze(0))
+                latency_ms = 1e3 * (answered_at - r.arrival)
                 queue_ms = 1e3 * (start - r.arrival)
                 met = latency_ms <= r.budget_ms
                 rows.append((latency_ms / 1e3, queue_ms / 1e3, met))
@@ -525,7 +529,6 @@ class EngineCore:
                         continue
                     shed = [(self._pending.pop(s.request_id), s) for s in scheduler.shed_expired(now)]
                     if shed:
-                        self.metrics.set_queue_depth(scheduler.get_num_waiting())
                         self._lock.release()
                         try:
                             self._shed(shed)
@@ -548,7 +551,6 @@ class EngineCore:
             aborted = []
             if not drain and self.scheduler is not None:
                 aborted = [(self._pending.pop(s.request_id), s) for s in self.scheduler.abort_all("closed")]
-                self.metrics.set_queue_depth(0)
             self._work.notify_all()
         self._shed(aborted)
         if self.on_engine_thread():  # close() from a callback: the worker ends by itself

@@ -7,6 +7,11 @@ never collide; `serve()` exposes it on 127.0.0.1. The grouping of request outcom
 the rolling goodput gauges follow what Triton Inference Server and SuperServe (NSDI'25)
 report: success, SLO misses and rejections apart, and accuracy delivered within the SLO.
 
+Cost per request: counters and histograms are updated per batch, label children are
+resolved once, and the gauges that move with every batch (queue depth, the rolling
+goodput gauges, the fitted overhead) are read at scrape time (`Gauge.set_function`) from
+plain numbers the engine keeps current, so answering a request sets no gauge.
+
 | metric | type | labels |
 |---|---|---|
 | elastic_requests_total | counter | outcome: ok, late, rejected, shed, error |
@@ -33,7 +38,7 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -187,6 +192,7 @@ class ServingMetrics:
         # label children resolved once: the per-request path only increments
         self._outcome = {o: self.requests.labels(o) for o in OUTCOMES}
         self._selected: dict[int, Counter] = {}
+        self._corrections: dict[int, Gauge] = {}
         for outcome in OUTCOMES:
             self.requests.labels(outcome)
         for reason in REJECTION_REASONS:
@@ -198,6 +204,14 @@ class ServingMetrics:
         self._window: deque[tuple[float, bool]] = deque(maxlen=window)
         self._sum_weight = 0.0  # running sums over the window
         self._sum_met = 0
+        # read at scrape time: plain numbers, written without a lock (one reference each)
+        self._queue_depth: Callable[[], int] = lambda: 0
+        self._overhead_s = (0.0, 0.0)  # (per batch, per request)
+        self.queue_depth.set_function(lambda: self._queue_depth())
+        self.effective_accuracy.set_function(self._effective_accuracy)
+        self.slo_attainment.set_function(self._slo_attainment)
+        self.overhead_batch.set_function(lambda: self._overhead_s[0])
+        self.overhead_request.set_function(lambda: self._overhead_s[1])
         self._server = None
         self._thread = None
         self.port: int | None = None
@@ -205,9 +219,9 @@ class ServingMetrics:
     def set_subnets(self, subnets: Iterable[int]) -> None:
         """Create the per-subnet series (at zero) for the candidate ids."""
         for sid in subnets:
-            self.selections.labels(str(sid))
-            self.correction.labels(str(sid)).set(1.0)
             self._selected[sid] = self.selections.labels(str(sid))
+            self._corrections[sid] = child = self.correction.labels(str(sid))
+            child.set(1.0)
 
     # ---- recording ---------------------------------------------------------------------
     def rejected(self, reason: str, budget_ms: float | None = None) -> None:
@@ -285,20 +299,31 @@ class ServingMetrics:
                 window.append((w, m))
                 self._sum_weight += w
                 self._sum_met += m
-            n = len(window)
-            self.effective_accuracy.set(max(0.0, self._sum_weight) / n)
-            self.slo_attainment.set(self._sum_met / n)
 
-    def set_queue_depth(self, n: int) -> None:
-        self.queue_depth.set(n)
+    def track_queue_depth(self, depth: Callable[[], int]) -> None:
+        """Read `elastic_queue_depth` from `depth()` at every scrape (the engine passes its
+        scheduler's queue length: always current, and no update per request)."""
+        self._queue_depth = depth
 
     def set_overhead(self, per_batch_ms: float, per_request_ms: float) -> None:
-        self.overhead_batch.set(per_batch_ms / 1e3)
-        self.overhead_request.set(per_request_ms / 1e3)
+        self._overhead_s = (per_batch_ms / 1e3, per_request_ms / 1e3)
 
     def set_corrections(self, corrections: dict[int, float]) -> None:
         for sid, value in corrections.items():
-            self.correction.labels(str(sid)).set(value)
+            child = self._corrections.get(sid)
+            if child is None:
+                child = self._corrections[sid] = self.correction.labels(str(sid))
+            child.set(value)
+
+    def _effective_accuracy(self) -> float:
+        with self._lock:
+            n = len(self._window)
+            return max(0.0, self._sum_weight) / n if n else 0.0
+
+    def _slo_attainment(self) -> float:
+        with self._lock:
+            n = len(self._window)
+            return self._sum_met / n if n else 0.0
 
     def _budget(self, budget_ms: float) -> None:
         if 0 < budget_ms < math.inf:  # NaN, infinite and non-positive budgets skipped (an inf sum is useless)
@@ -313,9 +338,6 @@ class ServingMetrics:
             self._window.append((weight, met))
             self._sum_weight += weight
             self._sum_met += met
-            n = len(self._window)
-            self.effective_accuracy.set(max(0.0, self._sum_weight) / n)
-            self.slo_attainment.set(self._sum_met / n)
 
     # ---- exposition --------------------------------------------------------------------
     def serve(self, port: int = 0, addr: str = "127.0.0.1") -> int:

@@ -321,7 +321,7 @@ class Runtime:
             floor = check_min_accuracy(min_accuracy)
             level = check_priority(priority)
             effort = check_best_effort(best_effort)
-            sample, squeeze = self._check_sample(x)
+            sample, squeeze = self._check_sample(x, copy=not inline)  # inline: the engine copies if queued
         except InvalidInput:
             metrics.rejected("invalid")
             raise
