@@ -27,12 +27,16 @@ from elastic.model import ElasticModel
 def check_budget(budget_ms: object) -> float:
     """The budget as a float; `BudgetInfeasible` unless it is a real number (not a bool or a
     string). Non-positive and NaN budgets pass here and are refused by the scheduler."""
+    if type(budget_ms) is float:  # the common case, without the ABC check below
+        return budget_ms
     if isinstance(budget_ms, bool) or not isinstance(budget_ms, Real):
         raise BudgetInfeasible(f"budget_ms must be a number of milliseconds, got {budget_ms!r}")
     return float(budget_ms)
 
 
 def check_priority(priority: object) -> int:
+    if type(priority) is int:  # the common case, without the ABC check below
+        return priority
     if isinstance(priority, bool) or not isinstance(priority, Integral):
         raise InvalidInput(f"priority must be an integer, got {priority!r}")
     return int(priority)
@@ -110,3 +114,31 @@ class SampleCheck:
                 f"one sample per request: got a batch of {shape[0]}; submit each sample, the runtime batches them"
             )
         return (batch.detach().clone() if copy else batch.detach()), squeeze
+
+    def batch(self, xs: object) -> torch.Tensor:
+        """Validates a stacked batch of samples (`Runtime.submit_many`); returns a private copy.
+
+        Shape:
+            xs: (B, C, H, W), B >= 1 -> (B, C, H, W)
+
+        Raises:
+            InvalidInput: naming what is wrong with `xs` (and which rows are not finite).
+        """
+        if not isinstance(xs, torch.Tensor):
+            raise InvalidInput(f"xs must be a torch.Tensor, got {type(xs).__name__}")
+        if xs.layout is not torch.strided:
+            raise InvalidInput(f"xs must be a dense tensor, got layout {xs.layout}")
+        if xs.is_meta:
+            raise InvalidInput("xs is a meta tensor: it holds no data")
+        if xs.dtype is not self.dtype:
+            raise InvalidInput(f"xs has dtype {xs.dtype}; the model runs {self.dtype}: send xs.to({self.dtype})")
+        if xs.dim() != 4:
+            raise InvalidInput(f"xs must be a stacked batch (B, C, H, W), got shape {tuple(xs.shape)}")
+        if self._own_check or xs.shape[0] == 0 or xs.shape[1:] != self.input_size or not xs.is_floating_point():
+            self.model.check_input(xs)
+        elif not math.isfinite(xs.sum().item()):  # a finite sum: every element is finite
+            finite = torch.isfinite(xs.reshape(xs.shape[0], -1)).all(dim=1)
+            bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+            if bad:
+                raise InvalidInput(f"xs rows {bad} hold NaN or infinite values")
+        return xs.detach().clone()

@@ -65,6 +65,8 @@ class Pending:
     x: torch.Tensor  # (1, C, H, W), a private copy, on the CPU or wherever the caller had it
     squeeze: bool  # the caller sent (C, H, W): answer with (num_classes,)
     future: Future
+    base: torch.Tensor | None = None  # `submit_many`: the (B, C, H, W) copy `x` is row `row` of
+    row: int = 0
 
 
 class EngineCore:
@@ -207,6 +209,72 @@ class EngineCore:
         if step is not None:
             self._execute_here(scheduler, *step)
         return future
+
+    def submit_many(
+        self,
+        arrival: float,
+        budget_ms: float,
+        min_accuracy: float | None,
+        priority: int,
+        best_effort: bool,
+        xs: torch.Tensor,
+    ) -> list[Future[Result]]:
+        """Admit each row of a validated, private (B, C, H, W) copy as its own request, in
+        order, under one lock; answers are (num_classes,) rows.
+
+        A request the scheduler refuses gets a future already failed with that error
+        (`BudgetInfeasible`, `Overloaded`) and the rows after it are still offered; a closed
+        or dead runtime raises `Overloaded` for the whole call. The worker is woken once.
+        Rows that run together in one batch are passed to the executor as one slice of
+        `xs`, without stacking.
+        """
+        n = xs.shape[0]
+        futures: list[Future[Result]] = []
+        for _ in range(n):
+            future = _HelpingFuture(self) if self.caller_runs else Future()
+            future.set_running_or_notify_cancel()
+            futures.append(future)
+        metrics = self.metrics
+        victims: list[tuple[Pending, ShedRequest]] = []
+        refused: list[tuple[Future, Exception]] = []
+        with self._lock:
+            if self.dead is not None or self._closing:
+                for _ in range(n):
+                    metrics.rejected("closed", budget_ms)
+                if self.dead is not None:
+                    raise Overloaded(
+                        f"the runtime's worker died ({type(self.dead).__name__}: {self.dead}); create a new Runtime"
+                    )
+                raise Overloaded("the runtime is closed")
+            scheduler = self.scheduler
+            if scheduler is None:
+                raise RuntimeError("no latency profile: call Runtime.profile() first")
+            now = self.clock()
+            for i, future in enumerate(futures):
+                request = Request(next(self._ids), arrival, budget_ms, min_accuracy, priority, best_effort)
+                try:
+                    evicted = scheduler.add_request(request, now)
+                except (BudgetInfeasible, Overloaded) as e:
+                    metrics.rejected("infeasible" if isinstance(e, BudgetInfeasible) else "overloaded", budget_ms)
+                    refused.append((future, e))
+                    continue
+                metrics.admitted(budget_ms)
+                future.request_id = request.id
+                self._pending[request.id] = Pending(request, xs[i : i + 1], True, future, xs, i)
+                if evicted:
+                    victims += [(self._pending.pop(s.request_id), s) for s in evicted]
+            if self._idle:
+                self._woken_at = now
+                self._work.notify()
+            elif self._running is not None and not best_effort:
+                nxt = scheduler.next_expiry()
+                if nxt is not None and nxt < self._watch_at:
+                    self._watch.notify()
+        for future, error in refused:
+            future.set_exception(error)
+        if victims:
+            self._shed(victims)
+        return futures
 
     def help(self) -> None:
         """A caller is about to block on a result: if the engine is idle with requests
@@ -402,7 +470,7 @@ class EngineCore:
         bad: set[int] = set()
         start = clock()
         try:
-            x = members[0].x if len(members) == 1 else torch.cat([m.x for m in members])
+            x = members[0].x if len(members) == 1 else _stack(members)
             y = self.executor.run(batch.subnet, x).detach().to("cpu")  # on CUDA, also waits
             # a finite sum means every output is finite (one reduction, no mask); else find the rows
             if self.check_outputs and not math.isfinite(y.sum().item()):
@@ -598,6 +666,15 @@ class _HelpingFuture(Future):
             if timeout is None:
                 self._engine.help()
         return super().result(timeout)
+
+
+def _stack(members: list[Pending]) -> torch.Tensor:
+    """The members' samples as one batch: a slice of their common `submit_many` copy when
+    they are consecutive rows of it (no copy), else stacked."""
+    base, first = members[0].base, members[0].row
+    if base is not None and all(m.base is base and m.row == first + i for i, m in enumerate(members)):
+        return base[first : first + len(members)]
+    return torch.cat([m.x for m in members])
 
 
 def _fail(future: Future, error: ElasticError) -> None:

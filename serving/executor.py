@@ -53,13 +53,18 @@ class Executor(ABC):
 
 
 class EagerExecutor(Executor):
-    """The model's own forward, in inference mode."""
+    """The model's own forward, in inference mode (entered only when the caller is not
+    already in it: a serving loop that is pays nothing per batch)."""
 
     name = "eager"
 
-    @torch.inference_mode()
     def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.device, non_blocking=True), subnet=subnet)
+        if x.device != self.device:
+            x = x.to(self.device, non_blocking=True)
+        if torch.is_inference_mode_enabled():
+            return self.model(x, subnet=subnet)
+        with torch.inference_mode():
+            return self.model(x, subnet=subnet)
 
 
 # executor name -> "module:Class"; a module registers more by adding to this table

@@ -327,6 +327,60 @@ class Runtime:
             raise
         return self._engine.submit(arrival, budget, floor, level, effort, sample, squeeze, inline)
 
+    def submit_many(
+        self,
+        xs: torch.Tensor,
+        budget_ms: float,
+        *,
+        min_accuracy: float | None = None,
+        priority: int = 0,
+        best_effort: bool = False,
+    ) -> list[Future[Result]]:
+        """Queue every sample of a stacked batch, each as its own request, in one call.
+
+        What `[submit(x, budget_ms, ...) for x in xs]` does — every sample admitted,
+        scheduled, answered and counted as its own request with the same budget and
+        options, answered with (num_classes,) — for a caller that already holds a batch:
+        the batch is validated and copied once, admitted under one lock, and the rows that
+        run together reach the executor as one slice of that copy, without stacking.
+
+        Args:
+            xs: (B, C, H, W) samples, dense, finite, of the model's dtype.
+            budget_ms, min_accuracy, priority, best_effort: as `submit`, for every sample.
+
+        Returns:
+            one future per sample, in order.
+
+        Raises:
+            InvalidInput, BudgetInfeasible: a malformed argument or batch (rows that are not
+                finite are named): nothing is queued.
+            Overloaded: the runtime is closed.
+            RuntimeError: no latency profile yet.
+
+        A sample the scheduler refuses — its budget cannot be met, or the queue is full —
+        is not raised: its future is returned already failed with that error
+        (`BudgetInfeasible` or `Overloaded`), and the other samples are still served.
+        """
+        arrival = self._clock()
+        metrics = self.metrics
+        n = xs.shape[0] if isinstance(xs, torch.Tensor) and xs.dim() == 4 and xs.shape[0] > 0 else 1
+        try:
+            budget = check_budget(budget_ms)
+        except BudgetInfeasible:
+            for _ in range(n):
+                metrics.rejected("infeasible")
+            raise
+        try:
+            floor = check_min_accuracy(min_accuracy)
+            level = check_priority(priority)
+            effort = check_best_effort(best_effort)
+            batch = self._check_sample.batch(xs)
+        except InvalidInput:
+            for _ in range(n):
+                metrics.rejected("invalid")
+            raise
+        return self._engine.submit_many(arrival, budget, floor, level, effort, batch)
+
     def infer(
         self,
         x: torch.Tensor,

@@ -58,12 +58,13 @@ def test_scheduler_suite_counts_every_request_and_checks_targets():
 
 def test_overhead_counts_only_the_timed_batches(tiny_stitched):
     rows = overhead(tiny_stitched, "tiny", 0, repeats=3)
-    assert [r["batch"] for r in rows] == [1, 8]
-    one, eight = rows
+    assert [(r["batch"], r["call"]) for r in rows] == [(1, "infer"), (8, "8 × submit"), (8, "submit_many")]
+    one, eight, many = rows
     assert one["mean_runtime_batch"] == 1.0 and one["direct"]["n"] == one["runtime"]["n"] == 3
-    assert 1.0 <= eight["mean_runtime_batch"] <= 8.0
+    assert 1.0 <= eight["mean_runtime_batch"] <= 8.0 and 1.0 <= many["mean_runtime_batch"] <= 8.0
     assert set(one["target"]) == {"added_us_per_request", "pass"} and set(eight["target"]) == {"ratio", "pass"}
-    assert eight["target"]["pass"] == (eight["ratio"] <= 1.15)
+    assert eight["target"]["pass"] == (eight["ratio"] <= 1.15) and many["target"]["pass"] == (many["ratio"] <= 1.15)
+    assert eight["direct"] == many["direct"]  # one interleaved run: the same direct times
 
 
 def test_bench_cli_lists_every_suite_and_its_options():
