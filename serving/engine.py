@@ -321,6 +321,7 @@ class EngineCore:
             return None, shed
         members = [self._pending.pop(rid) for rid in out.batch.request_ids]
         self._running = (out.batch, members)
+        self._woken_at = None  # a wake-up the worker has not acted on is not the next batch's cost
         return (out.batch, members, t_sched), shed
 
     def _execute_here(
