@@ -129,6 +129,8 @@ class Stream:
 
         With a runtime, a frame the runtime refuses (`BudgetInfeasible`, `Overloaded`) or fails
         is not raised here: its future resolves with that error and the stream skips the frame.
+        Callbacks on the future then run on the runtime's thread: keep them short, never block
+        on another frame's result there.
         """
         return self._server._push(self.id, frame, budget_ms)
 
