@@ -129,6 +129,10 @@ class EngineCore:
         with self._lock:
             self.scheduler = scheduler
             self.metrics.track_queue_depth(scheduler.get_num_waiting)  # read at scrape time
+            self.metrics.track_latency_model(
+                lambda: (scheduler.overhead.per_batch_ms, scheduler.overhead.per_request_ms),
+                lambda sid: scheduler.predictor.correction(sid),
+            )
             self._work.notify()
 
     def on_engine_thread(self) -> bool:
@@ -526,13 +530,9 @@ class EngineCore:
 
     def _fold_overhead(self) -> None:
         """Fold the last batch's overhead into the latency model (under the lock)."""
-        size, ms, subnet = self._overhead
+        size, ms, _ = self._overhead
         self._overhead = None
-        scheduler = self.scheduler
-        scheduler.observe_overhead(size, ms)
-        o = scheduler.overhead
-        self.metrics.set_overhead(o.per_batch_ms, o.per_request_ms)
-        self.metrics.set_corrections({subnet: scheduler.predictor.correction(subnet)})  # only this one moved
+        self.scheduler.observe_overhead(size, ms)  # the metrics read the model at scrape time
 
     def _shed(self, shed: list[tuple[Pending, ShedRequest]]) -> None:
         for p, s in shed:

@@ -9,8 +9,8 @@ report: success, SLO misses and rejections apart, and accuracy delivered within 
 
 Cost per request: counters and histograms are updated per batch, label children are
 resolved once, and the gauges that move with every batch (queue depth, the rolling
-goodput gauges, the fitted overhead) are read at scrape time (`Gauge.set_function`) from
-plain numbers the engine keeps current, so answering a request sets no gauge.
+goodput gauges, the fitted overhead, the latency corrections) are read at scrape time
+(`Gauge.set_function`) from the engine's own state, so answering a request sets no gauge.
 
 | metric | type | labels |
 |---|---|---|
@@ -206,12 +206,13 @@ class ServingMetrics:
         self._sum_met = 0
         # read at scrape time: plain numbers, written without a lock (one reference each)
         self._queue_depth: Callable[[], int] = lambda: 0
-        self._overhead_s = (0.0, 0.0)  # (per batch, per request)
+        self._overhead_ms: Callable[[], tuple[float, float]] = lambda: (0.0, 0.0)  # (per batch, per request)
+        self._correction: Callable[[int], float] = lambda sid: 1.0
         self.queue_depth.set_function(lambda: self._queue_depth())
         self.effective_accuracy.set_function(self._effective_accuracy)
         self.slo_attainment.set_function(self._slo_attainment)
-        self.overhead_batch.set_function(lambda: self._overhead_s[0])
-        self.overhead_request.set_function(lambda: self._overhead_s[1])
+        self.overhead_batch.set_function(lambda: self._overhead_ms()[0] / 1e3)
+        self.overhead_request.set_function(lambda: self._overhead_ms()[1] / 1e3)
         self._server = None
         self._thread = None
         self.port: int | None = None
@@ -221,7 +222,7 @@ class ServingMetrics:
         for sid in subnets:
             self._selected[sid] = self.selections.labels(str(sid))
             self._corrections[sid] = child = self.correction.labels(str(sid))
-            child.set(1.0)
+            child.set_function(lambda sid=sid: self._correction(sid))
 
     # ---- recording ---------------------------------------------------------------------
     def rejected(self, reason: str, budget_ms: float | None = None) -> None:
@@ -305,15 +306,15 @@ class ServingMetrics:
         scheduler's queue length: always current, and no update per request)."""
         self._queue_depth = depth
 
-    def set_overhead(self, per_batch_ms: float, per_request_ms: float) -> None:
-        self._overhead_s = (per_batch_ms / 1e3, per_request_ms / 1e3)
-
-    def set_corrections(self, corrections: dict[int, float]) -> None:
-        for sid, value in corrections.items():
-            child = self._corrections.get(sid)
-            if child is None:
-                child = self._corrections[sid] = self.correction.labels(str(sid))
-            child.set(value)
+    def track_latency_model(
+        self, overhead_ms: Callable[[], tuple[float, float]], correction: Callable[[int], float]
+    ) -> None:
+        """Read the latency model at every scrape: `overhead_ms()` gives (per batch, per
+        request) ms for the `elastic_overhead_*` gauges, `correction(subnet)` the online
+        correction of each candidate subnet (`set_subnets`) — the factor the scheduler
+        applies now, also for a subnet not yet observed (it follows the shared correction)."""
+        self._overhead_ms = overhead_ms
+        self._correction = correction
 
     def _effective_accuracy(self) -> float:
         with self._lock:

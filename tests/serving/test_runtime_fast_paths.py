@@ -194,3 +194,9 @@ def test_scrape_time_gauges_follow_the_engine(rt, served_model, monkeypatch):
     o = rt.scheduler.overhead
     assert reg.get_sample_value("elastic_overhead_per_batch_seconds") == pytest.approx(o.per_batch_ms / 1e3)
     assert reg.get_sample_value("elastic_overhead_per_request_seconds") == pytest.approx(o.per_request_ms / 1e3)
+    for sid in rt.candidates:  # what the scheduler applies now, observed or not
+        got = reg.get_sample_value("elastic_latency_correction", {"subnet": str(sid)})
+        assert got == pytest.approx(rt.scheduler.predictor.correction(sid))
+    assert any(
+        reg.get_sample_value("elastic_latency_correction", {"subnet": str(sid)}) != 1.0 for sid in rt.candidates
+    )  # forwards ran: the corrections moved off their start
