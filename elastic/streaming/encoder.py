@@ -97,9 +97,9 @@ class TransformerEncoder(StreamingModule):
             y, ready, state = self.first.step_masked(x, state, valid)
         else:
             h, slot, ready, state = self.first.step_ring(x, state, valid)  # (B, n, C), ring order
-            for layer, w in zip(self.rest[:-1], self.rest_weights[:-1], strict=True):
-                h = full_layer(layer, w.get(), h)
-            y = last_query_layer(self.rest[-1], self.rest_weights[-1].get(), h, at_slot(h, slot))
+            for w in self.rest_weights[:-1]:
+                h = full_layer(w.get(), h)
+            y = last_query_layer(self.rest_weights[-1].get(), h, at_slot(h, slot))
         if self.norm is not None:
             y = self.norm(y)
         return y, ready, state

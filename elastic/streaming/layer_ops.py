@@ -17,9 +17,13 @@ Dropout is skipped: these are eval-mode computations.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from elastic.errors import UnsupportedArchitecture
 
@@ -33,35 +37,93 @@ def check_layer(layer: nn.Module) -> nn.TransformerEncoderLayer:
     return layer
 
 
+_registrations = 0  # parameters (re)assigned on any module since import: a stale-cache guard
+
+
+def _count_registration(module: nn.Module, name: str, param: Tensor | None) -> None:
+    global _registrations
+    _registrations += 1
+
+
+register_module_parameter_registration_hook(_count_registration)
+
+
+class LayerParams(NamedTuple):
+    """Everything a step reads from one layer, in one flat tuple (no `nn.Module` attribute lookups)."""
+
+    qkv_t: Tensor  # (C, 3C) in_proj weight, transposed
+    qkv_b: Tensor | None  # (3C,)
+    out_t: Tensor  # (C, C)
+    out_b: Tensor | None
+    ff1_t: Tensor  # (C, F)
+    ff1_b: Tensor | None
+    ff2_t: Tensor  # (F, C)
+    ff2_b: Tensor | None
+    norm1: tuple  # (normalized_shape, weight, bias, eps)
+    norm2: tuple
+    norm_first: bool
+    relu: bool  # the activation is F.relu (run in place)
+    activation: Callable[[Tensor], Tensor]
+    heads: int
+
+
+def _norm(n: nn.LayerNorm) -> tuple:
+    return (n.normalized_shape, n.weight, n.bias, n.eps)
+
+
+def _params(layer: nn.TransformerEncoderLayer, transposed: Sequence[Tensor]) -> LayerParams:
+    attn = layer.self_attn
+    return LayerParams(
+        transposed[0],
+        attn.in_proj_bias,
+        transposed[1],
+        attn.out_proj.bias,
+        transposed[2],
+        layer.linear1.bias,
+        transposed[3],
+        layer.linear2.bias,
+        _norm(layer.norm1),
+        _norm(layer.norm2),
+        bool(layer.norm_first),
+        layer.activation is F.relu,
+        layer.activation,
+        attn.num_heads,
+    )
+
+
 def _weights(layer: nn.TransformerEncoderLayer) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     attn = layer.self_attn
     return attn.in_proj_weight, attn.out_proj.weight, layer.linear1.weight, layer.linear2.weight
 
 
 class StepWeights:
-    """The layer's four weight matrices transposed `(in, out)`, for `x @ w_t` products.
+    """A layer's `LayerParams`, its four weight matrices transposed `(in, out)` for `x @ w_t` products.
 
-    With grad enabled: views of the live parameters. Without: contiguous copies, made on first
-    use and again whenever a weight's storage or version changes (`load_state_dict`, `.to()`,
-    in-place edits), so they never go stale.
+    With grad enabled: views of the live parameters, read afresh. Without: contiguous copies,
+    made on first use and again whenever a weight's storage or version changes
+    (`load_state_dict`, `.to()`, in-place edits) or any parameter is assigned anew, so they
+    never go stale; the other parameters are held by reference (in-place edits show).
     """
 
     def __init__(self, layer: nn.TransformerEncoderLayer) -> None:
         self.layer = layer
         self._key: tuple | None = None
-        self._copies: tuple[Tensor, ...] = ()
+        self._refs: tuple[Tensor, ...] = ()
+        self._params: LayerParams | None = None
 
-    def get(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """`(in_proj, out_proj, linear1, linear2)` weights, each `(in_features, out_features)`."""
-        ws = _weights(self.layer)
+    def _current_key(self) -> tuple:
+        return (_registrations, *((w.data_ptr(), w._version, w.dtype) for w in self._refs))
+
+    def get(self) -> LayerParams:
         if torch.is_grad_enabled():
-            return tuple(w.t() for w in ws)  # type: ignore[return-value]
-        key = tuple((w.data_ptr(), w._version, w.dtype) for w in ws)
-        if key != self._key:
+            return _params(self.layer, [w.t() for w in _weights(self.layer)])
+        if self._params is None or self._key != self._current_key():
+            self._refs = _weights(self.layer)
             with torch.inference_mode(False):  # plain tensors: usable with or without inference mode
-                self._copies = tuple(w.detach().t().contiguous() for w in ws)
-            self._key = key
-        return self._copies  # type: ignore[return-value]
+                copies = [w.detach().t().contiguous() for w in self._refs]
+            self._params = _params(self.layer, copies)
+            self._key = self._current_key()
+        return self._params
 
 
 def affine(x: Tensor, w_t: Tensor, bias: Tensor | None) -> Tensor:
@@ -77,29 +139,26 @@ def _slice(bias: Tensor | None, start: int, stop: int) -> Tensor | None:
     return None if bias is None else bias[start:stop]
 
 
-def attn_input(layer: nn.TransformerEncoderLayer, x: Tensor) -> Tensor:
+def attn_input(p: LayerParams, x: Tensor) -> Tensor:
     """What the layer's attention sees of tokens x: norm1(x) in pre-norm layers, x otherwise."""
-    if not layer.norm_first:
-        return x
-    n = layer.norm1
-    return F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps)
+    return F.layer_norm(x, *p.norm1) if p.norm_first else x
 
 
-def qkv(layer: nn.TransformerEncoderLayer, w: tuple[Tensor, ...], x: Tensor) -> Tensor:
+def qkv(p: LayerParams, x: Tensor) -> Tensor:
     """Query, key and value of tokens, concatenated. Shape: `(..., C)` -> `(..., 3C)`."""
-    return affine(attn_input(layer, x), w[0], layer.self_attn.in_proj_bias)
+    return affine(attn_input(p, x), p.qkv_t, p.qkv_b)
 
 
-def kv(layer: nn.TransformerEncoderLayer, w: tuple[Tensor, ...], x: Tensor) -> Tensor:
+def kv(p: LayerParams, x: Tensor) -> Tensor:
     """Key and value of tokens only (no query). Shape: `(..., C)` -> `(..., 2C)`."""
     c = x.shape[-1]
-    return affine(attn_input(layer, x), w[0][:, c:], _slice(layer.self_attn.in_proj_bias, c, 3 * c))
+    return affine(attn_input(p, x), p.qkv_t[:, c:], _slice(p.qkv_b, c, 3 * c))
 
 
-def query(layer: nn.TransformerEncoderLayer, w: tuple[Tensor, ...], x: Tensor) -> Tensor:
+def query(p: LayerParams, x: Tensor) -> Tensor:
     """Query of tokens only. Shape: `(..., C)` -> `(..., C)`."""
     c = x.shape[-1]
-    return affine(attn_input(layer, x), w[0][:, :c], _slice(layer.self_attn.in_proj_bias, 0, c))
+    return affine(attn_input(p, x), p.qkv_t[:, :c], _slice(p.qkv_b, 0, c))
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -112,43 +171,40 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.bmm(scores.softmax(dim=-1), v)
 
 
-def out_and_tail(layer: nn.TransformerEncoderLayer, w: tuple[Tensor, ...], x: Tensor, o: Tensor) -> Tensor:
+def out_and_tail(p: LayerParams, x: Tensor, o: Tensor) -> Tensor:
     """Output projection of the attention `o`, then residuals, norms and the feed-forward block.
 
     Shape:
         x (the layer's input tokens) and o (their attention outputs, heads merged): `(..., C)` -> `(..., C)`.
     """
-    a = affine(o, w[1], layer.self_attn.out_proj.bias)
-    n1, n2 = layer.norm1, layer.norm2
-    if layer.norm_first:
+    a = affine(o, p.out_t, p.out_b)
+    if p.norm_first:
         h = x + a
-        f = F.layer_norm(h, n2.normalized_shape, n2.weight, n2.bias, n2.eps)
-        return h + _feed_forward(layer, w, f)
-    h = F.layer_norm(x + a, n1.normalized_shape, n1.weight, n1.bias, n1.eps)
-    return F.layer_norm(h + _feed_forward(layer, w, h), n2.normalized_shape, n2.weight, n2.bias, n2.eps)
+        return h + _feed_forward(p, F.layer_norm(h, *p.norm2))
+    h = F.layer_norm(x + a, *p.norm1)
+    return F.layer_norm(h + _feed_forward(p, h), *p.norm2)
 
 
-def _feed_forward(layer: nn.TransformerEncoderLayer, w: tuple[Tensor, ...], h: Tensor) -> Tensor:
-    hidden = affine(h, w[2], layer.linear1.bias)
-    hidden = torch.relu_(hidden) if layer.activation is F.relu else layer.activation(hidden)
-    return affine(hidden, w[3], layer.linear2.bias)
+def _feed_forward(p: LayerParams, h: Tensor) -> Tensor:
+    hidden = affine(h, p.ff1_t, p.ff1_b)
+    hidden = torch.relu_(hidden) if p.relu else p.activation(hidden)
+    return affine(hidden, p.ff2_t, p.ff2_b)
 
 
-def full_layer(layer: nn.TransformerEncoderLayer, w: tuple[Tensor, ...], x: Tensor) -> Tensor:
+def full_layer(p: LayerParams, x: Tensor) -> Tensor:
     """The whole layer over windows (every query attends to every token of its window).
 
     Shape:
         x: `(B, n, C)` -> `(B, n, C)`; the layer is permutation-equivariant over the n tokens.
     """
     b, n, c = x.shape
-    heads = layer.self_attn.num_heads
-    dh = c // heads
-    t = qkv(layer, w, x).view(b, n, 3, heads, dh).permute(2, 0, 3, 1, 4).reshape(3, b * heads, n, dh)
-    o = softmax_attention(t[0], t[1], t[2]).view(b, heads, n, dh).transpose(1, 2).reshape(b, n, c)
-    return out_and_tail(layer, w, x, o)
+    dh = c // p.heads
+    t = qkv(p, x).view(b, n, 3, p.heads, dh).permute(2, 0, 3, 1, 4).reshape(3, b * p.heads, n, dh)
+    o = softmax_attention(t[0], t[1], t[2]).view(b, p.heads, n, dh).transpose(1, 2).reshape(b, n, c)
+    return out_and_tail(p, x, o)
 
 
-def last_query_layer(layer: nn.TransformerEncoderLayer, w: tuple[Tensor, ...], x: Tensor, last: Tensor) -> Tensor:
+def last_query_layer(p: LayerParams, x: Tensor, last: Tensor) -> Tensor:
     """The layer's output for one token of each window, its query over all the window's tokens.
 
     Args:
@@ -159,9 +215,7 @@ def last_query_layer(layer: nn.TransformerEncoderLayer, w: tuple[Tensor, ...], x
         x: `(B, n, C)`, last: `(B, C)` -> `(B, C)`.
     """
     b, n, c = x.shape
-    heads = layer.self_attn.num_heads
-    dh = c // heads
-    keys_values = kv(layer, w, x).view(b, n, 2, heads, dh).permute(2, 0, 3, 1, 4).reshape(2, b * heads, n, dh)
-    q = query(layer, w, last).view(b * heads, 1, dh)
-    o = softmax_attention(q, keys_values[0], keys_values[1]).view(b, c)
-    return out_and_tail(layer, w, last, o)
+    dh = c // p.heads
+    keys_values = kv(p, x).view(b, n, 2, p.heads, dh).permute(2, 0, 3, 1, 4).reshape(2, b * p.heads, n, dh)
+    o = softmax_attention(query(p, last).view(b * p.heads, 1, dh), keys_values[0], keys_values[1]).view(b, c)
+    return out_and_tail(p, last, o)

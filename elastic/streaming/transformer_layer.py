@@ -138,14 +138,14 @@ class SingleOutputEncoderLayer(_WindowLayer):
         return {"kv": kv, "t": PhaseCounter.init(batch, kv.device)}
 
     def step_masked(self, x: Tensor, state: State, valid: Tensor | None):
-        layer, kv, t = self.layer, state["kv"], state["t"]
+        kv, t = state["kv"], state["t"]
         b, h, _, n, dh = kv.shape
-        w = self.weights.get()
-        new = qkv(layer, w, x)  # (B, 3C): the one new token's query, key and value in one product
+        p = self.weights.get()
+        new = qkv(p, x)  # (B, 3C): the one new token's query, key and value in one product
         kv = ring_write(kv, 3, t % n, new[:, h * dh :].view(b, 2, h, 1, dh).transpose(1, 2))
         q = new[:, : h * dh].reshape(b * h, 1, dh)
         o = softmax_attention(q, kv[:, :, 0].reshape(b * h, n, dh), kv[:, :, 1].reshape(b * h, n, dh))
-        y = out_and_tail(layer, w, x, o.view(b, h * dh))
+        y = out_and_tail(p, x, o.view(b, h * dh))
         ready, t_next = PhaseCounter.advance(t, valid, self.delay, 1)
         return y, ready, keep_rows(valid, {"kv": kv, "t": t_next}, state)
 
@@ -185,16 +185,16 @@ class RetroactiveEncoderLayer(_WindowLayer):
         Shape:
             x `(B, C)` -> tokens `(B, n, C)`, slot `(B,)`.
         """
-        layer, xs, ring, t = self.layer, state["x"], state["qkv"], state["t"]
+        xs, ring, t = state["x"], state["qkv"], state["t"]
         b, h, _, n, dh = ring.shape
-        w = self.weights.get()
-        new = qkv(layer, w, x)  # (B, 3C)
+        p = self.weights.get()
+        new = qkv(p, x)  # (B, 3C)
         slot = t % n
         xs = ring_write(xs, 1, slot, x.unsqueeze(1))
         ring = ring_write(ring, 3, slot, new.view(b, 3, h, 1, dh).transpose(1, 2))
         q, k, v = (ring[:, :, i].reshape(b * h, n, dh) for i in range(3))
         o = softmax_attention(q, k, v).view(b, h, n, dh).transpose(1, 2).reshape(b, n, h * dh)
-        y = out_and_tail(layer, w, xs, o)
+        y = out_and_tail(p, xs, o)
         ready, t_next = PhaseCounter.advance(t, valid, self.delay, 1)
         return y, slot, ready, keep_rows(valid, {"x": xs, "qkv": ring, "t": t_next}, state)
 

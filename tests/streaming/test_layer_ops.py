@@ -38,3 +38,13 @@ def test_step_with_grad_reaches_the_weights():
         y, state = co.step(torch.randn(1, 16), state)
     y.sum().backward()
     assert all(p.grad is not None for p in co.parameters())
+
+
+def test_a_parameter_assigned_anew_is_picked_up():
+    co = _encoder(1)
+    x = torch.randn(1, 16, 6)
+    assert_steps_match_forward(co, x)
+    layer = co.first.layer
+    layer.linear1.weight = nn.Parameter(torch.randn_like(layer.linear1.weight))
+    layer.self_attn.out_proj.bias = nn.Parameter(torch.randn_like(layer.self_attn.out_proj.bias))
+    assert_steps_match_forward(co, x)
