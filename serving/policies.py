@@ -31,6 +31,14 @@ hope ride along without constraining the batch. Policies are pure Python over a 
   request is so moved to a cheaper subnet exactly when the more accurate one would make an
   admitted request miss. Only when no choice keeps everyone on time does it serve the
   largest prefix it can still serve on time.
+  It also prices the busy period: a forward cannot be interrupted, so a long batch turns
+  away the tight-budget requests that arrive while it runs. From the recent arrival rate
+  and budgets (`serving/demand.py`) the scheduler predicts how many arrivals a busy period
+  of T ms blocks; each is charged the fastest subnet's accuracy (what it would have
+  delivered), for the batch plus the queue behind it. Among batch sizes and then among the
+  batch's subnets (a binary search on the front's concave hull) the policy maximises
+  accuracy delivered minus that charge, so at moderate load it moves to cheaper subnets
+  before any deadline forces it, and at light load the charge is near zero.
 - `StaticPolicy` ("static:<id>"): always one subnet; batches greedily, as large as every
   member's deadline allows (the fixed-model baseline, like one Triton model instance with
   dynamic batching).
@@ -141,13 +149,17 @@ class ElasticPolicy(Policy):
             b × mean gap in which b more arrive, unless only the fastest subnet makes the
             deadlines: under load the policy moves to cheaper subnets as soon as a backlog
             forms, before deadlines force it.
+        blocking_price: weight of the busy-period charge, in units of the fastest
+            subnet's accuracy per blocked arrival (1: what the arrival would have
+            delivered; 0: no charge, the most accurate subnet that keeps deadlines).
     """
 
     name = "elastic"
 
-    def __init__(self, horizon: int | None = None, utilisation: float = 0.9):
+    def __init__(self, horizon: int | None = None, utilisation: float = 0.9, blocking_price: float = 1.0):
         self.horizon = horizon
         self.utilisation = utilisation
+        self.blocking_price = blocking_price
 
     def choose(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
         if hasattr(costs, "best_within"):
@@ -171,6 +183,11 @@ class ElasticPolicy(Policy):
         t_full = fast[1] / 1e3
         acc_fast = costs.accuracy(fast[0])
         n_hard = h - window.count(_INF)
+        # the busy period's price: what the arrivals it turns away would have delivered
+        price = self.blocking_price * acc_fast if hasattr(costs, "blocked_arrivals") else 0.0
+        if price > 0 and costs.arrival_gap_ms() is None:
+            price = 0.0
+        queued = len(queue)
         prefix_deadline = list(accumulate(hard[:n], min))
         prefix_floor = list(accumulate(floors[:n], max))
         # the arrival-rate share applies once a backlog forms (more than a full batch queued)
@@ -196,7 +213,7 @@ class ElasticPolicy(Policy):
             return fastest if fastest is not None and fastest[1] <= window_ms else None
 
         best: tuple | None = None
-        decision = None
+        decision = priced = None
         hard_b = soft_b = 0
         soft_d = _INF  # earliest deadline of the best-effort members (they never bind)
         for b in range(1, n + 1):
@@ -229,16 +246,25 @@ class ElasticPolicy(Policy):
             f = prefix_floor[b - 1]
             limit = d if d < latest else latest
             found = pick(b, f, (min(limit, soft_d) - now) * 1e3) if soft_b else None
+            members = hard_b + soft_b
+            # the queue behind this batch keeps the worker busy after it: full batches, fastest
+            rest_ms = 0.0
+            if price:
+                full, part = divmod(queued - b, max_batch)
+                rest_ms = full * fast[1] + (costs.fastest(None, part)[1] if part else 0.0)
             if found is not None:  # best-effort members on time too: they count like the rest
                 sid, t = found
                 acc = costs.accuracy(sid)
-                key = (1, (hard_b + soft_b) * acc + (n_hard - hard_b) * acc_fast, b, acc, -t)
+                cost = price * costs.blocked_arrivals(t + rest_ms) if price else 0.0
+                key = (1, members * acc + (n_hard - hard_b) * acc_fast - cost, b, acc, -t)
             elif hard_b:
                 found = pick(b, f, (limit - now) * 1e3)
+                members = hard_b
                 if found is not None:
                     sid, t = found
                     acc = costs.accuracy(sid)
-                    key = (1, hard_b * acc + (n_hard - hard_b) * acc_fast, b, acc, -t)
+                    cost = price * costs.blocked_arrivals(t + rest_ms) if price else 0.0
+                    key = (1, hard_b * acc + (n_hard - hard_b) * acc_fast - cost, b, acc, -t)
             else:  # only late best-effort members: the fastest subnet that keeps the rest on time
                 found = costs.fastest(None if f == _NO_FLOOR else f, b)
                 if found is not None and now + found[1] / 1e3 <= latest:
@@ -261,10 +287,17 @@ class ElasticPolicy(Policy):
                 key = (0, hard_b, b, acc if hard_b else -t, -t)
             if best is None or key > best:
                 best, decision = key, (sid, b)
+                priced = (b, f, t, members, rest_ms) if key[0] == 1 and members else None
         if (best is None or best[0] == 0) and hasattr(costs, "plan_late"):
             exact = self._fewest_late(queue, now, costs, max_batch, hard, floors)
             if exact is not None:
                 return exact
+        if decision is not None and priced is not None and price > 0:
+            # the batch's busy period turns away arrivals with tight budgets: a cheaper subnet
+            # of the same batch wins when its accuracy loss is smaller than what they would lose
+            found = costs.best_priced(*priced, price)
+            if found is not None:
+                decision = (found[0], priced[0])
         return Decision(*decision) if decision is not None else None
 
     @staticmethod

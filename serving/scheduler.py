@@ -38,7 +38,6 @@ import bisect
 import heapq
 import logging
 import math
-from collections import deque
 from collections.abc import Sequence
 from itertools import accumulate
 from numbers import Integral
@@ -46,6 +45,7 @@ from numbers import Integral
 from elastic.errors import BudgetInfeasible, ConfigError, Overloaded
 from elastic.subnet import Subnet
 
+from .demand import Demand
 from .interface import SchedulerInterface
 from .latency_model import LatencyModel, OverheadModel
 from .output import ScheduledBatch, SchedulerOutput, ShedRequest
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 _INF = math.inf
 _NO_FLOOR = -math.inf
 _REFRONT = 0.25  # re-sort the fronts once a latency correction moved this much (relative)
-_RATE_WINDOW = 32  # arrivals the arrival-rate estimate spans
 _ELIGIBLE_CACHE = 256  # most distinct min_accuracy values remembered by `eligible`
 
 
@@ -67,6 +66,21 @@ def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+def concave_hull(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
+    """Indices of the upper concave hull of points sorted by x (both ends kept)."""
+    hull: list[int] = []
+    for k in range(len(xs)):
+        while len(hull) >= 2:
+            i, j = hull[-2], hull[-1]
+            # drop j when it lies on or below the segment i -> k
+            if (ys[j] - ys[i]) * (xs[k] - xs[i]) <= (ys[k] - ys[i]) * (xs[j] - xs[i]):
+                hull.pop()
+            else:
+                break
+        hull.append(k)
+    return hull
 
 
 class BudgetScheduler(SchedulerInterface):
@@ -125,7 +139,7 @@ class BudgetScheduler(SchedulerInterface):
         self._expiry: list[tuple[float, int]] = []  # heap of (latest start, request id); lazy deletion
         self._busy_until: float | None = None  # predicted end of the batch running
         self._gap_s: float | None = None  # EWMA of the time between arrivals (fast: for holds)
-        self._arrival_times: deque[float] = deque(maxlen=_RATE_WINDOW)  # for the arrival rate
+        self.demand = Demand()  # recent arrival rate and budgets, every request counted
         self._last_arrival: float | None = None
         self._wait_useful = 1.0  # EWMA: did holding a batch back bring another request?
         self._waiting_for: int | None = None  # arrivals counted when the last hold began
@@ -177,6 +191,7 @@ class BudgetScheduler(SchedulerInterface):
         self._front_lat: list[list[float]] = [[]]
         self._front_ids: list[list[int]] = [[]]
         self._front_acc: list[list[float]] = [[]]
+        self._front_hull: list[list[int]] = [[]]  # indices on the upper concave hull of each front
         for b in range(1, self.max_batch_size + 1):
             rows = sorted((forward.predict_ms(s, b), -self._value[s], s) for s in self.candidates)
             lat, ids, acc = [], [], []
@@ -188,6 +203,7 @@ class BudgetScheduler(SchedulerInterface):
             self._front_lat.append(lat)
             self._front_ids.append(ids)
             self._front_acc.append(acc)
+            self._front_hull.append(concave_hull(lat, acc))
         self._front_corrections = {s: forward.correction(s) for s in self.candidates}
         self._front_global = forward._global if forward._global is not None else 1.0
         self._front_tail = forward.tail is not None  # the measured tail replaced the profile's
@@ -258,13 +274,52 @@ class BudgetScheduler(SchedulerInterface):
         return ids[j], predict(ids[j], batch) + over
 
     def arrival_gap_ms(self) -> float | None:
-        """Mean time between the last `_RATE_WINDOW` arrivals, in ms; None before that many,
-        or when they all arrived at once (a burst says nothing about a sustained rate)."""
-        times = self._arrival_times
-        if len(times) < _RATE_WINDOW:
-            return None
-        span = times[-1] - times[0]
-        return span * 1e3 / (len(times) - 1) if span > 0 else None
+        """Mean time between recent arrivals (admitted or not), in ms; None while unknown."""
+        return self.demand.gap_ms()
+
+    def blocked_arrivals(self, busy_ms: float) -> float:
+        """Expected arrivals a busy period of `busy_ms` turns away (`Demand.blocked`)."""
+        return self.demand.blocked(busy_ms, self._service_at(1, _NO_FLOOR))
+
+    def best_priced(self, batch: int, floor: float, max_ms: float, members: int, extra_ms: float, price: float):
+        """(id, service ms) maximising members × accuracy − price × arrivals blocked by a busy
+        period of its service + `extra_ms` (the queue behind it), among the candidates
+        `best_within(batch, floor, max_ms)` allows; `best_within`'s answer when the arrival
+        rate is unknown.
+
+        `price` is what one arrival turned away by the batch's busy period loses
+        (`Demand.blocked`). On the front's upper concave hull the gain of a slower subnet
+        shrinks and the cost grows, so a binary search finds the best hull point; the most
+        accurate allowed subnet (maybe off the hull) is compared with it.
+        """
+        top = self.best_within(batch, floor, max_ms)
+        if top is None or price <= 0 or self.demand.gap_ms() is None:
+            return top
+        ids, acc, hull = self._front_ids[batch], self._front_acc[batch], self._front_hull[batch]
+        predict, blocked = self.latency.forward.predict_ms, self.demand.blocked
+        over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
+        after = self._service_at(1, _NO_FLOOR)  # an arrival's fastest service, once the batch ends
+        j_top = ids.index(top[0])
+        lo = bisect.bisect_left(hull, 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor))
+        hi = bisect.bisect_right(hull, j_top) - 1
+        memo: dict[int, tuple[float, float]] = {}
+
+        def value(j: int) -> tuple[float, float]:
+            if j not in memo:
+                ms = predict(ids[j], batch) + over
+                memo[j] = (members * acc[j] - price * blocked(ms + extra_ms, after), ms)
+            return memo[j]
+
+        while lo < hi:  # unimodal along the hull: find its peak
+            mid = (lo + hi) // 2
+            if value(hull[mid + 1])[0] > value(hull[mid])[0]:
+                lo = mid + 1
+            else:
+                hi = mid
+        best = j_top
+        if lo == hi and value(hull[lo])[0] > value(j_top)[0]:
+            best = hull[lo]
+        return ids[best], value(best)[1]
 
     def fastest_ms(self, request: Request) -> float:
         found = self.fastest(request.min_accuracy, 1)
@@ -284,6 +339,7 @@ class BudgetScheduler(SchedulerInterface):
         budget = request.budget_ms
         if not budget > 0:  # also catches NaN
             raise BudgetInfeasible(f"budget must be > 0 ms, got {budget}")
+        self.demand.record(now, math.inf if request.best_effort else budget)
         floor = request.min_accuracy
         found = self.fastest(floor, 1)
         if found is None:
@@ -327,7 +383,6 @@ class BudgetScheduler(SchedulerInterface):
             gap = max(0.0, now - self._last_arrival)
             self._gap_s = gap if self._gap_s is None else self._gap_s + 0.2 * (gap - self._gap_s)
         self._last_arrival = now
-        self._arrival_times.append(now)
         self._arrivals += 1
         return evicted
 

@@ -1,0 +1,96 @@
+"""`Demand`: the recent arrival rate and budgets, and what a busy period costs the arrivals.
+
+A worker runs one batch at a time and a forward cannot be interrupted, so a batch that runs
+for T ms also decides the fate of the requests that arrive during it: one that arrives with
+u ms of the batch left and a budget of β ms makes its deadline only if β ≥ u + c, where c is
+the fastest service it could get afterwards. With arrivals at rate λ, uniform over the busy
+period, the expected number of arrivals a busy period of T ms makes miss is
+
+    blocked(T) = λ · ∫₀ᵀ P(β < u + c) du = λ · E_β[ clamp(T + c − β, 0, T) ],
+
+over the distribution of budgets, taken here as the last `window` budgets seen. blocked(T) is
+convex in T (its slope, λ · P(β < T + c), grows with T), so on a concave accuracy/latency
+front "more accuracy for this batch vs more arrivals turned away" has a single best point
+(`BudgetScheduler.best_priced` searches it). This is the opportunity cost of a long batch
+that size-and-deadline rules leave out: an idle-looking queue at moderate load still pays
+for a slow subnet with the tight requests that arrive behind it.
+
+Every request counts, admitted or not — a rejected request is exactly the demand a long
+batch turned away. Pure Python: O(log window) per query; the sorted sample is rebuilt at
+most once per `refresh` arrivals.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from itertools import accumulate, pairwise
+
+_RATE_WINDOW = 16  # arrivals the arrival-rate estimate spans
+_BUDGET_WINDOW = 256  # budgets the distribution estimate spans
+_REFRESH = 32
+_LN2 = 0.6931471805599453  # arrivals between rebuilds of the sorted budget sample
+
+
+class Demand:
+    """Arrival rate and budget distribution over a sliding window of recent requests.
+
+    Args:
+        rate_window: arrivals the rate estimate spans.
+        budget_window: budgets the distribution estimate spans.
+        refresh: arrivals between rebuilds of the sorted sample.
+    """
+
+    def __init__(self, rate_window: int = _RATE_WINDOW, budget_window: int = _BUDGET_WINDOW, refresh: int = _REFRESH):
+        self._times: deque[float] = deque(maxlen=rate_window)
+        self._budgets: deque[float] = deque(maxlen=budget_window)
+        self._refresh = refresh
+        self._stale = 0  # budgets recorded since the sorted sample was built
+        self._sorted: list[float] = []
+        self._prefix: list[float] = [0.0]  # _prefix[k] = sum of the k smallest budgets
+        self._gap: float | None = None  # cached gap_ms(), until the next arrival
+        self._gap_known = False
+
+    def record(self, now: float, budget_ms: float) -> None:
+        """One arrival at `now` (s) with `budget_ms` (inf for a best-effort request)."""
+        self._times.append(now)
+        self._budgets.append(budget_ms)
+        self._stale += 1
+        self._gap_known = False
+
+    def gap_ms(self) -> float | None:
+        """Typical time between the recent arrivals, in ms: the median gap / ln 2, which is
+        the mean gap of a Poisson stream and, for bursty arrivals, the gap inside a burst
+        (idle periods between bursts do not dilute it). None before the window is full or
+        when the arrivals came all at once."""
+        if not self._gap_known:
+            self._gap, self._gap_known = self._median_gap_ms(), True
+        return self._gap
+
+    def _median_gap_ms(self) -> float | None:
+        times = self._times
+        if len(times) < times.maxlen:
+            return None
+        gaps = sorted(b - a for a, b in pairwise(times))
+        median = gaps[len(gaps) // 2]
+        return median * 1e3 / _LN2 if median > 0 else None
+
+    def blocked(self, busy_ms: float, service_ms: float) -> float:
+        """Expected arrivals a busy period of `busy_ms` makes miss their budget, when the
+        fastest service they could get after it takes `service_ms` (0 before the rate is known)."""
+        gap = self.gap_ms()
+        if gap is None or busy_ms <= 0:
+            return 0.0
+        if self._stale >= self._refresh or not self._sorted:
+            self._rebuild()
+        budgets, prefix = self._sorted, self._prefix
+        n = len(budgets)
+        k0 = bisect.bisect_right(budgets, service_ms)  # can never make it: the whole busy period
+        k1 = bisect.bisect_left(budgets, busy_ms + service_ms)  # miss when arriving late enough
+        partial = (k1 - k0) * (busy_ms + service_ms) - (prefix[k1] - prefix[k0])
+        return (k0 * busy_ms + partial) / (n * gap)
+
+    def _rebuild(self) -> None:
+        self._sorted = sorted(self._budgets)
+        self._prefix = [0.0, *accumulate(b if b < float("inf") else 0.0 for b in self._sorted)]
+        self._stale = 0
