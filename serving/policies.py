@@ -287,7 +287,7 @@ class ElasticPolicy(Policy):
                 key = (0, hard_b, b, acc if hard_b else -t, -t)
             if best is None or key > best:
                 best, decision = key, (sid, b)
-                priced = (b, f, t, members, rest_ms) if key[0] == 1 and members else None
+                priced = (b, f, sid, members, rest_ms) if key[0] == 1 and members else None
         if (best is None or best[0] == 0) and hasattr(costs, "plan_late"):
             exact = self._fewest_late(queue, now, costs, max_batch, hard, floors)
             if exact is not None:
@@ -295,9 +295,7 @@ class ElasticPolicy(Policy):
         if decision is not None and priced is not None and price > 0:
             # the batch's busy period turns away arrivals with tight budgets: a cheaper subnet
             # of the same batch wins when its accuracy loss is smaller than what they would lose
-            found = costs.best_priced(*priced, price)
-            if found is not None:
-                decision = (found[0], priced[0])
+            decision = (costs.best_priced(*priced, price)[0], priced[0])
         return Decision(*decision) if decision is not None else None
 
     @staticmethod

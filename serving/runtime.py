@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -451,7 +452,18 @@ class Runtime:
             timeout: most seconds to wait for the worker (None: as long as it takes); past
                 it, queued requests are shed and the running batch ends in the background.
         """
+        from .streams import close_streams
+
+        close_streams(self, drain, timeout)  # first: draining a stream needs its encodings
         self._engine.close(drain, timeout)
+
+    def open_stream(self, module, budget_ms: float = math.inf, **kw):
+        """A stream of continual `module` (an `elastic.streaming` module) whose frames this
+        runtime encodes, each within `budget_ms` on the subnet its scheduler picks; see
+        `serving.streams.open_stream` for the options and what a refused frame does."""
+        from .streams import open_stream
+
+        return open_stream(self, module, budget_ms, **kw)
 
     def __enter__(self) -> Runtime:
         return self

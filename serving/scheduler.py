@@ -192,6 +192,7 @@ class BudgetScheduler(SchedulerInterface):
         self._front_ids: list[list[int]] = [[]]
         self._front_acc: list[list[float]] = [[]]
         self._front_hull: list[list[int]] = [[]]  # indices on the upper concave hull of each front
+        self._front_pos: list[dict[int, int]] = [{}]  # subnet id -> index in each front
         for b in range(1, self.max_batch_size + 1):
             rows = sorted((forward.predict_ms(s, b), -self._value[s], s) for s in self.candidates)
             lat, ids, acc = [], [], []
@@ -204,6 +205,7 @@ class BudgetScheduler(SchedulerInterface):
             self._front_ids.append(ids)
             self._front_acc.append(acc)
             self._front_hull.append(concave_hull(lat, acc))
+            self._front_pos.append({sid: k for k, sid in enumerate(ids)})
         self._front_corrections = {s: forward.correction(s) for s in self.candidates}
         self._front_global = forward._global if forward._global is not None else 1.0
         self._front_tail = forward.tail is not None  # the measured tail replaced the profile's
@@ -281,25 +283,25 @@ class BudgetScheduler(SchedulerInterface):
         """Expected arrivals a busy period of `busy_ms` turns away (`Demand.blocked`)."""
         return self.demand.blocked(busy_ms, self._service_at(1, _NO_FLOOR))
 
-    def best_priced(self, batch: int, floor: float, max_ms: float, members: int, extra_ms: float, price: float):
+    def best_priced(self, batch: int, floor: float, top: int, members: int, extra_ms: float, price: float):
         """(id, service ms) maximising members × accuracy − price × arrivals blocked by a busy
-        period of its service + `extra_ms` (the queue behind it), among the candidates
-        `best_within(batch, floor, max_ms)` allows; `best_within`'s answer when the arrival
-        rate is unknown.
+        period of its service + `extra_ms` (the queue behind it), among `top` and the
+        candidates faster than it at `batch` that meet `floor`; `top` itself when the
+        arrival rate is unknown.
 
         `price` is what one arrival turned away by the batch's busy period loses
         (`Demand.blocked`). On the front's upper concave hull the gain of a slower subnet
-        shrinks and the cost grows, so a binary search finds the best hull point; the most
-        accurate allowed subnet (maybe off the hull) is compared with it.
+        shrinks and the cost grows, so a binary search finds the best hull point; `top`
+        (maybe off the hull) is compared with it.
         """
-        top = self.best_within(batch, floor, max_ms)
-        if top is None or price <= 0 or self.demand.gap_ms() is None:
-            return top
-        ids, acc, hull = self._front_ids[batch], self._front_acc[batch], self._front_hull[batch]
-        predict, blocked = self.latency.forward.predict_ms, self.demand.blocked
+        ids = self._front_ids[batch]
         over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
+        predict = self.latency.forward.predict_ms
+        if price <= 0 or self.demand.gap_ms() is None or top not in self._front_pos[batch]:
+            return top, predict(top, batch) + over
+        acc, hull, blocked = self._front_acc[batch], self._front_hull[batch], self.demand.blocked
         after = self._service_at(1, _NO_FLOOR)  # an arrival's fastest service, once the batch ends
-        j_top = ids.index(top[0])
+        j_top = self._front_pos[batch][top]
         lo = bisect.bisect_left(hull, 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor))
         hi = bisect.bisect_right(hull, j_top) - 1
         memo: dict[int, tuple[float, float]] = {}

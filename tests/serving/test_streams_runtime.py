@@ -81,7 +81,7 @@ def test_streams_through_a_static_runtime_each_get_their_solo_output(served_mode
 
     with Runtime(served_model, max_batch_size=8, policy="static:5", profile=served_profile) as rt:
         head.step_masked = held
-        streams = [open_stream(rt, head, budget_ms=1e6, stream_id=f"cam{i}") for i in range(n_streams)]
+        streams = [rt.open_stream(head, budget_ms=1e6, stream_id=f"cam{i}") for i in range(n_streams)]
         server = streams[0]._server
         futures = {i: [streams[i].push(frames[i][0])] for i in range(n_streams)}
         assert entered.wait(30)
@@ -222,3 +222,14 @@ def test_a_streams_steps_run_in_push_order_when_encodings_finish_out_of_order():
         got = [futures[i].result(10) for i in (0, 1, 3, 4, 5)]
         assert s.subnets == [0, 1, 3, 4, 5] and s.skipped == 1
     assert_same(got, solo(head, [frames[i] for i in (0, 1, 3, 4, 5)]))
+
+
+def test_closing_the_runtime_drains_its_streams_first(served_model, served_profile):
+    head = make_head()
+    frames = [torch.randn(3, 32, 32) for _ in range(5)]
+    rt = Runtime(served_model, max_batch_size=4, policy="static:0", profile=served_profile)
+    s = rt.open_stream(head, budget_ms=1e6)
+    pushed = [s.push(f) for f in frames]
+    rt.close()  # drains: every frame is encoded and stepped before the engine stops
+    assert s.closed
+    assert_same([f.result(0) for f in pushed], solo(head, encoded(served_model, frames, 0)))
