@@ -29,7 +29,8 @@ from itertools import accumulate, pairwise
 _RATE_WINDOW = 16  # arrivals the arrival-rate estimate spans
 _BUDGET_WINDOW = 256  # budgets the distribution estimate spans
 _REFRESH = 32
-_LN2 = 0.6931471805599453  # arrivals between rebuilds of the sorted budget sample
+_LN2 = 0.6931471805599453
+_MIN_ARRIVALS = 5  # arrivals before a rate is estimated (the median of 4 gaps)  # arrivals between rebuilds of the sorted budget sample
 
 
 class Demand:
@@ -61,15 +62,15 @@ class Demand:
     def gap_ms(self) -> float | None:
         """Typical time between the recent arrivals, in ms: the median gap / ln 2, which is
         the mean gap of a Poisson stream and, for bursty arrivals, the gap inside a burst
-        (idle periods between bursts do not dilute it). None before the window is full or
-        when the arrivals came all at once."""
+        (idle periods between bursts do not dilute it). None before 5 arrivals, or when
+        they came all at once."""
         if not self._gap_known:
             self._gap, self._gap_known = self._median_gap_ms(), True
         return self._gap
 
     def _median_gap_ms(self) -> float | None:
         times = self._times
-        if len(times) < times.maxlen:
+        if len(times) < min(_MIN_ARRIVALS, times.maxlen):
             return None
         gaps = sorted(b - a for a, b in pairwise(times))
         median = gaps[len(gaps) // 2]
