@@ -28,9 +28,9 @@ from itertools import accumulate, pairwise
 
 _RATE_WINDOW = 16  # arrivals the arrival-rate estimate spans
 _BUDGET_WINDOW = 256  # budgets the distribution estimate spans
-_REFRESH = 32
+_REFRESH = 32  # arrivals between rebuilds of the sorted budget sample
+_MIN_ARRIVALS = 5  # arrivals before a rate is estimated (the median of 4 gaps)
 _LN2 = 0.6931471805599453
-_MIN_ARRIVALS = 5  # arrivals before a rate is estimated (the median of 4 gaps)  # arrivals between rebuilds of the sorted budget sample
 
 
 class Demand:
