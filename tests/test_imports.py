@@ -21,6 +21,7 @@ PURE_PYTHON = [
     "elastic.serving",
     "elastic.serving.scheduler",
     "elastic.serving.policies",
+    "elastic.serving.demand",
     "elastic.serving.profile",
     "elastic.serving.predictor",
     "elastic.builders.published",

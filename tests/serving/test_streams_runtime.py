@@ -19,7 +19,7 @@ from torch import nn
 
 import elastic.streaming as es
 from elastic.errors import BudgetInfeasible, ConfigError, ExecutionError, InvalidInput, Overloaded
-from elastic.serving import LatencyProfile, Runtime
+from elastic.serving import ElasticPolicy, LatencyProfile, Runtime
 from elastic.serving.request import Result
 from elastic.serving.streams import StreamServer, close_streams, open_stream
 
@@ -106,7 +106,10 @@ def test_elastic_policy_picks_a_subnet_per_frame_and_reports_it(served_model):
     head = make_head()
     frames = [torch.randn(3, 32, 32) for _ in range(6)]
     budgets = [100.0, 100.0, 100.0, 1e9, 1e9, 1e9]  # only the cheap subnet makes 100 ms by the profile
-    with Runtime(served_model, max_batch_size=4, profile=profile) as rt:
+    # no busy-period price: with 100 ms budgets arriving every few ms, it would (rightly, for
+    # open-loop traffic) keep the 1e6 ms subnet out; here one client waits for each frame
+    policy = ElasticPolicy(blocking_price=0.0)
+    with Runtime(served_model, max_batch_size=4, profile=profile, policy=policy) as rt:
         stream = open_stream(rt, head)
         outs = [stream.push(f, budget_ms=b).result(60) for f, b in zip(frames, budgets, strict=True)]
         used = stream.subnets
