@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from gate import Gate  # sibling helper module
 
 from elastic.errors import InvalidInput
 from elastic.serving import Result, Runtime
@@ -100,20 +101,9 @@ def test_an_overriding_check_input_is_still_called(served_model, monkeypatch):
 def test_an_inline_request_that_gets_queued_holds_its_own_copy(rt, served_model, monkeypatch):
     """`infer` passes its tensor uncopied; when the engine is busy and the request waits,
     the engine copies it, so a change to the caller's tensor meanwhile is not served."""
-    entered, release = threading.Event(), threading.Event()
-    original = served_model.forward
-    calls = []
-
-    def forward(x, subnet=0):
-        calls.append(1)
-        if len(calls) == 1:
-            entered.set()
-            assert release.wait(30)
-        return original(x, subnet=subnet)
-
-    monkeypatch.setattr(served_model, "forward", forward)
+    gate = Gate(monkeypatch, served_model)  # the first forward blocks until released
     plug = rt.submit(torch.randn(3, 32, 32), GENEROUS_MS)
-    assert entered.wait(30)
+    assert gate.entered.wait(30)
     x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(7))
     expected_input = x.clone()
     got: list[Result] = []
@@ -124,11 +114,11 @@ def test_an_inline_request_that_gets_queued_holds_its_own_copy(rt, served_model,
         time.sleep(0.001)
     assert rt.scheduler.get_num_waiting() == 1
     x.fill_(1e3)  # the caller's tensor changes while its request waits
-    release.set()
+    gate.release.set()
     caller.join(60)
     assert isinstance(plug.result(timeout=60), Result) and len(got) == 1
     with torch.inference_mode():
-        expected = original(expected_input.unsqueeze(0), subnet=got[0].subnet)[0]
+        expected = gate.original(expected_input.unsqueeze(0), subnet=got[0].subnet)[0]
     torch.testing.assert_close(got[0].output, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -167,23 +157,12 @@ def test_scrape_time_gauges_follow_the_engine(rt, served_model, monkeypatch):
     reg = rt.metrics.registry
     assert reg.get_sample_value("elastic_queue_depth") == 0
     assert reg.get_sample_value("elastic_effective_accuracy") == 0
-    entered, release = threading.Event(), threading.Event()
-    original = served_model.forward
-    calls = []
-
-    def forward(x, subnet=0):
-        calls.append(1)
-        if len(calls) == 1:
-            entered.set()
-            assert release.wait(30)
-        return original(x, subnet=subnet)
-
-    monkeypatch.setattr(served_model, "forward", forward)
+    gate = Gate(monkeypatch, served_model)  # the first forward blocks until released
     plug = rt.submit(torch.randn(3, 32, 32), GENEROUS_MS)
-    assert entered.wait(30)
+    assert gate.entered.wait(30)
     waiting = [rt.submit(torch.randn(3, 32, 32), GENEROUS_MS) for _ in range(3)]
     assert reg.get_sample_value("elastic_queue_depth") == rt.scheduler.get_num_waiting() == 3
-    release.set()
+    gate.release.set()
     for f in [plug, *waiting]:
         f.result(timeout=60)
     rt.infer(torch.randn(3, 32, 32), GENEROUS_MS)  # folds the last batch's overhead in

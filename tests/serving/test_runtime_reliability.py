@@ -13,6 +13,7 @@ from concurrent.futures import wait
 
 import pytest
 import torch
+from gate import Gate  # sibling helper module
 
 from elastic.errors import (
     BudgetInfeasible,
@@ -45,24 +46,6 @@ def rt(served_model, served_profile):
     runtime = Runtime(served_model, max_batch_size=8, max_queue=4096, profile=served_profile)
     yield runtime
     runtime.close(drain=True, timeout=60)
-
-
-class Gate:
-    """Patches the model's forward to block (once entered) until released."""
-
-    def __init__(self, monkeypatch, model, times=1):
-        self.entered, self.release = threading.Event(), threading.Event()
-        self.calls = 0
-        original = model.forward
-
-        def forward(x, subnet=0):
-            self.calls += 1
-            if self.calls <= times:
-                self.entered.set()
-                self.release.wait(60)
-            return original(x, subnet=subnet)
-
-        monkeypatch.setattr(model, "forward", forward)
 
 
 # ---- dtype: one bad sample never poisons a batch --------------------------------------------

@@ -6,10 +6,10 @@ the same metrics; a malformed call queues nothing.
 """
 
 import math
-import threading
 
 import pytest
 import torch
+from gate import Gate  # sibling helper module
 
 from elastic.errors import BudgetInfeasible, InvalidInput, Overloaded
 from elastic.serving import Result, Runtime
@@ -49,31 +49,20 @@ def test_every_row_is_answered_with_its_own_forward(rt, served_model, n):
 
 
 def test_the_batch_is_copied_at_the_call(rt, served_model, monkeypatch):
-    entered, release = threading.Event(), threading.Event()
-    original = served_model.forward
-    calls = []
-
-    def forward(x, subnet=0):
-        calls.append(1)
-        if len(calls) == 1:
-            entered.set()
-            assert release.wait(30)
-        return original(x, subnet=subnet)
-
-    monkeypatch.setattr(served_model, "forward", forward)
+    gate = Gate(monkeypatch, served_model)  # the first forward blocks until released
     plug = rt.submit(batch(1)[0], GENEROUS_MS)
-    assert entered.wait(30)
+    assert gate.entered.wait(30)
     xs = batch(4, seed=1)
     expected = xs.clone()
     futures = rt.submit_many(xs, GENEROUS_MS)
     xs.zero_()  # the caller reuses its buffer while the requests wait
-    release.set()
+    gate.release.set()
     plug.result(timeout=60)
     results = [f.result(timeout=60) for f in futures]
     with torch.inference_mode():
         for i, r in enumerate(results):
             torch.testing.assert_close(
-                r.output, original(expected[i : i + 1], subnet=r.subnet)[0], rtol=1e-4, atol=1e-4
+                r.output, gate.original(expected[i : i + 1], subnet=r.subnet)[0], rtol=1e-4, atol=1e-4
             )
 
 
@@ -127,27 +116,16 @@ def test_requests_the_scheduler_refuses_fail_alone(served_model, served_profile,
     """A full queue refuses the rows beyond it: their futures fail with `Overloaded`,
     the others are served."""
     with Runtime(served_model, max_batch_size=2, max_queue=3, profile=served_profile) as rt:
-        entered, release = threading.Event(), threading.Event()
-        original = served_model.forward
-        calls = []
-
-        def forward(x, subnet=0):
-            calls.append(1)
-            if len(calls) == 1:
-                entered.set()
-                assert release.wait(30)
-            return original(x, subnet=subnet)
-
-        monkeypatch.setattr(served_model, "forward", forward)
+        gate = Gate(monkeypatch, served_model)  # the first forward blocks until released
         plug = rt.submit(batch(1)[0], GENEROUS_MS)
-        assert entered.wait(30)
+        assert gate.entered.wait(30)
         futures = rt.submit_many(batch(5), GENEROUS_MS, best_effort=True)
         refused = [f for f in futures if f.done()]
         assert len(refused) == 2
         for f in refused:
             with pytest.raises(Overloaded, match="queue full"):
                 f.result()
-        release.set()
+        gate.release.set()
         plug.result(timeout=60)
         assert all(isinstance(f.result(timeout=60), Result) for f in futures[:3])
         assert rt.metrics.registry.get_sample_value("elastic_rejections_total", {"reason": "overloaded"}) == 2
