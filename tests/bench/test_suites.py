@@ -61,7 +61,8 @@ def test_overhead_counts_only_the_timed_batches(tiny_stitched):
     assert [(r["batch"], r["call"]) for r in rows] == [(1, "infer"), (8, "8 × submit"), (8, "submit_many")]
     one, eight, many = rows
     assert one["mean_runtime_batch"] == 1.0 and one["direct"]["n"] == one["runtime"]["n"] == 3
-    assert 1.0 <= eight["mean_runtime_batch"] <= 8.0 and 1.0 <= many["mean_runtime_batch"] <= 8.0
+    # submit_many admits its eight rows under one lock: the worker never sees part of them
+    assert many["mean_runtime_batch"] == 8.0
     assert set(one["target"]) == {"added_us_per_request", "pass"} and set(eight["target"]) == {"ratio", "pass"}
     assert eight["target"]["pass"] == (eight["ratio"] <= 1.15) and many["target"]["pass"] == (many["ratio"] <= 1.15)
     assert eight["direct"] == many["direct"]  # one interleaved run: the same direct times
