@@ -15,6 +15,7 @@ from concurrent.futures import Future
 
 import pytest
 import torch
+from test_streams import solo  # sibling test module: one stream stepped alone
 from torch import nn
 
 import elastic.streaming as es
@@ -36,22 +37,13 @@ def make_head() -> es.StreamingModule:
     ).eval()
 
 
-def solo(module, frames):
-    state = module.init_state(1, frames[0].shape)
-    outs = []
-    with torch.inference_mode():
-        for f in frames:
-            y, state = module.step(f.unsqueeze(0), state)
-            outs.append(None if y is None else y[0])
-    return outs
-
-
 def encoded(model, frames, subnet):
     with torch.inference_mode():
         return [model(f.unsqueeze(0), subnet=subnet)[0] for f in frames]
 
 
 def assert_same(got, want):
+    """As test_streams' check, at 1e-5: frames encoded in runtime batches vs one by one."""
     assert [g is None for g in got] == [w is None for w in want]
     for g, w in zip(got, want, strict=True):
         if g is not None:
