@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .base import State, StreamingModule
-from .layer_ops import StepWeights, check_layer, full_layer, last_query_layer
+from .layer_ops import LayerParamsCache, check_layer, full_layer, last_query_layer
 from .transformer_layer import (
     RetroactiveEncoderLayer,
     SingleOutputEncoderLayer,
@@ -54,7 +54,7 @@ class TransformerEncoder(StreamingModule):
         else:
             self.first = RetroactiveEncoderLayer(layers[0], window)
         self.rest = nn.ModuleList(layers[1:])
-        self.rest_weights = [StepWeights(layer) for layer in layers[1:]]
+        self.rest_params = [LayerParamsCache(layer) for layer in layers[1:]]
         self.norm = norm
 
     @classmethod
@@ -97,9 +97,9 @@ class TransformerEncoder(StreamingModule):
             y, ready, state = self.first.step_masked(x, state, valid)
         else:
             h, slot, ready, state = self.first.step_ring(x, state, valid)  # (B, n, C), ring order
-            for w in self.rest_weights[:-1]:
+            for w in self.rest_params[:-1]:
                 h = full_layer(w.get(), h)
-            y = last_query_layer(self.rest_weights[-1].get(), h, at_slot(h, slot))
+            y = last_query_layer(self.rest_params[-1].get(), h, at_slot(h, slot))
         if self.norm is not None:
             y = self.norm(y)
         return y, ready, state

@@ -4,26 +4,28 @@ The continual encoder layers (Hedegaard, Bakhtiarnia & Iosifidis, "Continual Tra
 Redundancy-Free Attention for Online Inference", ICLR 2023) run pieces of a torch layer on a
 few tokens per step: the new token's projections, one query's attention, the feed-forward
 block of one token. At batch 1 those are matrix-vector products whose cost is reading the
-weights, plus a few microseconds of dispatch per op, so this file keeps the op count low
-(one `addmm` per projection, `bmm` attention, no `nn.Module.__call__`) and, with grad off,
-multiplies by contiguous transposed copies of the weights: on the 2-core development CPU a
-`(1, 256) @ (256, 768)` product ran 1.5-1.7x faster that way than `F.linear`'s `x @ W.T`
-when other work had just run (the cache-cold case every interleaved benchmark measures).
-The copies (`StepWeights`) are refreshed whenever a weight changes (in place or replaced),
-and with grad on the live parameters are used, so autograd through a step still works.
+weights (~3 MiB at d 256, ff 1024: more than a core's L2), plus a few microseconds of
+dispatch per op, so this file keeps the op count low: one `F.linear` per projection, one
+`scaled_dot_product_attention` for the new token's query, no `nn.Module.__call__`. The
+products read the layer's own parameters: the same bytes the torch model reads, so a step
+run right after the offline model finds them in cache, and autograd through a step works.
+(Transposed weight copies were tried: no faster once the step was lean, twice the bytes.)
+
+A step reads the parameters from one cached `LayerParams` tuple (no `nn.Module` attribute
+lookups); `LayerParamsCache` rebuilds it when a parameter or submodule of the layer is
+assigned anew (in-place edits, `load_state_dict` and `.to()` keep the same objects).
 
 Dropout is skipped: these are eval-mode computations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from elastic.errors import UnsupportedArchitecture
 
@@ -37,27 +39,16 @@ def check_layer(layer: nn.Module) -> nn.TransformerEncoderLayer:
     return layer
 
 
-_registrations = 0  # parameters (re)assigned on any module since import: a stale-cache guard
-
-
-def _count_registration(module: nn.Module, name: str, param: Tensor | None) -> None:
-    global _registrations
-    _registrations += 1
-
-
-register_module_parameter_registration_hook(_count_registration)
-
-
 class LayerParams(NamedTuple):
     """Everything a step reads from one layer, in one flat tuple (no `nn.Module` attribute lookups)."""
 
-    qkv_t: Tensor  # (C, 3C) in_proj weight, transposed
+    qkv_w: Tensor  # (3C, C) in_proj weight, as `F.linear` takes it
     qkv_b: Tensor | None  # (3C,)
-    out_t: Tensor  # (C, C)
+    out_w: Tensor  # (C, C)
     out_b: Tensor | None
-    ff1_t: Tensor  # (C, F)
+    ff1_w: Tensor  # (F, C)
     ff1_b: Tensor | None
-    ff2_t: Tensor  # (F, C)
+    ff2_w: Tensor  # (C, F)
     ff2_b: Tensor | None
     norm1: tuple  # (normalized_shape, weight, bias, eps)
     norm2: tuple
@@ -71,16 +62,16 @@ def _norm(n: nn.LayerNorm) -> tuple:
     return (n.normalized_shape, n.weight, n.bias, n.eps)
 
 
-def _params(layer: nn.TransformerEncoderLayer, transposed: Sequence[Tensor]) -> LayerParams:
+def _params(layer: nn.TransformerEncoderLayer) -> LayerParams:
     attn = layer.self_attn
     return LayerParams(
-        transposed[0],
+        attn.in_proj_weight,
         attn.in_proj_bias,
-        transposed[1],
+        attn.out_proj.weight,
         attn.out_proj.bias,
-        transposed[2],
+        layer.linear1.weight,
         layer.linear1.bias,
-        transposed[3],
+        layer.linear2.weight,
         layer.linear2.bias,
         _norm(layer.norm1),
         _norm(layer.norm2),
@@ -91,48 +82,45 @@ def _params(layer: nn.TransformerEncoderLayer, transposed: Sequence[Tensor]) -> 
     )
 
 
-def _weights(layer: nn.TransformerEncoderLayer) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _slots(layer: nn.TransformerEncoderLayer) -> list[tuple[dict, str, object]]:
+    """`(registry, name, object)` for every submodule and parameter a step reads: a stale-cache key."""
     attn = layer.self_attn
-    return attn.in_proj_weight, attn.out_proj.weight, layer.linear1.weight, layer.linear2.weight
+    out = [
+        (layer._modules, name, layer._modules[name]) for name in ("self_attn", "linear1", "linear2", "norm1", "norm2")
+    ]
+    out.append((attn._modules, "out_proj", attn.out_proj))
+    for module, names in (
+        (attn, ("in_proj_weight", "in_proj_bias")),
+        (attn.out_proj, ("weight", "bias")),
+        (layer.linear1, ("weight", "bias")),
+        (layer.linear2, ("weight", "bias")),
+        (layer.norm1, ("weight", "bias")),
+        (layer.norm2, ("weight", "bias")),
+    ):
+        out += [(module._parameters, name, module._parameters.get(name)) for name in names]
+    return out
 
 
-class StepWeights:
-    """A layer's `LayerParams`, its four weight matrices transposed `(in, out)` for `x @ w_t` products.
+class LayerParamsCache:
+    """A layer's `LayerParams`, rebuilt only when one of its parameters or submodules is assigned anew.
 
-    With grad enabled: views of the live parameters, read afresh. Without: contiguous copies,
-    made on first use and again whenever a weight's storage or version changes
-    (`load_state_dict`, `.to()`, in-place edits) or any parameter is assigned anew, so they
-    never go stale; the other parameters are held by reference (in-place edits show).
+    The tuple holds the live parameters (not copies), so in-place edits, `load_state_dict` and
+    `.to()` (which swaps `.data` under the same `Parameter`) show at once; assignment
+    (`layer.linear1.weight = nn.Parameter(...)`, `layer.linear1 = nn.Linear(...)`) is caught by
+    comparing each registry entry with the object seen when the tuple was built.
     """
 
     def __init__(self, layer: nn.TransformerEncoderLayer) -> None:
         self.layer = layer
-        self._key: tuple | None = None
-        self._refs: tuple[Tensor, ...] = ()
+        self._slots: list[tuple[dict, str, object]] = []
         self._params: LayerParams | None = None
 
-    def _current_key(self) -> tuple:
-        return (_registrations, *((w.data_ptr(), w._version, w.dtype) for w in self._refs))
-
     def get(self) -> LayerParams:
-        if torch.is_grad_enabled():
-            return _params(self.layer, [w.t() for w in _weights(self.layer)])
-        if self._params is None or self._key != self._current_key():
-            self._refs = _weights(self.layer)
-            with torch.inference_mode(False):  # plain tensors: usable with or without inference mode
-                copies = [w.detach().t().contiguous() for w in self._refs]
-            self._params = _params(self.layer, copies)
-            self._key = self._current_key()
-        return self._params
-
-
-def affine(x: Tensor, w_t: Tensor, bias: Tensor | None) -> Tensor:
-    """`x @ w_t + bias` over the last dim in one op. Shape: `(..., K)` -> `(..., N)`."""
-    if x.dim() == 2:
-        return torch.addmm(bias, x, w_t) if bias is not None else torch.mm(x, w_t)
-    flat = x.reshape(-1, x.shape[-1])
-    out = torch.addmm(bias, flat, w_t) if bias is not None else torch.mm(flat, w_t)
-    return out.view(*x.shape[:-1], w_t.shape[1])
+        params = self._params
+        if params is None or not all([registry.get(name) is obj for registry, name, obj in self._slots]):
+            self._slots = _slots(self.layer)
+            params = self._params = _params(self.layer)
+        return params
 
 
 def _slice(bias: Tensor | None, start: int, stop: int) -> Tensor | None:
@@ -146,19 +134,19 @@ def attn_input(p: LayerParams, x: Tensor) -> Tensor:
 
 def qkv(p: LayerParams, x: Tensor) -> Tensor:
     """Query, key and value of tokens, concatenated. Shape: `(..., C)` -> `(..., 3C)`."""
-    return affine(attn_input(p, x), p.qkv_t, p.qkv_b)
+    return F.linear(attn_input(p, x), p.qkv_w, p.qkv_b)
 
 
 def kv(p: LayerParams, x: Tensor) -> Tensor:
     """Key and value of tokens only (no query). Shape: `(..., C)` -> `(..., 2C)`."""
     c = x.shape[-1]
-    return affine(attn_input(p, x), p.qkv_t[:, c:], _slice(p.qkv_b, c, 3 * c))
+    return F.linear(attn_input(p, x), p.qkv_w[c:], _slice(p.qkv_b, c, 3 * c))
 
 
 def query(p: LayerParams, x: Tensor) -> Tensor:
     """Query of tokens only. Shape: `(..., C)` -> `(..., C)`."""
     c = x.shape[-1]
-    return affine(attn_input(p, x), p.qkv_t[:, :c], _slice(p.qkv_b, 0, c))
+    return F.linear(attn_input(p, x), p.qkv_w[:c], _slice(p.qkv_b, 0, c))
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -171,13 +159,22 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.bmm(scores.softmax(dim=-1), v)
 
 
+def one_query_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Each row's one query over its keys, per head, in one fused op; heads merged in the output.
+
+    Shape:
+        q: `(B, h, 1, dh)`, k and v: `(B, h, n, dh)` (any strides, e.g. views of a ring) -> `(B, h * dh)`.
+    """
+    return F.scaled_dot_product_attention(q, k, v).reshape(q.shape[0], -1)
+
+
 def out_and_tail(p: LayerParams, x: Tensor, o: Tensor) -> Tensor:
     """Output projection of the attention `o`, then residuals, norms and the feed-forward block.
 
     Shape:
         x (the layer's input tokens) and o (their attention outputs, heads merged): `(..., C)` -> `(..., C)`.
     """
-    a = affine(o, p.out_t, p.out_b)
+    a = F.linear(o, p.out_w, p.out_b)
     if p.norm_first:
         h = x + a
         return h + _feed_forward(p, F.layer_norm(h, *p.norm2))
@@ -186,9 +183,9 @@ def out_and_tail(p: LayerParams, x: Tensor, o: Tensor) -> Tensor:
 
 
 def _feed_forward(p: LayerParams, h: Tensor) -> Tensor:
-    hidden = affine(h, p.ff1_t, p.ff1_b)
+    hidden = F.linear(h, p.ff1_w, p.ff1_b)
     hidden = torch.relu_(hidden) if p.relu else p.activation(hidden)
-    return affine(hidden, p.ff2_t, p.ff2_b)
+    return F.linear(hidden, p.ff2_w, p.ff2_b)
 
 
 def full_layer(p: LayerParams, x: Tensor) -> Tensor:
@@ -216,6 +213,6 @@ def last_query_layer(p: LayerParams, x: Tensor, last: Tensor) -> Tensor:
     """
     b, n, c = x.shape
     dh = c // p.heads
-    keys_values = kv(p, x).view(b, n, 2, p.heads, dh).permute(2, 0, 3, 1, 4).reshape(2, b * p.heads, n, dh)
-    o = softmax_attention(query(p, last).view(b * p.heads, 1, dh), keys_values[0], keys_values[1]).view(b, c)
+    keys_values = kv(p, x).view(b, n, 2, p.heads, dh).permute(2, 0, 3, 1, 4)  # (2, B, h, n, dh), a view
+    o = one_query_attention(query(p, last).view(b, p.heads, 1, dh), keys_values[0], keys_values[1])
     return out_and_tail(p, last, o)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import PhaseCounter, State, StreamingModule, keep_rows, param_device_dtype
-from .layer_ops import StepWeights, check_layer, out_and_tail, qkv, softmax_attention
+from .layer_ops import LayerParamsCache, check_layer, one_query_attention, out_and_tail, qkv, softmax_attention
 
 
 def torch_layer_on_windows(layer: nn.TransformerEncoderLayer, windows: Tensor) -> Tensor:
@@ -87,7 +87,7 @@ class _WindowLayer(StreamingModule):
             raise ValueError(f"window must be >= 1, got {window}")
         self.layer = check_layer(layer)
         self.window = window
-        self.weights = StepWeights(self.layer)  # transposed weight copies for the step's products
+        self.params = LayerParamsCache(self.layer)  # the step's parameters in one tuple
 
     def extra_repr(self) -> str:
         return f"window={self.window}"
@@ -140,12 +140,11 @@ class SingleOutputEncoderLayer(_WindowLayer):
     def step_masked(self, x: Tensor, state: State, valid: Tensor | None):
         kv, t = state["kv"], state["t"]
         b, h, _, n, dh = kv.shape
-        p = self.weights.get()
+        p = self.params.get()
         new = qkv(p, x)  # (B, 3C): the one new token's query, key and value in one product
         kv = ring_write(kv, 3, t % n, new[:, h * dh :].view(b, 2, h, 1, dh).transpose(1, 2))
-        q = new[:, : h * dh].reshape(b * h, 1, dh)
-        o = softmax_attention(q, kv[:, :, 0].reshape(b * h, n, dh), kv[:, :, 1].reshape(b * h, n, dh))
-        y = out_and_tail(p, x, o.view(b, h * dh))
+        o = one_query_attention(new[:, : h * dh].view(b, h, 1, dh), kv[:, :, 0], kv[:, :, 1])  # (B, C)
+        y = out_and_tail(p, x, o)
         ready, t_next = PhaseCounter.advance(t, valid, self.delay, 1)
         return y, ready, keep_rows(valid, {"kv": kv, "t": t_next}, state)
 
@@ -187,7 +186,7 @@ class RetroactiveEncoderLayer(_WindowLayer):
         """
         xs, ring, t = state["x"], state["qkv"], state["t"]
         b, h, _, n, dh = ring.shape
-        p = self.weights.get()
+        p = self.params.get()
         new = qkv(p, x)  # (B, 3C)
         slot = t % n
         xs = ring_write(xs, 1, slot, x.unsqueeze(1))

@@ -1,6 +1,10 @@
-"""The transformer step's transposed weight copies never go stale, and with grad on the step is differentiable."""
+"""The transformer step's cached parameter tuple never goes stale, the step is differentiable with grad on,
+and importing the package installs no process-wide hook."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import torch
 from stepping import assert_steps_match_forward
@@ -19,7 +23,7 @@ def test_weights_changed_in_place_or_moved_are_picked_up():
     for layers in (1, 2, 3):
         co = _encoder(layers)
         x = torch.randn(2, 16, 7)
-        assert_steps_match_forward(co, x)  # fills the copies
+        assert_steps_match_forward(co, x)  # fills the cached parameter tuples
         fresh = _encoder(layers)
         with torch.no_grad():
             for p in fresh.parameters():
@@ -48,3 +52,17 @@ def test_a_parameter_assigned_anew_is_picked_up():
     layer.linear1.weight = nn.Parameter(torch.randn_like(layer.linear1.weight))
     layer.self_attn.out_proj.bias = nn.Parameter(torch.randn_like(layer.self_attn.out_proj.bias))
     assert_steps_match_forward(co, x)
+    layer.linear2 = nn.Linear(32, 16)  # a submodule replaced whole
+    layer.norm1 = nn.LayerNorm(16, eps=1e-3)
+    assert_steps_match_forward(co, x)
+
+
+def test_importing_the_package_registers_no_global_module_hook():
+    code = (
+        "import torch.nn.modules.module as m\n"
+        "import elastic.streaming\n"
+        "hooks = [m._global_parameter_registration_hooks, m._global_module_registration_hooks,"
+        " m._global_buffer_registration_hooks, m._global_forward_hooks, m._global_forward_pre_hooks]\n"
+        "assert not any(hooks), hooks\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
