@@ -4,13 +4,14 @@ Continual Transformers (Hedegaard, Bakhtiarnia & Iosifidis, "Continual Transform
 Redundancy-Free Attention for Online Inference", ICLR 2023). The offline model is an
 `nn.TransformerEncoderLayer` applied to every window of the last `window` tokens. Stepping
 keeps the keys and values (and, for the retroactive layer, queries and inputs) of the
-window's tokens in preallocated rings (step t writes slot t mod n), so a step projects only
-the new token, with one fused query/key/value product:
+window's tokens, so a step projects only the new token, with one fused query/key/value
+product:
 
 - `SingleOutputEncoderLayer`: only the newest token's output, `O(n d)` attention plus one
-  token through the feed-forward block — the paper's Continual Single-Output layer. One
-  query's softmax attention does not depend on the order of the keys, so the ring is never
-  rotated.
+  token through the feed-forward block — the paper's Continual Single-Output layer. Its
+  keys and values are a window, oldest first, shifted by one `torch.cat` per step (the
+  same bytes as a ring's out-of-place write, fewer ops); the newest token's query attends
+  over it in one `scaled_dot_product_attention`.
 - `RetroactiveEncoderLayer`: every token of the window, updated for the new key. The paper
   updates running softmax numerators/denominators (`O(n d)`); here the window's scores are
   recomputed from the cached queries and keys (`O(n^2 d)`: 4.2 MFLOPs at n = 64, d = 256),
@@ -18,7 +19,8 @@ the new token, with one fused query/key/value product:
   Either way every token's output changes, so the output projection and the feed-forward
   block run on all `n` tokens and dominate the cost (75 of the layer's ~80 MFLOPs there).
 
-Rings are written out of place (`scatter`), so `step` stays pure: the caller's state is
+The retroactive layer keeps preallocated rings (step t writes slot t mod n). Windows and
+rings are written out of place (`cat`, `scatter`), so `step` stays pure: the caller's state is
 never modified. The per-step maths is in `layer_ops.py`. Any activation of the torch layer
 runs as is (continual-inference 1.2.4 turns "gelu" into ReLU), and pre-norm
 (`norm_first=True`) layers stream too. Masks are not supported.
@@ -133,17 +135,17 @@ class SingleOutputEncoderLayer(_WindowLayer):
 
     def init_state(self, batch, frame_shape, *, device=None, dtype=None) -> State:
         h = self.heads
-        # keys and values of the window's tokens, heads first, a ring over the n slots: (B, h, 2, n, C / h)
-        kv = self._ring(batch, device, dtype, h, 2, self.window, self.d_model // h)
+        # keys and values of the window's tokens, oldest first: (B, 2, h, n, C / h)
+        kv = self._ring(batch, device, dtype, 2, h, self.window, self.d_model // h)
         return {"kv": kv, "t": PhaseCounter.init(batch, kv.device)}
 
     def step_masked(self, x: Tensor, state: State, valid: Tensor | None):
         kv, t = state["kv"], state["t"]
-        b, h, _, n, dh = kv.shape
+        b, _, h, _, dh = kv.shape
         p = self.params.get()
         new = qkv(p, x)  # (B, 3C): the one new token's query, key and value in one product
-        kv = ring_write(kv, 3, t % n, new[:, h * dh :].view(b, 2, h, 1, dh).transpose(1, 2))
-        o = one_query_attention(new[:, : h * dh].view(b, h, 1, dh), kv[:, :, 0], kv[:, :, 1])  # (B, C)
+        kv = torch.cat([kv[:, :, :, 1:], new[:, h * dh :].view(b, 2, h, 1, dh)], dim=3)  # the oldest token leaves
+        o = one_query_attention(new[:, : h * dh].view(b, h, 1, dh), kv[:, 0], kv[:, 1])  # (B, C)
         y = out_and_tail(p, x, o)
         ready, t_next = PhaseCounter.advance(t, valid, self.delay, 1)
         return y, ready, keep_rows(valid, {"kv": kv, "t": t_next}, state)
