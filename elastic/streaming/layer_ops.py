@@ -5,15 +5,19 @@ Redundancy-Free Attention for Online Inference", ICLR 2023) run pieces of a torc
 few tokens per step: the new token's projections, one query's attention, the feed-forward
 block of one token. At batch 1 those are matrix-vector products whose cost is reading the
 weights (~3 MiB at d 256, ff 1024: more than a core's L2), plus a few microseconds of
-dispatch per op, so this file keeps the op count low: one `F.linear` per projection, one
+dispatch per op, so this file keeps the op count low: one `addmm` per projection (on a
+transposed view of the weight: `F.linear`'s own product, minus two dispatches), one
 `scaled_dot_product_attention` for the new token's query, no `nn.Module.__call__`. The
 products read the layer's own parameters: the same bytes the torch model reads, so a step
-run right after the offline model finds them in cache, and autograd through a step works.
-(Transposed weight copies were tried: no faster once the step was lean, twice the bytes.)
+run right after the offline model finds them in cache. Contiguous transposed copies (kept
+until 2026-11-30, refreshed through a process-wide parameter-registration hook) made the
+product faster in isolation, but measured interleaved against recomputing the window they
+gave the lean step nothing (bench/streaming.py's timing, 3 rounds each way: 0.133 vs 0.152
+ms alternating, 0.106 vs 0.108 ms 8 in a row, window 64) and doubled the bytes in cache.
 
 A step reads the parameters from one cached `LayerParams` tuple (no `nn.Module` attribute
 lookups); `LayerParamsCache` rebuilds it when a parameter or submodule of the layer is
-assigned anew (in-place edits, `load_state_dict` and `.to()` keep the same objects).
+assigned anew or a weight's storage moves.
 
 Dropout is skipped: these are eval-mode computations.
 """
@@ -42,13 +46,13 @@ def check_layer(layer: nn.Module) -> nn.TransformerEncoderLayer:
 class LayerParams(NamedTuple):
     """Everything a step reads from one layer, in one flat tuple (no `nn.Module` attribute lookups)."""
 
-    qkv_w: Tensor  # (3C, C) in_proj weight, as `F.linear` takes it
+    qkv_t: Tensor  # (C, 3C) in_proj weight, a transposed view (no copy) for `addmm(b, x, w_t)`
     qkv_b: Tensor | None  # (3C,)
-    out_w: Tensor  # (C, C)
+    out_t: Tensor  # (C, C)
     out_b: Tensor | None
-    ff1_w: Tensor  # (F, C)
+    ff1_t: Tensor  # (C, F)
     ff1_b: Tensor | None
-    ff2_w: Tensor  # (C, F)
+    ff2_t: Tensor  # (F, C)
     ff2_b: Tensor | None
     norm1: tuple  # (normalized_shape, weight, bias, eps)
     norm2: tuple
@@ -65,13 +69,13 @@ def _norm(n: nn.LayerNorm) -> tuple:
 def _params(layer: nn.TransformerEncoderLayer) -> LayerParams:
     attn = layer.self_attn
     return LayerParams(
-        attn.in_proj_weight,
+        attn.in_proj_weight.t(),
         attn.in_proj_bias,
-        attn.out_proj.weight,
+        attn.out_proj.weight.t(),
         attn.out_proj.bias,
-        layer.linear1.weight,
+        layer.linear1.weight.t(),
         layer.linear1.bias,
-        layer.linear2.weight,
+        layer.linear2.weight.t(),
         layer.linear2.bias,
         _norm(layer.norm1),
         _norm(layer.norm2),
@@ -101,26 +105,56 @@ def _slots(layer: nn.TransformerEncoderLayer) -> list[tuple[dict, str, object]]:
     return out
 
 
-class LayerParamsCache:
-    """A layer's `LayerParams`, rebuilt only when one of its parameters or submodules is assigned anew.
+def _weights(layer: nn.TransformerEncoderLayer) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    attn = layer.self_attn
+    return attn.in_proj_weight, attn.out_proj.weight, layer.linear1.weight, layer.linear2.weight
 
-    The tuple holds the live parameters (not copies), so in-place edits, `load_state_dict` and
-    `.to()` (which swaps `.data` under the same `Parameter`) show at once; assignment
-    (`layer.linear1.weight = nn.Parameter(...)`, `layer.linear1 = nn.Linear(...)`) is caught by
-    comparing each registry entry with the object seen when the tuple was built.
+
+class LayerParamsCache:
+    """A layer's `LayerParams`, rebuilt when a parameter or submodule is assigned anew or a weight moves.
+
+    The tuple holds the live parameters and views of them (no copies), so in-place edits and
+    `load_state_dict` show at once. A rebuild happens when a registry entry is not the object
+    seen when the tuple was built (`layer.linear1.weight = nn.Parameter(...)`,
+    `layer.linear1 = nn.Linear(...)`) or a weight's storage changed (`.to()`, which swaps `.data`
+    under the same `Parameter`). With grad enabled the tuple is built afresh, so its transposed
+    views carry autograd to the parameters.
     """
 
     def __init__(self, layer: nn.TransformerEncoderLayer) -> None:
         self.layer = layer
         self._slots: list[tuple[dict, str, object]] = []
+        self._weights: tuple[Tensor, ...] = ()
+        self._ptrs: list[int] = []
         self._params: LayerParams | None = None
 
+    def _stale(self) -> bool:
+        return not all([registry.get(name) is obj for registry, name, obj in self._slots]) or self._ptrs != [
+            w.data_ptr() for w in self._weights
+        ]
+
     def get(self) -> LayerParams:
+        if torch.is_grad_enabled():
+            return _params(self.layer)
         params = self._params
-        if params is None or not all([registry.get(name) is obj for registry, name, obj in self._slots]):
+        if params is None or self._stale():
             self._slots = _slots(self.layer)
+            self._weights = _weights(self.layer)
+            self._ptrs = [w.data_ptr() for w in self._weights]
             params = self._params = _params(self.layer)
         return params
+
+
+def affine(x: Tensor, w_t: Tensor, bias: Tensor | None) -> Tensor:
+    """`x @ w_t + bias` over the last dim, one `addmm` (what `F.linear` runs, without its dispatch).
+
+    Shape:
+        x: `(..., K)`, w_t: `(K, N)` -> `(..., N)`.
+    """
+    if x.dim() == 2:
+        return torch.addmm(bias, x, w_t) if bias is not None else torch.mm(x, w_t)
+    out = affine(x.reshape(-1, x.shape[-1]), w_t, bias)
+    return out.view(*x.shape[:-1], w_t.shape[1])
 
 
 def _slice(bias: Tensor | None, start: int, stop: int) -> Tensor | None:
@@ -134,19 +168,19 @@ def attn_input(p: LayerParams, x: Tensor) -> Tensor:
 
 def qkv(p: LayerParams, x: Tensor) -> Tensor:
     """Query, key and value of tokens, concatenated. Shape: `(..., C)` -> `(..., 3C)`."""
-    return F.linear(attn_input(p, x), p.qkv_w, p.qkv_b)
+    return affine(attn_input(p, x), p.qkv_t, p.qkv_b)
 
 
 def kv(p: LayerParams, x: Tensor) -> Tensor:
     """Key and value of tokens only (no query). Shape: `(..., C)` -> `(..., 2C)`."""
     c = x.shape[-1]
-    return F.linear(attn_input(p, x), p.qkv_w[c:], _slice(p.qkv_b, c, 3 * c))
+    return affine(attn_input(p, x), p.qkv_t[:, c:], _slice(p.qkv_b, c, 3 * c))
 
 
 def query(p: LayerParams, x: Tensor) -> Tensor:
     """Query of tokens only. Shape: `(..., C)` -> `(..., C)`."""
     c = x.shape[-1]
-    return F.linear(attn_input(p, x), p.qkv_w[:c], _slice(p.qkv_b, 0, c))
+    return affine(attn_input(p, x), p.qkv_t[:, :c], _slice(p.qkv_b, 0, c))
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -174,7 +208,7 @@ def out_and_tail(p: LayerParams, x: Tensor, o: Tensor) -> Tensor:
     Shape:
         x (the layer's input tokens) and o (their attention outputs, heads merged): `(..., C)` -> `(..., C)`.
     """
-    a = F.linear(o, p.out_w, p.out_b)
+    a = affine(o, p.out_t, p.out_b)
     if p.norm_first:
         h = x + a
         return h + _feed_forward(p, F.layer_norm(h, *p.norm2))
@@ -183,9 +217,9 @@ def out_and_tail(p: LayerParams, x: Tensor, o: Tensor) -> Tensor:
 
 
 def _feed_forward(p: LayerParams, h: Tensor) -> Tensor:
-    hidden = F.linear(h, p.ff1_w, p.ff1_b)
+    hidden = affine(h, p.ff1_t, p.ff1_b)
     hidden = torch.relu_(hidden) if p.relu else p.activation(hidden)
-    return F.linear(hidden, p.ff2_w, p.ff2_b)
+    return affine(hidden, p.ff2_t, p.ff2_b)
 
 
 def full_layer(p: LayerParams, x: Tensor) -> Tensor:
