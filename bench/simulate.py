@@ -138,7 +138,7 @@ def simulate(
                 latency = 1e3 * (now - r.arrival)
                 correct = judge(rid, rid, batch.subnet)
                 outcomes[rid] = Outcome(ANSWERED, r.budget_ms, batch.subnet, latency, batch.size, correct)
-            sched.update_from_output(batch, forward)
+            sched.update_from_output(batch, forward, now)
             sched.observe_overhead(batch.size, overhead)
         elif t == t_watch:
             shed(sched.shed_expired(now))

@@ -16,13 +16,20 @@ that size-and-deadline rules leave out: an idle-looking queue at moderate load s
 for a slow subnet with the tight requests that arrive behind it.
 
 Every request counts, admitted or not — a rejected request is exactly the demand a long
-batch turned away. Pure Python: O(log window) per query; the sorted sample is rebuilt at
-most once per `refresh` arrivals.
+batch turned away. The rate λ in blocked(T) is the rate of arrivals *while the worker is
+busy*: arrivals counted during the recent busy periods over their total length (the
+shortest run of recent periods holding 16 such arrivals, at most 256 periods). For open-loop
+arrivals that is the arrival rate (Poisson arrivals see time averages); for bursts, the rate
+inside the bursts, when the worker is busy; and for clients that wait for each answer
+before sending the next, only the other clients' requests — one such client is never
+priced into a cheaper subnet for arrivals that cannot happen. Pure Python: O(log window)
+per query; the sorted sample is rebuilt at most once per `refresh` arrivals.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from itertools import accumulate, pairwise
 
@@ -30,6 +37,9 @@ _RATE_WINDOW = 16  # arrivals the arrival-rate estimate spans
 _BUDGET_WINDOW = 256  # budgets the distribution estimate spans
 _REFRESH = 32  # arrivals between rebuilds of the sorted budget sample
 _MIN_ARRIVALS = 5  # arrivals before a rate is estimated (the median of 4 gaps)
+_BUSY_ARRIVALS = 16  # arrivals during busy periods the busy-time rate spans
+_BUSY_PERIODS = 256  # busy periods it spans at most
+_MIN_BUSY_PERIODS = 4  # busy periods before it is known
 _LN2 = 0.6931471805599453
 
 
@@ -51,13 +61,42 @@ class Demand:
         self._prefix: list[float] = [0.0]  # _prefix[k] = sum of the k smallest budgets
         self._gap: float | None = None  # cached gap_ms(), until the next arrival
         self._gap_known = False
+        self._periods: deque[tuple[float, int]] = deque()  # (busy ms, arrivals during it)
+        self._busy_ms = 0.0  # sums over _periods
+        self._busy_count = 0
+        self._count_now = 0  # arrivals during the busy period in progress
 
-    def record(self, now: float, budget_ms: float) -> None:
-        """One arrival at `now` (s) with `budget_ms` (inf for a best-effort request)."""
+    def record(self, now: float, budget_ms: float, busy: bool = False) -> None:
+        """One arrival at `now` (s) with `budget_ms` (inf for a best-effort request);
+        `busy`: a batch was running when it arrived."""
         self._times.append(now)
         self._budgets.append(budget_ms)
         self._stale += 1
         self._gap_known = False
+        if busy:
+            self._count_now += 1
+
+    def busy_ended(self, busy_ms: float) -> None:
+        """The running batch ended after `busy_ms`: fold its arrivals into the busy-time rate."""
+        periods = self._periods
+        periods.append((busy_ms, self._count_now))
+        self._busy_ms += busy_ms
+        self._busy_count += self._count_now
+        self._count_now = 0
+        # keep the shortest recent run of periods with _BUSY_ARRIVALS arrivals (at most _BUSY_PERIODS)
+        while len(periods) > _MIN_BUSY_PERIODS and (
+            len(periods) > _BUSY_PERIODS or self._busy_count - periods[0][1] >= _BUSY_ARRIVALS
+        ):
+            ms, count = periods.popleft()
+            self._busy_ms -= ms
+            self._busy_count -= count
+
+    def busy_gap_ms(self) -> float | None:
+        """Time between arrivals while the worker is busy, in ms (inf: none arrived during
+        the recent busy periods); None before 4 busy periods."""
+        if len(self._periods) < _MIN_BUSY_PERIODS or self._busy_ms <= 0:
+            return None
+        return self._busy_ms / self._busy_count if self._busy_count else math.inf
 
     def gap_ms(self) -> float | None:
         """Typical time between the recent arrivals, in ms: the median gap / ln 2, which is
@@ -78,9 +117,10 @@ class Demand:
 
     def blocked(self, busy_ms: float, service_ms: float) -> float:
         """Expected arrivals a busy period of `busy_ms` makes miss their budget, when the
-        fastest service they could get after it takes `service_ms` (0 before the rate is known)."""
-        gap = self.gap_ms()
-        if gap is None or busy_ms <= 0:
+        fastest service they could get after it takes `service_ms` (0 before the rate is
+        known, and when nothing arrives while the worker is busy)."""
+        gap = self.busy_gap_ms()
+        if gap is None or gap == math.inf or busy_ms <= 0:
             return 0.0
         if self._stale >= self._refresh or not self._sorted:
             self._rebuild()

@@ -486,7 +486,7 @@ class EngineCore:
         end = clock()
         exec_ms = 1e3 * (end - start)
         with self._lock:
-            ratio = scheduler.update_from_output(batch, None if error else exec_ms)
+            ratio = scheduler.update_from_output(batch, None if error else exec_ms, end)
             self._running = None
         metrics = self.metrics
         if error is not None:

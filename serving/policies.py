@@ -38,7 +38,12 @@ hope ride along without constraining the batch. Policies are pure Python over a 
   delivered), for the batch plus the queue behind it. Among batch sizes and then among the
   batch's subnets (a binary search on the front's concave hull) the policy maximises
   accuracy delivered minus that charge, so at moderate load it moves to cheaper subnets
-  before any deadline forces it, and at light load the charge is near zero.
+  before any deadline forces it, and at light load the charge is near zero. The rate is
+  that of arrivals *while a batch runs*, so clients that wait for each answer are not
+  charged for arrivals that cannot happen. In saturation a ms of worker time is itself an
+  answer lost (`BudgetScheduler.displaced_per_ms`): that is charged on the batch and on
+  the queue behind it as a share of full batches, so a short batch that saves one tight
+  request at the cost of throughput loses to the full one.
 - `StaticPolicy` ("static:<id>"): always one subnet; batches greedily, as large as every
   member's deadline allows (the fixed-model baseline, like one Triton model instance with
   dynamic batching).
@@ -185,9 +190,11 @@ class ElasticPolicy(Policy):
         n_hard = h - window.count(_INF)
         # the busy period's price: what the arrivals it turns away would have delivered
         price = self.blocking_price * acc_fast if hasattr(costs, "blocked_arrivals") else 0.0
-        if price > 0 and costs.arrival_gap_ms() is None:
-            price = 0.0
+        if price > 0 and costs.busy_arrival_gap_ms() in (None, _INF):
+            price = 0.0  # unknown, or nothing arrives while a batch runs: nobody to turn away
         queued = len(queue)
+        # in saturation worker time is the scarce resource: each ms displaces answers
+        theta = costs.displaced_per_ms() if price else 0.0
         prefix_deadline = list(accumulate(hard[:n], min))
         prefix_floor = list(accumulate(floors[:n], max))
         # the arrival-rate share applies once a backlog forms (more than a full batch queued)
@@ -248,24 +255,27 @@ class ElasticPolicy(Policy):
             found = pick(b, f, (min(limit, soft_d) - now) * 1e3) if soft_b else None
             members = hard_b + soft_b
             # the queue behind this batch keeps the worker busy after it: full batches, fastest
-            rest_ms = 0.0
+            rest_ms = fluid_ms = 0.0
             if price:
                 full, part = divmod(queued - b, max_batch)
                 rest_ms = full * fast[1] + (costs.fastest(None, part)[1] if part else 0.0)
-            if found is not None:  # best-effort members on time too: they count like the rest
-                sid, t = found
-                acc = costs.accuracy(sid)
-                cost = price * costs.blocked_arrivals(t + rest_ms) if price else 0.0
-                key = (1, members * acc + (n_hard - hard_b) * acc_fast - cost, b, acc, -t)
-            elif hard_b:
+                fluid_ms = (queued - b) / max_batch * fast[1]  # the rest's share of full batches
+            if found is None and hard_b:
                 found = pick(b, f, (limit - now) * 1e3)
                 members = hard_b
-                if found is not None:
-                    sid, t = found
-                    acc = costs.accuracy(sid)
-                    cost = price * costs.blocked_arrivals(t + rest_ms) if price else 0.0
-                    key = (1, hard_b * acc + (n_hard - hard_b) * acc_fast - cost, b, acc, -t)
-            else:  # only late best-effort members: the fastest subnet that keeps the rest on time
+            if found is not None:  # everyone in the batch on time (best-effort members count like the rest)
+                sid, t = found
+                acc = costs.accuracy(sid)
+                value = members * acc
+                if price:
+                    value -= price * (costs.blocked_arrivals(t + rest_ms) + theta * (t + fluid_ms))
+                    alt = costs.fastest(None if f == _NO_FLOOR else f, b) if theta else None
+                    if alt is not None and alt[0] != sid:  # in saturation the fastest may be worth more;
+                        # `sid` stays the top of the range `best_priced` searches for this batch size
+                        cut = price * (costs.blocked_arrivals(alt[1] + rest_ms) + theta * (alt[1] + fluid_ms))
+                        value = max(value, members * costs.accuracy(alt[0]) - cut)
+                key = (1, value + (n_hard - hard_b) * acc_fast, b, acc, -t)
+            elif not hard_b:  # only late best-effort members: the fastest subnet that keeps the rest on time
                 found = costs.fastest(None if f == _NO_FLOOR else f, b)
                 if found is not None and now + found[1] / 1e3 <= latest:
                     sid, t = found
@@ -295,7 +305,7 @@ class ElasticPolicy(Policy):
         if decision is not None and priced is not None and price > 0:
             # the batch's busy period turns away arrivals with tight budgets: a cheaper subnet
             # of the same batch wins when its accuracy loss is smaller than what they would lose
-            decision = (costs.best_priced(*priced, price)[0], priced[0])
+            decision = (costs.best_priced(*priced, price, theta)[0], priced[0])
         return Decision(*decision) if decision is not None else None
 
     @staticmethod

@@ -279,25 +279,48 @@ class BudgetScheduler(SchedulerInterface):
         """Mean time between recent arrivals (admitted or not), in ms; None while unknown."""
         return self.demand.gap_ms()
 
+    def busy_arrival_gap_ms(self) -> float | None:
+        """Time between arrivals while a batch runs, in ms (`Demand.busy_gap_ms`): inf when
+        none arrive then (clients that wait for their answers), None while unknown."""
+        return self.demand.busy_gap_ms()
+
     def blocked_arrivals(self, busy_ms: float) -> float:
         """Expected arrivals a busy period of `busy_ms` turns away (`Demand.blocked`)."""
         return self.demand.blocked(busy_ms, self._service_at(1, _NO_FLOOR))
 
-    def best_priced(self, batch: int, floor: float, top: int, members: int, extra_ms: float, price: float):
+    def displaced_per_ms(self) -> float:
+        """Answers a ms of worker time displaces when the worker is the bottleneck: the
+        busy-time arrival rate, capped at the fastest full batch's throughput, weighted by
+        u² where u is the share of the worker those arrivals need at that throughput
+        (u ≥ 1: saturated, every ms is an answer lost; u → 0: idle time absorbs it).
+        0 while the rate is unknown or nothing arrives during batches."""
+        gap = self.demand.busy_gap_ms()
+        if gap is None or gap == _INF:
+            return 0.0
+        b = self.max_batch_size
+        t_full = self._service_at(b, _NO_FLOOR)
+        u = t_full / (b * gap)
+        return min(1.0 / gap, b / t_full) * min(1.0, u) ** 2
+
+    def best_priced(
+        self, batch: int, floor: float, top: int, members: int, extra_ms: float, price: float, theta: float = 0.0
+    ):
         """(id, service ms) maximising members × accuracy − price × arrivals blocked by a busy
         period of its service + `extra_ms` (the queue behind it), among `top` and the
         candidates faster than it at `batch` that meet `floor`; `top` itself when the
         arrival rate is unknown.
 
         `price` is what one arrival turned away by the batch's busy period loses
-        (`Demand.blocked`). On the front's upper concave hull the gain of a slower subnet
+        (`Demand.blocked`); `theta` adds the answers each ms displaces in saturation
+        (`displaced_per_ms`). On the front's upper concave hull the gain of a slower subnet
         shrinks and the cost grows, so a binary search finds the best hull point; `top`
         (maybe off the hull) is compared with it.
         """
         ids = self._front_ids[batch]
         over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
         predict = self.latency.forward.predict_ms
-        if price <= 0 or self.demand.gap_ms() is None or top not in self._front_pos[batch]:
+        gap = self.demand.busy_gap_ms()
+        if price <= 0 or gap is None or gap == _INF or top not in self._front_pos[batch]:
             return top, predict(top, batch) + over
         acc, hull, blocked = self._front_acc[batch], self._front_hull[batch], self.demand.blocked
         after = self._service_at(1, _NO_FLOOR)  # an arrival's fastest service, once the batch ends
@@ -309,7 +332,7 @@ class BudgetScheduler(SchedulerInterface):
         def value(j: int) -> tuple[float, float]:
             if j not in memo:
                 ms = predict(ids[j], batch) + over
-                memo[j] = (members * acc[j] - price * blocked(ms + extra_ms, after), ms)
+                memo[j] = (members * acc[j] - price * (blocked(ms + extra_ms, after) + theta * ms), ms)
             return memo[j]
 
         while lo < hi:  # unimodal along the hull: find its peak
@@ -341,7 +364,7 @@ class BudgetScheduler(SchedulerInterface):
         budget = request.budget_ms
         if not budget > 0:  # also catches NaN
             raise BudgetInfeasible(f"budget must be > 0 ms, got {budget}")
-        self.demand.record(now, math.inf if request.best_effort else budget)
+        self.demand.record(now, math.inf if request.best_effort else budget, self._busy_until is not None)
         floor = request.min_accuracy
         found = self.fastest(floor, 1)
         if found is None:
@@ -422,10 +445,18 @@ class BudgetScheduler(SchedulerInterface):
         out.batch = ScheduledBatch(decision.subnet, tuple(r.id for r in members), predicted, now, self.policy.name)
         return out
 
-    def update_from_output(self, batch: ScheduledBatch, exec_ms: float | None) -> float | None:
-        """Report a finished batch's forward time (None: it failed); returns observed over
-        predicted forward time (the overhead is reported apart, `observe_overhead`)."""
+    def update_from_output(
+        self, batch: ScheduledBatch, exec_ms: float | None, now: float | None = None
+    ) -> float | None:
+        """Report a finished batch's forward time (None: it failed) at `now` (default: its
+        start + forward + predicted overhead); returns observed over predicted forward time
+        (the overhead is reported apart, `observe_overhead`)."""
         self._busy_until = None
+        if now is not None:
+            busy_ms = 1e3 * (now - batch.start)
+        else:
+            busy_ms = batch.predicted_ms if exec_ms is None else exec_ms + self.overhead_ms(batch.size)
+        self.demand.busy_ended(busy_ms)
         if exec_ms is None:
             return None
         forward = self.latency.forward

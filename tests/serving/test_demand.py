@@ -1,6 +1,7 @@
 """The demand estimate (arrival rate, budgets, arrivals a busy period blocks) and how the
 elastic policy prices a long batch with it, on a virtual clock and a synthetic cost table."""
 
+import contextlib
 import math
 import random
 
@@ -8,6 +9,7 @@ import pytest
 
 from elastic.bench.outcomes import BernoulliJudge, score
 from elastic.bench.simulate import ServiceModel, simulate
+from elastic.errors import ElasticError
 from elastic.serving import BudgetScheduler, ElasticPolicy, LatencyProfile, Request
 from elastic.serving.demand import Demand
 from elastic.serving.scheduler import concave_hull
@@ -31,12 +33,13 @@ def test_blocked_integrates_the_budget_distribution_over_the_busy_period():
     t = 0.0
     budgets = []
     for _ in range(64):
-        t += 0.002  # an arrival every 2 ms
+        t += 0.002  # an arrival every 2 ms, each during a busy period of 2 ms
         b = math.exp(rng.uniform(math.log(5), math.log(200)))
         budgets.append(b)
-        d.record(t, b)
-    gap = d.gap_ms()
-    assert gap == pytest.approx(2.0 / math.log(2))  # median gap / ln 2: all gaps are 2 ms
+        d.record(t, b, busy=True)
+        d.busy_ended(2.0)
+    gap = d.busy_gap_ms()
+    assert gap == pytest.approx(2.0)
     for busy in (0.5, 3.0, 12.0, 40.0, 400.0):
         assert d.blocked(busy, 4.0) == pytest.approx(brute_blocked(busy, 4.0, budgets, gap), rel=2e-3, abs=1e-6)
     # longer busy periods block more, and faster-than-linearly (convex)
@@ -64,9 +67,35 @@ def test_gap_is_unknown_until_five_arrivals_and_ignores_idle_periods_between_bur
 def test_best_effort_budgets_are_never_blocked():
     d = Demand(rate_window=4, refresh=1)
     for k in range(8):
-        d.record(k * 0.01, math.inf)
-    assert d.gap_ms() is not None
+        d.record(k * 0.01, math.inf, busy=True)
+        d.busy_ended(10.0)
+    assert d.busy_gap_ms() == pytest.approx(10.0)
     assert d.blocked(1e6, 1.0) == 0.0
+
+
+def test_the_blocking_rate_counts_only_arrivals_while_a_batch_runs():
+    d = Demand(refresh=1)
+    t = 0.0
+    for _ in range(3):  # a closed loop: each request arrives after the last answer
+        d.record(t, 5.0, busy=False)
+        d.busy_ended(4.0)
+        t += 0.001
+    assert d.busy_gap_ms() is None  # fewer than 4 busy periods: unknown
+    for _ in range(300):
+        d.record(t, 5.0, busy=False)
+        d.busy_ended(4.0)
+        t += 0.001
+    assert d.gap_ms() == pytest.approx(1.0 / math.log(2))  # 1 ms between arrivals...
+    assert d.busy_gap_ms() == math.inf  # ...but none while a batch runs
+    assert d.blocked(100.0, 1.0) == 0.0
+    # open-loop arrivals start: 2 per 4 ms busy period; the old idle periods drop out of
+    # the estimate as soon as 16 busy-time arrivals are in (8 periods), not after 256
+    for _ in range(8):
+        d.record(t, 5.0, busy=True)
+        d.record(t, 5.0, busy=True)
+        d.busy_ended(4.0)
+    assert d.busy_gap_ms() == pytest.approx(2.0)
+    assert d.blocked(100.0, 1.0) > 0.0
 
 
 def test_concave_hull_drops_points_under_the_chords():
@@ -82,26 +111,46 @@ def two_subnets(slow_ms=30.0):
     return subnets, LatencyProfile.from_table(table)
 
 
-def decide(policy, gap_s, tight_share, seed=0):
-    """The subnet chosen for one loose request after a history of arrivals every `gap_s`,
-    `tight_share` of them with 5 ms budgets (the rest 1 s); the queue is empty before it."""
+def decide(policy, gap_s, tight_share, seed=0, closed=False):
+    """The subnet chosen for one loose request after a history of 64 arrivals every
+    `gap_s` on a virtual clock, `tight_share` of them with 5 ms budgets (the rest 1 s),
+    each batch running for its profiled latency; `closed`: each request is sent `gap_s`
+    after the previous one is answered (one client waiting for each answer)."""
     subnets, profile = two_subnets()
     s = BudgetScheduler(subnets, profile, policy, max_batch_size=8)
     rng = random.Random(seed)
+    running = None  # (batch, end)
+    answered = 0.0  # when the last batch ended
+
+    def advance(until):
+        nonlocal running, answered
+        while running is not None and running[1] <= until:
+            batch, end = running
+            answered = end
+            s.update_from_output(batch, profile.latency_ms(batch.subnet, batch.size, "p50"), end)
+            running = None
+            start(end)
+
+    def start(at):
+        nonlocal running
+        if running is None and s.has_waiting():
+            batch = s.schedule(at, hold=False).batch
+            if batch is not None:
+                running = (batch, at + profile.latency_ms(batch.subnet, batch.size, "p50") / 1e3)
+
     now = 0.0
     for k in range(64):
-        r = Request(k, now, 5.0 if rng.random() < tight_share else 1000.0)
-        s.add_request(r, now)
-        out = s.schedule(now)
-        if out.batch is not None:
-            s.update_from_output(out.batch, profile.latency_ms(out.batch.subnet, out.batch.size, "p50"))
+        advance(now)
+        with contextlib.suppress(ElasticError):  # turned away: still part of the demand
+            s.add_request(Request(k, now, 5.0 if rng.random() < tight_share else 1000.0), now)
+        start(now)
+        if closed:
+            advance(float("inf"))
+            now = max(now, answered)
         now += gap_s
-    while s.has_waiting():  # drain what is left, then time passes
-        out = s.schedule(now)
-        if out.batch is not None:
-            s.update_from_output(out.batch, 1.0)
+    advance(float("inf"))
     s.add_request(Request(64, now, 1000.0), now)
-    return s.schedule(now).batch.subnet
+    return s.schedule(now, hold=False).batch.subnet
 
 
 def test_a_long_batch_is_priced_by_the_tight_arrivals_it_would_turn_away():
@@ -113,6 +162,8 @@ def test_a_long_batch_is_priced_by_the_tight_arrivals_it_would_turn_away():
     # rare arrivals, or no tight budgets: the long batch costs nobody anything
     assert decide(ElasticPolicy(), gap_s=1.0, tight_share=0.5) == 1
     assert decide(ElasticPolicy(), gap_s=0.004, tight_share=0.0) == 1
+    # one client that waits for each answer never arrives during a batch: nothing to price
+    assert decide(ElasticPolicy(), gap_s=0.004, tight_share=0.5, closed=True) == 1
 
 
 def test_pricing_beats_not_pricing_in_a_simulated_mixed_load():
@@ -139,3 +190,29 @@ def test_pricing_beats_not_pricing_in_a_simulated_mixed_load():
     assert results["unpriced"]["effective_accuracy"] < results["static"]["effective_accuracy"] - 0.05
     assert results["priced"]["effective_accuracy"] > results["unpriced"]["effective_accuracy"]
     assert results["priced"]["effective_accuracy"] >= results["static"]["effective_accuracy"] - 0.005
+
+
+def batch_after(busy_arrivals_per_ms):
+    """The first batch for 16 loose requests after a history of arrivals at
+    `busy_arrivals_per_ms` while batches ran: (subnet, size)."""
+    subnets = [Subnet(0, "anchor", "fast", 1, 1, 0.70), Subnet(1, "anchor", "slow", 2, 2, 0.80)]
+    profile = LatencyProfile.from_table({0: {1: 1.0, 8: 2.0}, 1: {1: 1.5, 8: 6.0}})
+    s = BudgetScheduler(subnets, profile, ElasticPolicy(), max_batch_size=8)
+    t = 0.0
+    for _ in range(64):  # one arrival per busy period, each 1 / rate ms long
+        s.demand.record(t, 1000.0, busy=True)
+        s.demand.busy_ended(1.0 / busy_arrivals_per_ms)
+        t += 1e-3 / busy_arrivals_per_ms
+    for k in range(16):
+        s.add_request(Request(k, t, 1000.0), t)
+    batch = s.schedule(t, hold=False).batch
+    return batch.subnet, batch.size
+
+
+def test_in_saturation_worker_time_is_priced_by_the_answers_it_displaces():
+    # budgets of 1 s: no arrival is ever blocked, so only throughput can speak against the slow subnet.
+    # Arrivals at the fast subnet's full-batch throughput (8 per 2 ms): every ms of the slow
+    # batch is about 4 answers lost, more than it adds (8 × 0.1): the fast subnet, a full batch
+    assert batch_after(4.0) == (0, 8)
+    # rare arrivals: idle time absorbs the slow batch; the most accurate subnet
+    assert batch_after(0.01) == (1, 8)

@@ -98,9 +98,9 @@ def test_elastic_policy_picks_a_subnet_per_frame_and_reports_it(served_model):
     head = make_head()
     frames = [torch.randn(3, 32, 32) for _ in range(6)]
     budgets = [100.0, 100.0, 100.0, 1e9, 1e9, 1e9]  # only the cheap subnet makes 100 ms by the profile
-    # no busy-period price: with 100 ms budgets arriving every few ms, it would (rightly, for
-    # open-loop traffic) keep the 1e6 ms subnet out; here one client waits for each frame
-    policy = ElasticPolicy(blocking_price=0.0)
+    # the default busy-period price: one client waits for each frame, so nothing ever
+    # arrives while a batch runs and the 1e6 ms subnet is not priced out
+    policy = ElasticPolicy()
     with Runtime(served_model, max_batch_size=4, profile=profile, policy=policy) as rt:
         stream = open_stream(rt, head)
         outs = [stream.push(f, budget_ms=b).result(60) for f, b in zip(frames, budgets, strict=True)]
