@@ -12,8 +12,10 @@ products read the layer's own parameters: the same bytes the torch model reads, 
 run right after the offline model finds them in cache. Contiguous transposed copies (kept
 until 2026-11-30, refreshed through a process-wide parameter-registration hook) made the
 product faster in isolation, but measured interleaved against recomputing the window they
-gave the lean step nothing (bench/streaming.py's timing, 3 rounds each way: 0.133 vs 0.152
-ms alternating, 0.106 vs 0.108 ms 8 in a row, window 64) and doubled the bytes in cache.
+gave the lean step nothing on the 2-core development CPU (bench/streaming.py's per-step
+timing, copies vs views, several runs each way: no faster 8 in a row, slower alternating)
+and doubled the bytes in cache. Norms call `torch.layer_norm` (F.layer_norm's Python
+wrapper costs ~0.5 us a call).
 
 A step reads the parameters from one cached `LayerParams` tuple (no `nn.Module` attribute
 lookups); `LayerParamsCache` rebuilds it when a parameter or submodule of the layer is
@@ -163,7 +165,7 @@ def _slice(bias: Tensor | None, start: int, stop: int) -> Tensor | None:
 
 def attn_input(p: LayerParams, x: Tensor) -> Tensor:
     """What the layer's attention sees of tokens x: norm1(x) in pre-norm layers, x otherwise."""
-    return F.layer_norm(x, *p.norm1) if p.norm_first else x
+    return torch.layer_norm(x, *p.norm1) if p.norm_first else x
 
 
 def qkv(p: LayerParams, x: Tensor) -> Tensor:
@@ -211,9 +213,9 @@ def out_and_tail(p: LayerParams, x: Tensor, o: Tensor) -> Tensor:
     a = affine(o, p.out_t, p.out_b)
     if p.norm_first:
         h = x + a
-        return h + _feed_forward(p, F.layer_norm(h, *p.norm2))
-    h = F.layer_norm(x + a, *p.norm1)
-    return F.layer_norm(h + _feed_forward(p, h), *p.norm2)
+        return h + _feed_forward(p, torch.layer_norm(h, *p.norm2))
+    h = torch.layer_norm(x + a, *p.norm1)
+    return torch.layer_norm(h + _feed_forward(p, h), *p.norm2)
 
 
 def _feed_forward(p: LayerParams, h: Tensor) -> Tensor:
