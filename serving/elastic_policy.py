@@ -1,0 +1,328 @@
+"""`ElasticPolicy` ("elastic", the default): the most accuracy delivered within deadlines.
+
+For every batch size b and eligible subnet s whose predicted latency meets the batch's
+deadline, the policy scores
+
+    score(s, b) = (members served in time) × acc(s)
+                  + Σ acc(fastest) over the next `horizon` queued requests (4 × max batch)
+                    that still make their deadline if served afterwards, in full batches,
+                    by the fastest eligible subnet
+
+and takes the best score (ties: larger batch, then more accurate, then faster). With one
+request queued this is "the most accurate subnet that meets its deadline"; with a backlog
+it trades accuracy for batch size exactly when serving the head alone would make later
+requests miss. The look-ahead is a lower bound in the spirit of Clockwork's (OSDI'20)
+feasibility checks and INFaaS's (ATC'21) variant selection under SLOs.
+
+On a `BudgetScheduler` (per-batch-size Pareto fronts, `best_within`) the decision takes a
+binary search per batch size instead of a loop over subnets (`_OnFronts`), and the
+look-ahead is a hard constraint rather than a score: for every batch size b it computes
+the latest end of the batch that keeps every planned request behind it on time (those
+requests served in full batches on the fastest eligible subnet, in order), and takes the
+most accurate subnet that ends by then and by the batch's own deadline; among batch
+sizes, the most accuracy delivered (rest counted at the fastest subnet's accuracy). A
+request is so moved to a cheaper subnet exactly when the more accurate one would make an
+admitted request miss. Only when no choice keeps everyone on time does it serve the
+largest prefix it can still serve on time.
+
+It also prices the busy period (docs/serving.md, "The price of a busy period"): a forward
+cannot be interrupted, so a long batch turns away the tight-budget requests that arrive
+while it runs. From the rate of arrivals while batches run and the recent budgets
+(`serving/demand.py`) the scheduler predicts how many arrivals a busy period of T ms
+blocks; each is charged the fastest subnet's accuracy (what it would have delivered), for
+the batch plus the queue behind it. In saturation a ms of worker time is itself an answer
+lost (`BudgetScheduler.displaced_per_ms`), charged on the batch and on the queue behind it
+as its share of full batches, so a short batch that saves one tight request at the cost of
+throughput loses to the full one. Among batch sizes and then among the batch's subnets (a
+binary search on the front's concave hull) the policy maximises accuracy delivered minus
+these charges: at moderate load it moves to cheaper subnets before any deadline forces
+it; at light load, or for clients that wait for each answer (nothing arrives while their
+batch runs), the charges vanish.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+from itertools import accumulate
+
+from .decision import CostView, Decision, Policy, prefixes
+from .request import Request
+
+_INF = math.inf
+_NO_FLOOR = -math.inf
+
+
+class ElasticPolicy(Policy):
+    """Most accuracy within deadlines, with a one-step look-ahead over the backlog.
+
+    Args:
+        horizon: how many requests after the batch the look-ahead considers (default:
+            4 × max batch).
+        utilisation: on a scheduler that reports the arrival rate, once more than a full
+            batch is queued, a batch of b requests may take at most this share of the
+            b × mean gap in which b more arrive, unless only the fastest subnet makes the
+            deadlines: under load the policy moves to cheaper subnets as soon as a backlog
+            forms, before deadlines force it.
+        blocking_price: weight of the busy-period charge, in units of the fastest
+            subnet's accuracy per blocked arrival (1: what the arrival would have
+            delivered; 0: no charge, the most accurate subnet that keeps deadlines).
+    """
+
+    name = "elastic"
+
+    def __init__(self, horizon: int | None = None, utilisation: float = 0.9, blocking_price: float = 1.0):
+        self.horizon = horizon
+        self.utilisation = utilisation
+        self.blocking_price = blocking_price
+
+    def choose(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
+        if hasattr(costs, "best_within"):
+            fast = costs.fastest(None, max_batch)
+            return _OnFronts(self, queue, now, costs, max_batch, fast).choose() if fast is not None else None
+        return self._choose_generic(queue, now, costs, max_batch)
+
+    def _choose_generic(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
+        """Any `CostView`: score every (prefix, eligible subnet) with the look-ahead curve."""
+        horizon = self.horizon if self.horizon is not None else 4 * max_batch
+        best: tuple | None = None
+        decision = None
+        for p in prefixes(queue, now, costs, max_batch):
+            rest_score = self.rest_curve(queue[p.size : p.size + horizon], costs, max_batch)
+            for s in costs.eligible(p.min_accuracy):
+                t = costs.predict_ms(s, p.size)
+                end = now + t / 1e3
+                if end > p.deadline:
+                    continue
+                acc = costs.accuracy(s)
+                # ties: bigger batch; then most accurate if anyone can be on time, else fastest
+                key = (p.hard * acc + rest_score(end), p.size, acc if p.hard else -t, -t)
+                if best is None or key > best:
+                    best, decision = key, Decision(s, p.size)
+        return decision
+
+    @staticmethod
+    def rest_curve(rest: Sequence[Request], costs: CostView, max_batch: int) -> Callable[[float], float]:
+        """Accuracy the requests in `rest` still get if served from time `end` on, as a
+        function of `end`, assuming full batches on the fastest eligible subnets.
+
+        Request r in the k-th such batch is on time iff end + offset_k <= deadline_r, i.e.
+        end <= deadline_r - offset_k: the curve is a step function, built once per batch size
+        and evaluated per candidate subnet with a binary search.
+        """
+        thresholds: list[tuple[float, float]] = []  # (latest end that keeps r on time, accuracy)
+        offset = 0.0
+        for i in range(0, len(rest), max_batch):
+            chunk = rest[i : i + max_batch]
+            floors = [r.min_accuracy for r in chunk if r.min_accuracy is not None]
+            fastest = costs.fastest(max(floors) if floors else None, len(chunk))
+            if fastest is None:
+                continue
+            subnet, ms = fastest
+            offset += ms / 1e3
+            acc = costs.accuracy(subnet)
+            thresholds += [(r.deadline - offset, acc) for r in chunk]
+        thresholds.sort()
+        keys = [tau for tau, _ in thresholds]
+        suffix = [0.0] * (len(thresholds) + 1)
+        for k in range(len(thresholds) - 1, -1, -1):
+            suffix[k] = suffix[k + 1] + thresholds[k][1]
+        return lambda end: suffix[bisect.bisect_left(keys, end)]
+
+
+class _OnFronts:
+    """One decision on a `BudgetScheduler`'s per-batch-size fronts: O(max_batch × (horizon /
+    max_batch + log subnets)), no loop over subnets. `fast` is (id, ms) of the fastest
+    subnet at a full batch."""
+
+    def __init__(self, policy: ElasticPolicy, queue: Sequence[Request], now: float, costs, max_batch: int, fast):
+        self.queue, self.now, self.costs, self.max_batch, self.fast = queue, now, costs, max_batch, fast
+        self.utilisation = policy.utilisation
+        horizon = policy.horizon if policy.horizon is not None else 4 * max_batch
+        self.hard, self.floors = hard, floors = costs.queue_arrays(queue)
+        self.n = min(len(queue), max_batch)
+        self.h = h = min(len(queue), max_batch + horizon)
+        self.window = window = hard[:h]
+        suffix_min = list(accumulate(reversed(window), min))
+        suffix_min.reverse()
+        self.suffix_min = suffix_min  # [i] = earliest binding deadline among positions i..h-1
+        self.f_rest = max(floors[:h])
+        self.t_full = fast[1] / 1e3
+        self.acc_fast = costs.accuracy(fast[0])
+        self.n_hard = h - window.count(_INF)
+        # the busy period's price: what the arrivals it turns away would have delivered
+        price = policy.blocking_price * self.acc_fast if hasattr(costs, "blocked_arrivals") else 0.0
+        if price > 0 and costs.busy_arrival_gap_ms() in (None, _INF):
+            price = 0.0  # unknown, or nothing arrives while a batch runs: nobody to turn away
+        self.price = price
+        # in saturation worker time is the scarce resource: each ms displaces answers
+        self.theta = costs.displaced_per_ms() if price else 0.0
+        self.gap = self._backlog_gap()
+
+    def _backlog_gap(self) -> float | None:
+        """The arrival gap (ms) once a backlog forms (more than a full batch queued) that the
+        most accurate subnet could not drain before the earliest deadline; else None."""
+        queue, costs, max_batch = self.queue, self.costs, self.max_batch
+        if len(queue) <= max_batch or not hasattr(costs, "arrival_gap_ms"):
+            return None
+        gap = costs.arrival_gap_ms()
+        top = costs.best_within(max_batch, _NO_FLOOR, _INF)
+        drain_ms = -(-len(queue) // max_batch) * top[1] if top is not None else _INF
+        if gap is not None and drain_ms <= (self.suffix_min[0] - self.now) * 1e3:
+            return None
+        return gap
+
+    def pick(self, b: int, f: float, window_ms: float):
+        """Most accurate within the window and within the batch's share of time at the
+        arrival rate (b requests arrive every b × gap: a batch that takes longer makes the
+        queue grow); else the fastest that makes the window."""
+        costs, gap = self.costs, self.gap
+        if gap is None or gap * b * self.utilisation >= window_ms:
+            return costs.best_within(b, f, window_ms)
+        found = costs.best_within(b, f, gap * b * self.utilisation)
+        if found is not None:
+            return found
+        fastest = costs.fastest(None if f == _NO_FLOOR else f, b)
+        return fastest if fastest is not None and fastest[1] <= window_ms else None
+
+    def latest_end(self, b: int) -> float:
+        """Latest end of a batch of the first b that keeps the planned rest on time."""
+        latest = _INF
+        h, suffix_min, window = self.h, self.suffix_min, self.window
+        if self.f_rest == _NO_FLOOR:  # every rest batch full, on the fastest subnet
+            k, c = b, self.t_full
+            while k < h:
+                v = suffix_min[k] - c
+                if v < latest:
+                    latest = v
+                k += self.max_batch
+                c += self.t_full
+            return latest
+        floors, costs = self.floors, self.costs  # accuracy floors: each rest batch on the fastest it allows
+        k, c = b, 0.0
+        while k < h:
+            m = min(self.max_batch, h - k)
+            ff = max(floors[k : k + m])
+            found = costs.fastest(None if ff == _NO_FLOOR else ff, m)
+            c += found[1] / 1e3 if found is not None else _INF
+            v = min(window[k : k + m]) - c
+            if v < latest:
+                latest = v
+            k += m
+        return latest
+
+    def rest_ms(self, b: int) -> tuple[float, float]:
+        """The queue behind a batch of b keeps the worker busy after it: (ms in full batches
+        on the fastest subnet and a partial one, ms as its share of full batches)."""
+        if not self.price:
+            return 0.0, 0.0
+        queued, max_batch, fast = len(self.queue), self.max_batch, self.fast
+        full, part = divmod(queued - b, max_batch)
+        rest = full * fast[1] + (self.costs.fastest(None, part)[1] if part else 0.0)
+        return rest, (queued - b) / max_batch * fast[1]
+
+    def value(self, members: int, sid: int, t: float, b: int, f: float, rest: tuple[float, float]) -> float:
+        """Accuracy `members` on-time requests get on `sid` (t ms), minus the busy-period and
+        saturation charges; in saturation the fastest subnet at b may be worth more."""
+        costs, price, theta = self.costs, self.price, self.theta
+        value = members * costs.accuracy(sid)
+        if not price:
+            return value
+        rest_ms, fluid_ms = rest
+        value -= price * (costs.blocked_arrivals(t + rest_ms) + theta * (t + fluid_ms))
+        alt = costs.fastest(None if f == _NO_FLOOR else f, b) if theta else None
+        if alt is not None and alt[0] != sid:  # `sid` stays the top of the range `best_priced` searches
+            cut = price * (costs.blocked_arrivals(alt[1] + rest_ms) + theta * (alt[1] + fluid_ms))
+            value = max(value, members * costs.accuracy(alt[0]) - cut)
+        return value
+
+    def choose(self) -> Decision | None:
+        queue, now, costs = self.queue, self.now, self.costs
+        hard, floors = self.hard, self.floors
+        prefix_deadline = list(accumulate(hard[: self.n], min))
+        prefix_floor = list(accumulate(floors[: self.n], max))
+        best: tuple | None = None
+        decision = priced = None
+        hard_b = soft_b = 0
+        soft_d = _INF  # earliest deadline of the best-effort members (they never bind)
+        for b in range(1, self.n + 1):
+            if hard[b - 1] < _INF or not queue[b - 1].best_effort:
+                hard_b += 1  # an unbounded budget (deadline inf) is served on time by any subnet
+            else:
+                soft_b += 1
+                soft_d = min(soft_d, queue[b - 1].deadline)
+            latest = self.latest_end(b)
+            d = prefix_deadline[b - 1]
+            f = prefix_floor[b - 1]
+            limit = d if d < latest else latest
+            found = self.pick(b, f, (min(limit, soft_d) - now) * 1e3) if soft_b else None
+            members = hard_b + soft_b
+            rest = self.rest_ms(b)
+            if found is None and hard_b:
+                found = self.pick(b, f, (limit - now) * 1e3)
+                members = hard_b
+            if found is not None:  # everyone in the batch on time (best-effort members count like the rest)
+                sid, t = found
+                value = self.value(members, sid, t, b, f, rest)
+                key = (1, value + (self.n_hard - hard_b) * self.acc_fast, b, costs.accuracy(sid), -t)
+            elif not hard_b:  # only late best-effort members: the fastest subnet that keeps the rest on time
+                found = costs.fastest(None if f == _NO_FLOOR else f, b)
+                if found is not None and now + found[1] / 1e3 <= latest:
+                    sid, t = found
+                    key = (1, (self.n_hard - hard_b) * self.acc_fast, b, -t, -t)
+                else:
+                    found = None
+            if found is None:
+                # nobody can keep everyone on time: serve the most of this prefix on time
+                found = costs.best_within(b, f, (d - now) * 1e3) if hard_b else None
+                if found is None:
+                    if hard_b:
+                        continue
+                    found = costs.fastest(None if f == _NO_FLOOR else f, b)
+                    if found is None:
+                        continue
+                sid, t = found
+                key = (0, hard_b, b, costs.accuracy(sid) if hard_b else -t, -t)
+            if best is None or key > best:
+                best, decision = key, (sid, b)
+                priced = (b, f, sid, members, rest[0]) if key[0] == 1 and members else None
+        if (best is None or best[0] == 0) and hasattr(costs, "plan_late"):
+            exact = self.fewest_late()
+            if exact is not None:
+                return exact
+        if decision is not None and priced is not None and self.price > 0:
+            # the batch's busy period turns away arrivals with tight budgets: a cheaper subnet
+            # of the same batch wins when its accuracy loss is smaller than what they would lose
+            decision = (costs.best_priced(*priced, self.price, self.theta)[0], priced[0])
+        return Decision(*decision) if decision is not None else None
+
+    def fewest_late(self) -> Decision | None:
+        """When the quick look-ahead finds no batch that keeps every planned request on time
+        (it assumes full batches; the engine's plan splits them where deadlines demand):
+        try, per batch size, the most accurate subnet that makes the batch's deadline and
+        the fastest one, plan the rest exactly (`plan_late`), and take the fewest late."""
+        queue, now, costs, hard, floors = self.queue, self.now, self.costs, self.hard, self.floors
+        floored = max(floors) > _NO_FLOOR
+        best: tuple | None = None
+        decision = None
+        d, f, hard_b = _INF, _NO_FLOOR, 0
+        for b in range(1, min(len(queue), self.max_batch) + 1):
+            d = min(d, hard[b - 1])
+            f = max(f, floors[b - 1])
+            hard_b += hard[b - 1] < _INF
+            options = {costs.fastest(None if f == _NO_FLOOR else f, b)}
+            if d < _INF:
+                options.add(costs.best_within(b, f, (d - now) * 1e3))
+            for found in options:
+                if found is None:
+                    continue
+                sid, t = found
+                end = now + t / 1e3
+                late = len(costs.plan_late(hard[b:], floors[b:] if floored else None, end))
+                late += hard_b if end > d else 0
+                acc = costs.accuracy(sid)
+                key = (-late, hard_b * acc, b, acc, -t)
+                if best is None or key > best:
+                    best, decision = key, Decision(sid, b)
+        return decision
