@@ -6,12 +6,13 @@ import json
 import logging
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from elastic import provenance
 
 log = logging.getLogger(__name__)
 
@@ -70,31 +71,10 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
-# what "-dirty" looks at: the code that runs, not the results, docs or README a run may rewrite
-SOURCE_DIRS = ("elastic", "anchors", "kernels", "serving", "bench/*.py", "pyproject.toml")
-
-
 def git_commit(repo: str | Path | None = None) -> str:
-    """`git rev-parse --short HEAD` of the checkout, plus "-dirty" when tracked source files
-    (`SOURCE_DIRS`) differ from it.
-
-    Returns "unknown" outside a git checkout (an installed package).
-    """
-    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(  # source only: the results files a run rewrites do not count
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *SOURCE_DIRS],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
+    """The checkout's commit, "-dirty" when its source differs (`elastic.provenance.commit`);
+    "unknown" outside a git checkout."""
+    return provenance.commit(repo) or "unknown"
 
 
 def environment() -> dict[str, Any]:

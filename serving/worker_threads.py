@@ -30,10 +30,11 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import threading
 import time
 from datetime import datetime, timezone
+
+from elastic import provenance
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,7 @@ def measure(subnets=(0, 2), batches=(1, 8), repeats: int = 30, rounds: int = 3) 
                 for name, run in settings.items():
                     got[name].append(run(fn))
             rows.append({"subnet": subnet, "batch": b, **{k: statistics.median(v) for k, v in got.items()}})
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = provenance.commit() or ""
     return {
         "command": "python -m elastic.serving.worker_threads",
         "commit": commit,

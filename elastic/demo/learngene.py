@@ -27,7 +27,6 @@ import logging
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from typing import Any
 
 import torch
 
+from elastic import provenance
 from elastic.anchors import AnchorFamily, read_state_dict
 from elastic.builders.learngene import LearngenePool
 from elastic.builders.learngene_distill import DistillConfig
@@ -237,7 +237,7 @@ def run_learngene_demo(
 
 def _run(cfg, lg, out: Path, data_root, cache_dir, use_cache, progress, timer, snnet_report, command):
     out.mkdir(parents=True, exist_ok=True)
-    commit = _commit()  # the code this run starts with
+    commit = provenance.commit()  # the code this run starts with
     load_before = os.getloadavg()
     threads = torch.get_num_threads()
 
@@ -411,15 +411,6 @@ def _flops(adapter) -> int:
     return measure_pieces(adapter).flops
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def markdown(report: dict[str, Any]) -> str:
     """The report's descendant table and SN-Net comparison as markdown."""
     cmp = report["comparison"]
@@ -545,7 +536,7 @@ def refresh_snnet_comparison(report_path: str | Path, snnet_report: str | Path =
         front=compare_fronts(subnets, points),
         redone={
             "command": f"python -m elastic.demo.learngene {path.as_posix()} {Path(snnet_report).as_posix()}",
-            "commit": _commit(),
+            "commit": provenance.commit(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )

@@ -20,7 +20,6 @@ import datetime
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from elastic import provenance
 from elastic.anchors import AnchorFamily, AnchorSpec, create_anchor, read_state_dict
 from elastic.builders.sorted import SortedNet
 from elastic.checkpoint import atomic_write, atomic_write_json, save
@@ -235,7 +235,7 @@ def _run(cfg, scfg, out: Path, data_root, cache_dir, use_cache, progress, timer:
         )
     report: dict[str, Any] = {
         "command": command or "elastic demo --builder sorted",
-        "commit": _commit(),
+        "commit": provenance.commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "dataset": {
             "name": "fashion-mnist",
@@ -428,19 +428,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str | None:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "elastic", "anchors"], cwd=REPO, capture_output=True, text=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def refresh_snnet_comparison(report_path: str | Path, snnet_report: str | Path) -> dict[str, Any]:
     """Redo a saved SortedNet report's SN-Net comparison against another SN-Net demo report,
     without retraining: the SortedNet accuracies are the saved ones, SN-Net's front comes
@@ -464,7 +451,7 @@ def refresh_snnet_comparison(report_path: str | Path, snnet_report: str | Path) 
     sn["commit"] = snnet.get("run", {}).get("commit") or snnet.get("commit")
     sn["redone"] = {
         "command": f"python -m elastic.demo.sorted {path.as_posix()} {Path(snnet_report).as_posix()}",
-        "commit": _commit(),
+        "commit": provenance.commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     report["snnet"] = sn
