@@ -121,6 +121,8 @@ class StreamSet:
             raise InvalidInput(f"frame shape {tuple(frame.shape)} != the stream's {self.frame_shape}")
         if not (frame.is_floating_point() or frame.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32)):
             raise InvalidInput(f"frame dtype {frame.dtype} is not numeric")
+        if frame.dtype == self.dtype and frame.device == self.device:
+            return frame
         return frame.to(self.device, self.dtype)
 
     def step(self, frames: Mapping[Hashable, Tensor]) -> StepResults:
@@ -149,8 +151,8 @@ class StreamSet:
         if not ids:
             return results
         x = torch.stack(xs)
-        finite = torch.isfinite(x).flatten(1).all(dim=1)
-        if not bool(finite.all()):
+        if not bool(torch.isfinite(x).all()):  # rare: find the rows at fault
+            finite = torch.isfinite(x).flatten(1).all(dim=1)
             keep = finite.tolist()
             for stream, ok in zip(ids, keep, strict=True):
                 if not ok:
@@ -161,7 +163,7 @@ class StreamSet:
                 return results
         rows = [self._rows[s] for s in ids]
         whole = rows == list(range(self._capacity))
-        index = torch.tensor(rows, device=self.device)
+        index = None if whole else torch.tensor(rows, device=self.device)
         state = self._pool if whole else tree_map(lambda t: t.index_select(0, index), self._pool)
         try:
             with torch.inference_mode():
@@ -178,7 +180,7 @@ class StreamSet:
             with torch.inference_mode():
                 tree_map(lambda pool, rows_new: pool.index_copy_(0, index, rows_new), self._pool, new)
         ready = [True] * len(ids) if valid is None else valid.tolist()
-        for i, (stream, ok) in enumerate(zip(ids, ready, strict=True)):
-            results.outputs[stream] = y[i] if ok else None
+        for stream, row, ok in zip(ids, y.unbind(0), ready, strict=True):
+            results.outputs[stream] = row if ok else None
         results.batch_size = len(ids)
         return results
