@@ -111,6 +111,7 @@ class EngineCore:
         self._running: tuple[ScheduledBatch, list[Pending]] | None = None
         self._idle = False  # the worker is waiting for work
         self._woken_at: float | None = None  # when a submit woke the idle worker
+        self._hold_until: float | None = None  # the worker holds a partial batch back until then
         self._overhead: tuple[int, float, int] | None = None  # last batch: (size, overhead ms, subnet)
         self._watch_at = math.inf  # when the watchdog next wakes by itself
         self._closing = False
@@ -202,8 +203,9 @@ class EngineCore:
                 if inline:  # queued: the caller may change its tensor once this returns
                     self._pending[request.id].x = x.clone()
                 if self._idle:
-                    self._woken_at = now
-                    self._work.notify()
+                    if self._hold_until is None or self._hold_must_end(scheduler, request):
+                        self._woken_at = now
+                        self._work.notify()
                 elif self._running is not None and not best_effort:
                     nxt = scheduler.next_expiry()
                     if nxt is not None and nxt < self._watch_at:
@@ -279,6 +281,22 @@ class EngineCore:
         if victims:
             self._shed(victims)
         return futures
+
+    def _hold_must_end(self, scheduler: BudgetScheduler, request: Request) -> bool:
+        """Under the lock, the worker holding a partial batch back until `_hold_until`: must
+        the request just queued wake it before then? Yes when the batch is now full, or when
+        the request could not wait that long (its deadline minus the slowest candidate's
+        full batch comes before). Otherwise the worker wakes by itself at `_hold_until` —
+        or a caller about to block runs the batch first — so a burst of submits costs no
+        wake-up (no thread hand-off) per request."""
+        if scheduler.get_num_waiting() >= scheduler.max_batch_size or self._hold_until is None:
+            return True
+        deadline = request.deadline
+        if request.best_effort or deadline == math.inf:
+            return False
+        b = scheduler.max_batch_size
+        slowest_ms = max(scheduler.predict_ms(s, b) for s in scheduler.candidates)
+        return deadline - slowest_ms / 1e3 <= self._hold_until
 
     def help(self) -> None:
         """A caller is about to block on a result: if the engine is idle with requests
@@ -425,7 +443,9 @@ class EngineCore:
                             break
                         if out.wait_until is not None and not self._closing:
                             self._idle = True
+                            self._hold_until = out.wait_until
                             self._work.wait(max(0.0, out.wait_until - clock()))
+                            self._hold_until = None
                             self._idle = False
                             continue
                     if self._closing:

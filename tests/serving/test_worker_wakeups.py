@@ -1,0 +1,113 @@
+"""When a submit wakes the engine's worker, and that skipping a wake-up strands nobody.
+
+While the worker holds a partial batch back to fill it (`batch_wait_ms`), a submit wakes it
+only when the batch is now full or when the new request could not wait for the hold to
+end (`EngineCore._hold_must_end`); otherwise the worker wakes by itself when the hold ends.
+The rule is checked on a stand-in scheduler, and end to end with holds long enough (2 s)
+that a request left waiting for the hold would visibly miss.
+"""
+
+import math
+import time
+from concurrent.futures import wait
+
+import pytest
+import torch
+
+from elastic.serving import Runtime
+from elastic.serving.engine import EngineCore
+from elastic.serving.request import Request
+
+HOLD_MS = 2000.0  # the longest the worker holds a partial batch back, in these tests
+
+
+class StubScheduler:
+    """What `_hold_must_end` reads: the queue length, the batch cap, service predictions."""
+
+    max_batch_size = 8
+    candidates = (0, 1)
+
+    def __init__(self, waiting: int):
+        self.waiting = waiting
+
+    def get_num_waiting(self) -> int:
+        return self.waiting
+
+    def predict_ms(self, subnet: int, batch: int) -> float:
+        return 10.0 * (subnet + 1)  # the slowest candidate's batch: 20 ms
+
+
+def engine_holding_until(t: float) -> EngineCore:
+    engine = EngineCore(executor=None, metrics=None, clock=time.perf_counter)  # threads never started
+    engine._hold_until = t
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("waiting", "budget_ms", "best_effort", "wakes"),
+    [
+        (8, math.inf, False, True),  # the batch is full: run it now
+        (3, math.inf, False, False),  # no deadline: the hold's end is soon enough
+        (3, 50.0, False, True),  # deadline 50 ms - 20 ms of service comes before the hold ends (100 ms)
+        (3, 500.0, False, False),  # 500 ms - 20 ms: can wait for the hold
+        (3, 50.0, True, False),  # best effort: waits for the hold like a request without deadline
+    ],
+)
+def test_a_held_worker_is_woken_only_when_a_request_cannot_wait(waiting, budget_ms, best_effort, wakes):
+    engine = engine_holding_until(0.100)
+    request = Request(1, 0.0, budget_ms, best_effort=best_effort)
+    assert engine._hold_must_end(StubScheduler(waiting), request) is wakes
+
+
+def test_a_worker_not_holding_is_always_woken():
+    engine = engine_holding_until(None)
+    assert engine._hold_must_end(StubScheduler(1), Request(1, 0.0, math.inf)) is True
+
+
+@pytest.fixture
+def held(served_model, served_profile):
+    runtime = Runtime(served_model, max_batch_size=8, policy="static:0", profile=served_profile, batch_wait_ms=HOLD_MS)
+    yield runtime
+    runtime.close(drain=True, timeout=60)
+
+
+def sample(i: int) -> torch.Tensor:
+    return torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i))
+
+
+def held_once(rt: Runtime) -> None:
+    """Send one request and wait until the worker holds it back to fill a batch."""
+    rt.submit(sample(0), math.inf)
+    for _ in range(200):
+        if rt._engine._hold_until is not None:
+            return
+        time.sleep(0.01)
+    pytest.fail("the worker never held the batch back")
+
+
+def test_requests_sent_during_a_hold_are_served_without_anyone_blocking(held):
+    """Nobody calls result() (no caller runs the batch): the worker's own hold timeout serves them."""
+    held_once(held)
+    futures = [held.submit(sample(i), math.inf) for i in range(1, 4)]
+    done, not_done = wait(futures, timeout=60)
+    assert not not_done
+    assert all(f.result().output.shape == (10,) for f in done)
+
+
+def test_a_batch_filled_during_a_hold_runs_before_the_hold_ends(held):
+    held_once(held)
+    t0 = time.perf_counter()
+    futures = [held.submit(sample(i), math.inf) for i in range(1, 8)]  # with the held one: 8
+    done, not_done = wait(futures, timeout=HOLD_MS / 2e3)  # well before the 2 s hold ends
+    assert not not_done, f"a full batch waited for the hold ({time.perf_counter() - t0:.2f} s)"
+    assert {f.result().batch_size for f in done} == {8}
+
+
+def test_a_request_that_cannot_wait_for_the_hold_wakes_the_worker(held):
+    held_once(held)
+    t0 = time.perf_counter()
+    future = held.submit(sample(1), 500.0)  # the hold ends about 2 s after the first request
+    # the scheduler then holds until just before its deadline (and may shed it there if the
+    # wake-up is late: `Overloaded`), but the worker acts on it, not at the end of the 2 s hold
+    done, _ = wait([future], timeout=HOLD_MS * 0.75 / 1e3)
+    assert done, f"still waiting after {time.perf_counter() - t0:.2f} s: the worker slept through the hold"
