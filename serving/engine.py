@@ -40,6 +40,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures._base import RUNNING as _RUNNING
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,8 +170,7 @@ class EngineCore:
         caller's own tensor (a view), and is copied here only if the request is queued
         rather than run before this call returns.
         """
-        future: Future[Result] = _HelpingFuture(self) if self.caller_runs else Future()
-        future.set_running_or_notify_cancel()  # running from now on: cannot be cancelled
+        future = self._new_future()
         metrics = self.metrics
         with self._lock:
             if self.dead is not None:
@@ -237,9 +237,7 @@ class EngineCore:
         n = xs.shape[0]
         futures: list[Future[Result]] = []
         for _ in range(n):
-            future = _HelpingFuture(self) if self.caller_runs else Future()
-            future.set_running_or_notify_cancel()
-            futures.append(future)
+            futures.append(self._new_future())
         metrics = self.metrics
         victims: list[tuple[Pending, ShedRequest]] = []
         refused: list[tuple[Future, Exception]] = []
@@ -297,6 +295,14 @@ class EngineCore:
         b = scheduler.max_batch_size
         slowest_ms = max(scheduler.predict_ms(s, b) for s in scheduler.candidates)
         return deadline - slowest_ms / 1e3 <= self._hold_until
+
+    def _new_future(self) -> Future[Result]:
+        """A request's future, running from the start (it cannot be cancelled)."""
+        if self.caller_runs:
+            return _HelpingFuture(self)  # created running
+        future: Future[Result] = Future()
+        future.set_running_or_notify_cancel()
+        return future
 
     def help(self) -> None:
         """A caller is about to block on a result: if the engine is idle with requests
@@ -676,6 +682,9 @@ class _HelpingFuture(Future):
 
     def __init__(self, engine: EngineCore):
         super().__init__()
+        # what `set_running_or_notify_cancel()` does to a new future (nobody can hold it
+        # yet: no lock, no cancel check); `Future` keeps its state in `_state`
+        self._state = _RUNNING
         self._engine = engine
 
     def result(self, timeout: float | None = None):

@@ -34,6 +34,7 @@ goodput gauges, the fitted overhead, the latency corrections) are read at scrape
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -287,11 +288,11 @@ class ServingMetrics:
             child = self._selected[subnet] = self.selections.labels(str(subnet))
         child.inc(len(rows))
         weight = accuracy if accuracy is not None else 0.0
+        _observe_all(self.latency, [r[0] for r in rows])
+        _observe_all(self.queue_latency, [r[1] for r in rows])
         with self._lock:
             window = self._window
-            for latency_s, queue_s, m in rows:
-                self.latency.observe(latency_s)
-                self.queue_latency.observe(queue_s)
+            for _, _, m in rows:
                 w = weight if m else 0.0
                 if len(window) == window.maxlen:
                     old_w, old_met = window[0]
@@ -364,3 +365,24 @@ class ServingMetrics:
             self._server.server_close()
             self._server = None
             self.port = None
+
+
+def _observe_all(histogram: Histogram, values: list[float]) -> None:
+    """`histogram.observe(v)` for every v, with each bucket and the sum incremented once
+    (one locked increment per bucket touched, not two per value: a batch's latencies fall
+    in one or two buckets). Falls back to `observe` per value if the histogram's internals
+    (prometheus_client's `_upper_bounds`, `_buckets`, `_sum`) are not there, or a value is NaN."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = math.fsum(values)
+    if bounds is None or buckets is None or not hasattr(histogram, "_sum") or math.isnan(total):
+        for v in values:
+            histogram.observe(v)
+        return
+    counts: dict[int, int] = {}
+    for v in values:
+        i = bisect.bisect_left(bounds, v)  # the first bucket whose bound is >= v (the last is +Inf)
+        counts[i] = counts.get(i, 0) + 1
+    histogram._sum.inc(total)
+    for i, n in counts.items():
+        buckets[i].inc(n)
