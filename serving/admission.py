@@ -113,7 +113,9 @@ class SampleCheck:
             raise InvalidInput(
                 f"one sample per request: got a batch of {shape[0]}; submit each sample, the runtime batches them"
             )
-        return (batch.detach().clone() if copy else batch.detach()), squeeze
+        if batch.requires_grad:  # else `clone` / the view already carries no autograd history
+            batch = batch.detach()
+        return (batch.clone() if copy else batch), squeeze
 
     def batch(self, xs: object) -> torch.Tensor:
         """Validates a stacked batch of samples (`Runtime.submit_many`); returns a private copy.
@@ -141,4 +143,4 @@ class SampleCheck:
             bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
             if bad:
                 raise InvalidInput(f"xs rows {bad} hold NaN or infinite values")
-        return xs.detach().clone()
+        return xs.detach().clone() if xs.requires_grad else xs.clone()

@@ -133,3 +133,19 @@ def test_observing_a_batch_of_values_at_once_counts_as_observing_each():
     got, want = samples(many), samples(one)
     want = {k: v for k, v in want.items() if not k[0].endswith("_created")}
     assert {k: v for k, v in got.items() if not k[0].endswith("_created")} == want
+
+
+@pytest.mark.parametrize("copy", [True, False])
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_sample_check_hands_on_no_autograd_history(served_model, grad, copy):
+    from elastic.serving.admission import SampleCheck
+
+    check = SampleCheck(served_model, torch.float32)
+    x = torch.randn(3, 32, 32, requires_grad=grad)
+    sample, squeeze = check(x * 1.0 if grad else x, copy=copy)  # a non-leaf when grad: it has history
+    assert squeeze and sample.shape == (1, 3, 32, 32)
+    assert not sample.requires_grad and sample.grad_fn is None
+    if copy:
+        assert sample.data_ptr() != x.data_ptr()
+    batch = check.batch(torch.randn(2, 3, 32, 32, requires_grad=grad))
+    assert not batch.requires_grad and batch.grad_fn is None
