@@ -22,6 +22,9 @@ future) while the worker sleeps runs the next engine step itself — the same sc
 execute → answer, under the same lock discipline — instead of waking the worker and
 sleeping until it answers. On a loaded CPU each of those two thread hand-offs costs more
 than a small forward. The forward then runs with the calling thread's torch settings.
+Likewise, while the worker holds a partial batch back to fill it, a submit wakes it only
+when the batch is full or the new request could not wait for the hold's end
+(`_hold_must_end`); otherwise the worker wakes by itself when the hold ends.
 
 Threading contract: futures are resolved — and their done-callbacks run — on the worker
 thread, on a caller-runs thread (results, failed batches), on the watchdog thread
