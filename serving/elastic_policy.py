@@ -30,10 +30,12 @@ cannot be interrupted, so a long batch turns away the tight-budget requests that
 while it runs. From the rate of arrivals while batches run and the recent budgets
 (`serving/demand.py`) the scheduler predicts how many arrivals a busy period of T ms
 blocks; each is charged the fastest subnet's accuracy (what it would have delivered), for
-the batch plus the queue behind it. In saturation a ms of worker time is itself an answer
-lost (`BudgetScheduler.displaced_per_ms`), charged on the batch and on the queue behind it
-as its share of full batches, so a short batch that saves one tight request at the cost of
-throughput loses to the full one. Among batch sizes and then among the batch's subnets (a
+the batch plus the queue behind it. In saturation worker time is itself answers lost
+(`BudgetScheduler.displaced_per_ms`, `saturation_cost`): the work of the batch and of the
+queue behind it (as its share of full batches) displaces arrivals at the worker's
+throughput, and those whose budgets it outlasts are charged too, so a short batch that
+saves one tight request at the cost of throughput loses to the full one, while a burst
+whose budgets outlast the backlog costs nothing. Among batch sizes and then among the batch's subnets (a
 binary search on the front's concave hull) the policy maximises accuracy delivered minus
 these charges: at moderate load it moves to cheaper subnets before any deadline forces
 it; at light load, or for clients that wait for each answer (nothing arrives while their
@@ -230,10 +232,11 @@ class _OnFronts:
         if not price:
             return value
         rest_ms, fluid_ms = rest
-        value -= price * (costs.blocked_arrivals(t + rest_ms) + theta * (t + fluid_ms))
-        alt = costs.fastest(None if f == _NO_FLOOR else f, b) if theta else None
+        sat = costs.saturation_cost(theta, fluid_ms)
+        value -= price * (costs.blocked_arrivals(t + rest_ms) + sat(t))
+        alt = costs.fastest(None if f == _NO_FLOOR else f, b)
         if alt is not None and alt[0] != sid:  # `sid` stays the top of the range `best_priced` searches
-            cut = price * (costs.blocked_arrivals(alt[1] + rest_ms) + theta * (alt[1] + fluid_ms))
+            cut = price * (costs.blocked_arrivals(alt[1] + rest_ms) + sat(alt[1]))
             value = max(value, members * costs.accuracy(alt[0]) - cut)
         return value
 
@@ -286,7 +289,7 @@ class _OnFronts:
                 key = (0, hard_b, b, costs.accuracy(sid) if hard_b else -t, -t)
             if best is None or key > best:
                 best, decision = key, (sid, b)
-                priced = (b, f, sid, members, rest[0]) if key[0] == 1 and members else None
+                priced = (b, f, sid, members, rest[0], rest[1]) if key[0] == 1 and members else None
         if (best is None or best[0] == 0) and hasattr(costs, "plan_late"):
             exact = self.fewest_late()
             if exact is not None:
@@ -294,7 +297,8 @@ class _OnFronts:
         if decision is not None and priced is not None and self.price > 0:
             # the batch's busy period turns away arrivals with tight budgets: a cheaper subnet
             # of the same batch wins when its accuracy loss is smaller than what they would lose
-            decision = (costs.best_priced(*priced, self.price, self.theta)[0], priced[0])
+            b, f, sid, members, rest_ms, fluid_ms = priced
+            decision = (costs.best_priced(b, f, sid, members, rest_ms, self.price, self.theta, fluid_ms)[0], b)
         return Decision(*decision) if decision is not None else None
 
     def fewest_late(self) -> Decision | None:

@@ -38,7 +38,7 @@ import bisect
 import heapq
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 from numbers import Integral
 
@@ -302,8 +302,30 @@ class BudgetScheduler(SchedulerInterface):
         u = t_full / (b * gap)
         return min(1.0 / gap, b / t_full) * min(1.0, u) ** 2
 
+    def saturation_cost(self, theta: float, fluid_ms: float) -> Callable[[float], float]:
+        """Answers a batch of `ms` displaces in saturation, as a function of `ms`, when the
+        queue behind it holds `fluid_ms` of full-batch work and the worker turns each ms into
+        `theta` answers (`displaced_per_ms`): an arrival displaced by the work ahead of it is
+        lost only when its budget is shorter than that work plus its own service, so this is
+        `Demand.blocked` over the batch and the queue at rate theta instead of the arrival
+        rate — a burst with budgets longer than the backlog costs nothing."""
+        if not theta:
+            return lambda ms: 0.0
+        weight = theta * self.demand.busy_gap_ms()  # theta / arrival rate
+        after = self._service_at(1, _NO_FLOOR)
+        blocked = self.demand.blocked
+        return lambda ms: weight * blocked(ms + fluid_ms, after)
+
     def best_priced(
-        self, batch: int, floor: float, top: int, members: int, extra_ms: float, price: float, theta: float = 0.0
+        self,
+        batch: int,
+        floor: float,
+        top: int,
+        members: int,
+        extra_ms: float,
+        price: float,
+        theta: float = 0.0,
+        fluid_ms: float = 0.0,
     ):
         """(id, service ms) maximising members × accuracy − price × arrivals blocked by a busy
         period of its service + `extra_ms` (the queue behind it), among `top` and the
@@ -311,8 +333,8 @@ class BudgetScheduler(SchedulerInterface):
         arrival rate is unknown.
 
         `price` is what one arrival turned away by the batch's busy period loses
-        (`Demand.blocked`); `theta` adds the answers each ms displaces in saturation
-        (`displaced_per_ms`). On the front's upper concave hull the gain of a slower subnet
+        (`Demand.blocked`); `theta` and `fluid_ms` add the answers it displaces in
+        saturation (`saturation_cost`). On the front's upper concave hull the gain of a slower subnet
         shrinks and the cost grows, so a binary search finds the best hull point; `top`
         (maybe off the hull) is compared with it.
         """
@@ -328,11 +350,12 @@ class BudgetScheduler(SchedulerInterface):
         lo = bisect.bisect_left(hull, 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor))
         hi = bisect.bisect_right(hull, j_top) - 1
         memo: dict[int, tuple[float, float]] = {}
+        sat = self.saturation_cost(theta, fluid_ms)
 
         def value(j: int) -> tuple[float, float]:
             if j not in memo:
                 ms = predict(ids[j], batch) + over
-                memo[j] = (members * acc[j] - price * (blocked(ms + extra_ms, after) + theta * ms), ms)
+                memo[j] = (members * acc[j] - price * (blocked(ms + extra_ms, after) + sat(ms)), ms)
             return memo[j]
 
         while lo < hi:  # unimodal along the hull: find its peak

@@ -192,15 +192,15 @@ def test_pricing_beats_not_pricing_in_a_simulated_mixed_load():
     assert results["priced"]["effective_accuracy"] >= results["static"]["effective_accuracy"] - 0.005
 
 
-def batch_after(busy_arrivals_per_ms):
-    """The first batch for 16 loose requests after a history of arrivals at
+def batch_after(busy_arrivals_per_ms, budget_ms):
+    """The first batch for 16 loose (1 s) requests after 64 arrivals with `budget_ms` at
     `busy_arrivals_per_ms` while batches ran: (subnet, size)."""
     subnets = [Subnet(0, "anchor", "fast", 1, 1, 0.70), Subnet(1, "anchor", "slow", 2, 2, 0.80)]
     profile = LatencyProfile.from_table({0: {1: 1.0, 8: 2.0}, 1: {1: 1.5, 8: 6.0}})
     s = BudgetScheduler(subnets, profile, ElasticPolicy(), max_batch_size=8)
     t = 0.0
     for _ in range(64):  # one arrival per busy period, each 1 / rate ms long
-        s.demand.record(t, 1000.0, busy=True)
+        s.demand.record(t, budget_ms, busy=True)
         s.demand.busy_ended(1.0 / busy_arrivals_per_ms)
         t += 1e-3 / busy_arrivals_per_ms
     for k in range(16):
@@ -210,9 +210,24 @@ def batch_after(busy_arrivals_per_ms):
 
 
 def test_in_saturation_worker_time_is_priced_by_the_answers_it_displaces():
-    # budgets of 1 s: no arrival is ever blocked, so only throughput can speak against the slow subnet.
-    # Arrivals at the fast subnet's full-batch throughput (8 per 2 ms): every ms of the slow
-    # batch is about 4 answers lost, more than it adds (8 × 0.1): the fast subnet, a full batch
-    assert batch_after(4.0) == (0, 8)
+    # arrivals at the fast subnet's full-batch throughput (8 per 2 ms) with 6 ms budgets:
+    # the slow batch and the queue behind it outlast their budgets: the fast subnet, full
+    # batch (without the saturation charge the policy served a batch of 1 here: the queue
+    # behind it, counted in whole batches, looked no longer than behind a full one)
+    assert batch_after(4.0, 6.0) == (0, 8)
     # rare arrivals: idle time absorbs the slow batch; the most accurate subnet
-    assert batch_after(0.01) == (1, 8)
+    assert batch_after(0.01, 6.0) == (1, 8)
+    # the same rate, but budgets far longer than the backlog (a burst of loose requests):
+    # displaced arrivals only wait, none is lost; the most accurate subnet
+    assert batch_after(4.0, 60_000.0) == (1, 8)
+    s = BudgetScheduler(*two_subnets(), ElasticPolicy())
+    for k in range(64):
+        s.demand.record(k * 1e-4, 8.0, busy=True)
+        s.demand.busy_ended(0.1)
+    theta = s.displaced_per_ms()
+    assert theta > 0
+    # the displaced answers are `Demand.blocked` over the batch plus the queue, at rate theta
+    cost = s.saturation_cost(theta, fluid_ms=3.0)
+    after = s.predict_ms(0, 1) + s.overhead_ms(1)
+    assert cost(5.0) == pytest.approx(theta * s.demand.busy_gap_ms() * s.demand.blocked(8.0, after))
+    assert s.saturation_cost(0.0, 3.0)(5.0) == 0.0
