@@ -286,17 +286,17 @@ class EngineCore:
     def _hold_must_end(self, scheduler: BudgetScheduler, request: Request) -> bool:
         """Under the lock, the worker holding a partial batch back until `_hold_until`: must
         the request just queued wake it before then? Yes when the batch is now full, or when
-        the request could not wait that long (its deadline minus the slowest candidate's
-        full batch comes before). Otherwise the worker wakes by itself at `_hold_until` —
-        or a caller about to block runs the batch first — so a burst of submits costs no
-        wake-up (no thread hand-off) per request."""
+        the request could not wait that long (its deadline minus the full batch of the
+        slowest subnet on the front comes before; O(log subnets)). Otherwise the worker
+        wakes by itself at `_hold_until` — or a caller about to block runs the batch first —
+        so a burst of submits costs no wake-up (no thread hand-off) per request."""
         if scheduler.get_num_waiting() >= scheduler.max_batch_size or self._hold_until is None:
             return True
         deadline = request.deadline
         if request.best_effort or deadline == math.inf:
             return False
-        b = scheduler.max_batch_size
-        slowest_ms = max(scheduler.predict_ms(s, b) for s in scheduler.candidates)
+        top = scheduler.best_within(scheduler.max_batch_size, -math.inf, math.inf)  # the front's slowest
+        slowest_ms = top[1] if top is not None else 0.0
         return deadline - slowest_ms / 1e3 <= self._hold_until
 
     def _new_future(self) -> Future[Result]:
