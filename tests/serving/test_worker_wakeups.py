@@ -22,10 +22,9 @@ HOLD_MS = 2000.0  # the longest the worker holds a partial batch back, in these 
 
 
 class StubScheduler:
-    """What `_hold_must_end` reads: the queue length, the batch cap, service predictions."""
+    """What `_hold_must_end` reads: the queue length, the batch cap, the front's slowest batch."""
 
     max_batch_size = 8
-    candidates = (0, 1)
 
     def __init__(self, waiting: int):
         self.waiting = waiting
@@ -33,8 +32,8 @@ class StubScheduler:
     def get_num_waiting(self) -> int:
         return self.waiting
 
-    def predict_ms(self, subnet: int, batch: int) -> float:
-        return 10.0 * (subnet + 1)  # the slowest candidate's batch: 20 ms
+    def best_within(self, batch: int, floor: float, max_ms: float) -> tuple[int, float]:
+        return 1, 20.0  # the most accurate (slowest) subnet on the front: a full batch takes 20 ms
 
 
 def engine_holding_until(t: float) -> EngineCore:
