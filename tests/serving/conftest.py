@@ -48,3 +48,13 @@ def served_profile(served_model):
 
     ids = [0, 1, 2, 5, 10, 15, 20]
     return measure_latency(served_model, torch.zeros(3, 32, 32), (1, 2, 4, 8), "cpu", repeats=2, warmup=1, subnets=ids)
+
+
+@pytest.fixture
+def rt(served_model, served_profile):
+    """A runtime serving `served_model` (batches of up to 8, 4096 queued), drained at the end."""
+    from elastic.serving import Runtime
+
+    runtime = Runtime(served_model, max_batch_size=8, max_queue=4096, profile=served_profile)
+    yield runtime
+    runtime.close(drain=True, timeout=60)

@@ -20,13 +20,6 @@ GENEROUS_MS = 60_000.0
 POISON = 777.0  # an input holding this value makes the patched forward raise
 
 
-@pytest.fixture
-def rt(served_model, served_profile):
-    runtime = Runtime(served_model, max_batch_size=8, max_queue=4096, profile=served_profile)
-    yield runtime
-    runtime.close(drain=True, timeout=60)
-
-
 def sample(seed=0):
     return torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(seed))
 

@@ -22,13 +22,6 @@ from elastic.serving.executor import EagerExecutor
 GENEROUS_MS = 60_000.0
 
 
-@pytest.fixture
-def rt(served_model, served_profile):
-    runtime = Runtime(served_model, max_batch_size=8, max_queue=64, profile=served_profile)
-    yield runtime
-    runtime.close(drain=True, timeout=60)
-
-
 def _refusal(fn, x):
     try:
         fn(x)

@@ -41,13 +41,6 @@ def engine_threads():
     return [t for t in threading.enumerate() if t.name.startswith("elastic-runtime")]
 
 
-@pytest.fixture
-def rt(served_model, served_profile):
-    runtime = Runtime(served_model, max_batch_size=8, max_queue=4096, profile=served_profile)
-    yield runtime
-    runtime.close(drain=True, timeout=60)
-
-
 # ---- dtype: one bad sample never poisons a batch --------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int64])
 def test_a_sample_of_another_dtype_is_refused_and_poisons_nothing(rt, dtype):

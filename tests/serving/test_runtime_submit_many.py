@@ -18,13 +18,6 @@ from elastic.serving.engine import Pending, _stack
 GENEROUS_MS = 60_000.0
 
 
-@pytest.fixture
-def rt(served_model, served_profile):
-    runtime = Runtime(served_model, max_batch_size=8, max_queue=64, profile=served_profile)
-    yield runtime
-    runtime.close(drain=True, timeout=60)
-
-
 def count(rt, outcome):
     return rt.metrics.registry.get_sample_value("elastic_requests_total", {"outcome": outcome})
 
