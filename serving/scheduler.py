@@ -38,6 +38,7 @@ import bisect
 import heapq
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 from numbers import Integral
@@ -143,6 +144,8 @@ class BudgetScheduler(SchedulerInterface):
         self._last_arrival: float | None = None
         self._wait_useful = 1.0  # EWMA: did holding a batch back bring another request?
         self._waiting_for: int | None = None  # arrivals counted when the last hold began
+        self._held_until: float | None = None  # when the last hold was to end
+        self._wake_late: deque[float] = deque(maxlen=32)  # how late recent holds ended (s)
         self._arrivals = 0
         self._since_hold = 0  # decisions since the last hold (to probe again now and then)
         self._eligible_cache: dict[float | None, list[int]] = {}
@@ -451,10 +454,13 @@ class BudgetScheduler(SchedulerInterface):
             useful = float(self._arrivals > self._waiting_for)
             self._wait_useful += 0.2 * (useful - self._wait_useful)
             self._waiting_for = None
+            if now > self._held_until:  # it ran to its end (an arrival did not end it early)
+                self._wake_late.append(now - self._held_until)
         if hold and self.batch_wait_ms > 0 and size == len(queue) and size < b_max:
             wait_until = self._fill_wait_until(now, decision.subnet, size, predicted)
             if wait_until is not None:
                 self._waiting_for = self._arrivals
+                self._held_until = wait_until
                 self._since_hold = 0
                 out.wait_until = wait_until
                 return out
@@ -690,7 +696,11 @@ class BudgetScheduler(SchedulerInterface):
         for at most `batch_wait_ms` since the oldest member arrived; only when requests
         arrive faster than that (on average, or one arrived within the last half of it);
         and only while holds do bring more requests (a client that waits for each answer
-        before sending the next would only be delayed)."""
+        before sending the next would only be delayed).
+
+        The hold ends early enough for a worker that wakes late: by the latest of the last
+        32 holds' observed lateness (a timed wait returns when the thread gets the CPU and
+        the interpreter lock back, not at its timeout)."""
         recent = self._last_arrival is not None and (now - self._last_arrival) * 2e3 < self.batch_wait_ms
         if not recent and (self._gap_s is None or self._gap_s * 1e3 >= self.batch_wait_ms):
             return None  # nobody arrived just now, and arrivals are not that frequent
@@ -701,5 +711,7 @@ class BudgetScheduler(SchedulerInterface):
         latest_start = min(self._hard[:size]) - predicted_ms / 1e3
         # a fuller batch takes longer: keep the margin of one more request's service
         latest_start -= (self.predict_ms(subnet, size + 1) - predicted_ms) / 1e3
+        if self._wake_late:
+            latest_start -= max(self._wake_late)
         until = min(oldest + self.batch_wait_ms / 1e3, latest_start)
         return until if until > now else None

@@ -274,3 +274,17 @@ def test_best_within_an_unbounded_window_is_the_most_accurate_with_a_finite_late
     s = BudgetScheduler(subnets(), profile, overhead=OverheadModel(per_batch_ms=0.5, per_request_ms=0.25))
     assert s.best_within(8, -math.inf, math.inf) == (2, pytest.approx(38.0 + 0.5 + 2.0))
     assert s.best_within(1, -math.inf, 1.0) is None
+
+
+def test_a_hold_ends_earlier_by_how_late_the_last_holds_woke():
+    s, c = make(policy="static:2", batch_wait_ms=50.0), Clock()
+    s.add_request(c.request(40, at=0.0), now=0.0)
+    # 40 ms deadline - 10 ms (batch 1) - 4 ms (one more request's service): start by 26 ms
+    assert s.schedule(0.0).wait_until == pytest.approx(0.026)
+    batch = s.schedule(0.029).batch  # the worker woke 3 ms after the hold's end
+    s.update_from_output(batch, 10.0, 0.039)
+    s.add_request(c.request(40, at=1.0), now=1.0)
+    assert s.schedule(1.0).wait_until == pytest.approx(1.023)  # 3 ms earlier: the late wake-up's margin
+    s.add_request(c.request(40, at=1.001), now=1.001)  # an arrival ends the hold early: not lateness
+    assert s.schedule(1.001, hold=False).batch.request_ids == (1, 2)
+    assert max(s._wake_late) == pytest.approx(0.003)
