@@ -59,5 +59,13 @@ class BudgetDistribution:
     def sample(self, rng: random.Random) -> float:
         return math.exp(rng.uniform(math.log(self.lo_ms), math.log(self.hi_ms)))
 
+    def share_at_least(self, ms: float) -> float:
+        """The share of budgets of at least `ms` milliseconds."""
+        if ms <= self.lo_ms:
+            return 1.0
+        if ms > self.hi_ms:
+            return 0.0
+        return math.log(self.hi_ms / ms) / math.log(self.hi_ms / self.lo_ms)
+
     def describe(self) -> str:
         return f"log-uniform [{self.lo_ms:.3g}, {self.hi_ms:.3g}] ms"

@@ -57,6 +57,7 @@ from elastic.serving import Runtime, ServedCapacity, budget_range
 from elastic.serving.profile import LatencyProfile
 
 from .arrivals import BudgetDistribution, on_off, poisson
+from .bounds import no_queue_bound
 from .harness import markdown_table, write_results
 from .outcomes import BernoulliJudge, score
 from .replay import replay_outcomes
@@ -114,7 +115,7 @@ FULL = LoadPlan(
     patterns=("poisson", "on_off"),
     real_loads=(0.25, 1.0, 2.0, 3.0),
     sim_loads=(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0),
-    repeats=3,
+    repeats=5,  # 3 left intervals wider than the gaps they judged (t = 4.3 at 2 degrees of freedom)
     sim_repeats=4,
     span=Span(2.0, 5.0, 40),
     sim_span=Span(4.0, 60.0, 400),
@@ -150,6 +151,7 @@ class Calibration:
     variants_service: ServiceModel
     served: dict[str, Any]  # raw served-capacity measurements
     seconds: float  # how long calibrating took
+    bound: dict[str, Any] | None = None  # `no_queue_bound` over the statics (set by `calibrate`)
 
     @property
     def middle_range(self) -> tuple[float, float]:
@@ -181,6 +183,9 @@ class Calibration:
             "served": self.served,
             "profile_p50_ms": {str(s): row for s, row in self.profile.p50_ms.items()},
             "profile_p99_ms": {str(s): row for s, row in self.profile.p99_ms.items()},
+            "no_queue_bound": None
+            if self.bound is None
+            else {**self.bound, "static": {str(s): v for s, v in self.bound["static"].items()}},
             "seconds": self.seconds,
         }
 
@@ -235,6 +240,10 @@ def calibrate(scenario: Scenario, profile_repeats: int | None = None) -> Calibra
         },
         seconds=time.perf_counter() - t0,
     )
+    alone_ms = {  # a request alone: batch-1 p99 forward plus the runtime's own cost
+        s: profile.latency_ms(s, 1, "p99") + per_batch + per_request for s in calib.statics()
+    }
+    calib.bound = no_queue_bound(scenario.accuracy, alone_ms, budgets)
     log.info(
         "%s: capacity %.1f req/s (largest anchor %d), smallest anchor %d at %.1f req/s; budgets %s; "
         "overhead %.3f ms/request + %.3f ms/batch; candidates %s (%.0f s)",
@@ -544,6 +553,7 @@ def tables(scenarios: dict[str, dict[str, Any]], mode: str) -> str:
             f"Capacity (1×) = {sc['calibration']['capacity_per_s']:.1f} req/s (largest anchor served); "
             f"budgets {sc['calibration']['budgets']}; middle range (largest anchor cannot keep up, smallest can): "
             f"{lo:.2g}× < load ≤ {hi:.2g}×. Mean ± 95 % t-interval over {sc['seeds']} seeds.\n"
+            + _bound_line(sc["calibration"].get("no_queue_bound"))
         )
         rows = []
         for p in sc["points"]:
@@ -625,6 +635,17 @@ def tables(scenarios: dict[str, dict[str, Any]], mode: str) -> str:
         )
         out.append("")
     return "\n".join(out)
+
+
+def _bound_line(bound: dict | None) -> str:
+    if bound is None:
+        return ""
+    best = bound["best_static"]
+    return (
+        f"No-queue bound (`bench/bounds.py`: each request alone on the most accurate subnet whose batch-1 "
+        f"p99 fits its budget): per-request choice ≤ {bound['per_request']:.3f}, the best static "
+        f"(subnet {best}) ≤ {bound['static'][str(best)]:.3f}; gap {100 * bound['gap']:+.1f} points.\n"
+    )
 
 
 def _pct(v: float | None) -> str:

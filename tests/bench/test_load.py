@@ -188,6 +188,10 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     assert (tmp_path / "load.png").is_file() and (tmp_path / "load_sim.png").is_file()
     assert "REAL" in (tmp_path / "load.md").read_text() and "SIMULATED" in (tmp_path / "load_sim.md").read_text()
     assert "SIMULATED" not in (tmp_path / "load.md").read_text()
+    # the no-queue ceiling: per-request choice bounds every static
+    bound = calib["no_queue_bound"]
+    assert bound["per_request"] >= max(bound["static"].values()) == bound["static"][str(bound["best_static"])]
+    assert "No-queue bound" in (tmp_path / "load.md").read_text()
     assert math.isfinite(result["seconds"])
 
 
