@@ -7,7 +7,8 @@ block of one token. At batch 1 those are matrix-vector products whose cost is re
 weights (~3 MiB at d 256, ff 1024: more than a core's L2), plus a few microseconds of
 dispatch per op, so this file keeps the op count low: one `addmm` per projection (on a
 transposed view of the weight: `F.linear`'s own product, minus two dispatches), one
-`scaled_dot_product_attention` for the new token's query, no `nn.Module.__call__`. The
+`scaled_dot_product_attention` for the new token's query, linear1 and a ReLU in one
+`_addmm_activation` (inference only: it has no derivative), no `nn.Module.__call__`. The
 products read the layer's own parameters: the same bytes the torch model reads, so a step
 run right after the offline model finds them in cache. Contiguous transposed copies (kept
 until 2026-11-30, refreshed through a process-wide parameter-registration hook) made the
@@ -60,6 +61,7 @@ class LayerParams(NamedTuple):
     norm2: tuple
     norm_first: bool
     relu: bool  # the activation is F.relu (run in place)
+    fused_relu: bool  # relu, a linear1 bias and grad off when built: linear1 + ReLU as one `_addmm_activation`
     activation: Callable[[Tensor], Tensor]
     heads: int
 
@@ -83,6 +85,8 @@ def _params(layer: nn.TransformerEncoderLayer) -> LayerParams:
         _norm(layer.norm2),
         bool(layer.norm_first),
         layer.activation is F.relu,
+        # `_addmm_activation` has no derivative: with grad on, `get` builds a tuple without it
+        layer.activation is F.relu and layer.linear1.bias is not None and not torch.is_grad_enabled(),
         layer.activation,
         attn.num_heads,
     )
@@ -213,14 +217,19 @@ def out_and_tail(p: LayerParams, x: Tensor, o: Tensor) -> Tensor:
     a = affine(o, p.out_t, p.out_b)
     if p.norm_first:
         h = x + a
-        return h + _feed_forward(p, torch.layer_norm(h, *p.norm2))
+        return _feed_forward(p, torch.layer_norm(h, *p.norm2)).add_(h)
     h = torch.layer_norm(x + a, *p.norm1)
-    return torch.layer_norm(h + _feed_forward(p, h), *p.norm2)
+    return torch.layer_norm(_feed_forward(p, h).add_(h), *p.norm2)
 
 
 def _feed_forward(p: LayerParams, h: Tensor) -> Tensor:
-    hidden = affine(h, p.ff1_t, p.ff1_b)
-    hidden = torch.relu_(hidden) if p.relu else p.activation(hidden)
+    """linear2(activation(linear1(h))); with ReLU, the first product and the ReLU are one
+    `_addmm_activation` where `p.fused_relu` allows (torch's own op: the same addmm, then relu, one dispatch fewer)."""
+    if p.fused_relu and h.dim() == 2:
+        hidden = torch._addmm_activation(p.ff1_b, h, p.ff1_t)
+    else:
+        hidden = affine(h, p.ff1_t, p.ff1_b)
+        hidden = torch.relu_(hidden) if p.relu else p.activation(hidden)
     return affine(hidden, p.ff2_t, p.ff2_b)
 
 
