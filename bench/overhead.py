@@ -11,6 +11,15 @@ in the same interleaved rounds.
 
 Targets (issue 9), per row on the CPU: <= 100 µs added per request at batch 1; at batch 8
 the runtime's time <= 1.15× the direct batched forward's.
+
+Noise: each round times both contenders back to back, so each row is judged on the paired
+per-round values (runtime - direct per request at batch 1, runtime / direct at batch 8):
+their median, and a distribution-free 95 % interval of that median (order statistics of the
+rounds; Conover, *Practical Nonparametric Statistics*, the binomial interval for a median).
+A row passes when the whole interval meets the target, fails when none of it does, and is
+"within noise" when the interval straddles the target: more rounds, or a quieter machine,
+would be needed to say. A 30 ms forward on a shared CPU swings by more than the 100 µs
+target from round to round, so such rows end "within noise" rather than pass or fail by luck.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import logging
 import math
 import statistics
+from collections.abc import Sequence
 
 import torch
 
@@ -31,6 +41,44 @@ log = logging.getLogger(__name__)
 TARGET_ADDED_US = 100.0  # batch 1: most µs the runtime may add per request
 TARGET_RATIO_B8 = 1.15  # batch 8: most runtime / direct time
 WARMUP = 5
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(median, lo, hi): the median of `values` and a distribution-free interval for it.
+
+    [x_(k), x_(n+1-k)] of the sorted values, with the largest k whose two-sided binomial
+    tail P(Bin(n, 1/2) < k) stays within (1 - confidence) / 2: it covers the true median
+    with at least `confidence` for any continuous distribution of independent values,
+    outliers included (a mean's t-interval would not survive one stalled round). With
+    fewer than 6 values no such k exists at 95 %: the interval is the whole range.
+
+    Raises:
+        ValueError: no values.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no values")
+    alpha = (1.0 - confidence) / 2
+    k, tail = 0, 0.0  # tail = P(Bin(n, 1/2) <= k - 1)
+    while k < n // 2:
+        nxt = tail + math.comb(n, k) / 2**n  # P(Bin <= k)
+        if nxt > alpha:
+            break
+        tail, k = nxt, k + 1
+    if k == 0:
+        return statistics.median(xs), xs[0], xs[-1]
+    return statistics.median(xs), xs[k - 1], xs[n - k]
+
+
+def verdict(lo: float, hi: float, target: float) -> str:
+    """ "pass" when the interval [lo, hi] lies at or under `target`, "FAIL" when above it,
+    "within noise" when it contains the target."""
+    if hi <= target:
+        return "pass"
+    if lo > target:
+        return "FAIL"
+    return "within noise"
 
 
 def flat_profile(model, subnet: int, batch_sizes=(1, 8)) -> LatencyProfile:
@@ -68,18 +116,21 @@ def measure(model, name: str, subnet: int, repeats: int) -> list[dict]:
             times = interleaved({**served, "direct": direct}, repeats=repeats, warmup=0)
             d = summary(times["direct"])
             for call in served:
+                pairs = list(zip(times[call], times["direct"], strict=True))
                 ratio = paired_ratio(times[call], times["direct"])
+                ratio_ci = median_interval([a / b for a, b in pairs])
                 # paired: the median over rounds of (runtime - direct), per request
-                added_us = (
-                    1e6 * statistics.median(a - b for a, b in zip(times[call], times["direct"], strict=True)) / batch
-                )
+                added_ci = median_interval([1e6 * (a - b) / batch for a, b in pairs])
+                added_us = added_ci[0]
                 if batch == 8 and len(batches[call]) != 8 * repeats:
                     raise RuntimeError(f"expected {8 * repeats} timed {call} answers, counted {len(batches[call])}")
-                target = (
-                    {"added_us_per_request": TARGET_ADDED_US, "pass": added_us <= TARGET_ADDED_US}
-                    if batch == 1
-                    else {"ratio": TARGET_RATIO_B8, "pass": ratio <= TARGET_RATIO_B8}
-                )
+                if batch == 1:
+                    judged = verdict(added_ci[1], added_ci[2], TARGET_ADDED_US)
+                    target = {"added_us_per_request": TARGET_ADDED_US}
+                else:
+                    judged = verdict(ratio_ci[1], ratio_ci[2], TARGET_RATIO_B8)
+                    target = {"ratio": TARGET_RATIO_B8}
+                target |= {"verdict": judged, "pass": judged == "pass"}
                 rows.append(
                     {
                         "model": name,
@@ -89,7 +140,10 @@ def measure(model, name: str, subnet: int, repeats: int) -> list[dict]:
                         "runtime": summary(times[call]),
                         "direct": d,
                         "ratio": ratio,
+                        "ratio_ci95": list(ratio_ci[1:]),
                         "added_us_per_request": added_us,
+                        "added_us_ci95": list(added_ci[1:]),
+                        "rounds": repeats,
                         "mean_runtime_batch": sum(batches[call]) / len(batches[call]) if batch == 8 else 1.0,
                         "target": target,
                     }
@@ -111,8 +165,8 @@ def run(args: argparse.Namespace) -> dict:
             "call",
             "direct ms",
             "runtime ms",
-            "ratio",
-            "µs added / request",
+            "ratio [95 % interval]",
+            "µs added / request [95 % interval]",
             "runtime batch",
             "target",
         ],
@@ -124,19 +178,23 @@ def run(args: argparse.Namespace) -> dict:
                 r["call"],
                 r["direct"]["median_ms"],
                 r["runtime"]["median_ms"],
-                r["ratio"],
-                r["added_us_per_request"],
+                f"{r['ratio']:.3g} [{r['ratio_ci95'][0]:.3g}, {r['ratio_ci95'][1]:.3g}]",
+                f"{r['added_us_per_request']:.3g} [{r['added_us_ci95'][0]:.3g}, {r['added_us_ci95'][1]:.3g}]",
                 r["mean_runtime_batch"],
-                ("≤ 100 µs " if r["batch"] == 1 else "≤ 1.15× ") + ("pass" if r["target"]["pass"] else "FAIL"),
+                ("≤ 100 µs " if r["batch"] == 1 else "≤ 1.15× ") + r["target"]["verdict"],
             ]
             for r in rows
         ],
     )
     own = [r for r in rows if r["call"] != "submit_many"]  # the issue's targets: separate requests
-    passed = sum(r["target"]["pass"] for r in own)
+    counts = {v: sum(r["target"]["verdict"] == v for r in own) for v in ("pass", "FAIL", "within noise")}
     table += (
-        f"\n\nTargets: {passed} of {len(own)} rows pass (batch 1: ≤ 100 µs added; batch 8: ≤ 1.15× direct,"
-        " eight separate submits). The submit_many rows time the same eight requests sent in one call."
+        f"\n\nTargets (batch 1: ≤ 100 µs added; batch 8: ≤ 1.15× direct, eight separate submits), judged on the"
+        f" paired per-round values (runtime − direct per request at batch 1, runtime / direct at batch 8): of"
+        f" {len(own)} rows, {counts['pass']} pass (the whole 95 % interval of the median meets the target),"
+        f" {counts['FAIL']} FAIL (none of it does), {counts['within noise']} within noise (the interval contains"
+        " the target: this run cannot tell). The interval is distribution-free, from the order statistics of the"
+        " rounds. The submit_many rows time the same eight requests sent in one call."
     )
     write_results(args.out, "overhead", {"rows": rows}, table, args.command)
     return {"rows": rows, "table": table}

@@ -80,6 +80,18 @@ class SampleCheck:
         self.input_size = tuple(model.input_size())
         self._own_check = getattr(type(model), "check_input", None) is not ElasticModel.check_input
 
+    def _check_tensor(self, x: object, name: str) -> None:
+        """What every sample tensor must be, whatever its shape: a dense tensor with data,
+        of the model's dtype (`name`: the argument, for the error message)."""
+        if not isinstance(x, torch.Tensor):
+            raise InvalidInput(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.layout is not torch.strided:
+            raise InvalidInput(f"{name} must be a dense tensor, got layout {x.layout}")
+        if x.is_meta:
+            raise InvalidInput(f"{name} is a meta tensor: it holds no data")
+        if x.dtype is not self.dtype:
+            raise InvalidInput(f"{name} has dtype {x.dtype}; the model runs {self.dtype}: send {name}.to({self.dtype})")
+
     def __call__(self, x: object, copy: bool = True) -> tuple[torch.Tensor, bool]:
         """Returns the sample as (1, C, H, W), and whether to squeeze the answer.
 
@@ -94,14 +106,7 @@ class SampleCheck:
         Raises:
             InvalidInput: naming what is wrong with `x`.
         """
-        if not isinstance(x, torch.Tensor):
-            raise InvalidInput(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.layout is not torch.strided:
-            raise InvalidInput(f"x must be a dense tensor, got layout {x.layout}")
-        if x.is_meta:
-            raise InvalidInput("x is a meta tensor: it holds no data")
-        if x.dtype is not self.dtype:
-            raise InvalidInput(f"x has dtype {x.dtype}; the model runs {self.dtype}: send x.to({self.dtype})")
+        self._check_tensor(x, "x")
         squeeze = x.dim() == 3
         batch = x.unsqueeze(0) if squeeze else x
         shape = batch.shape
@@ -126,14 +131,7 @@ class SampleCheck:
         Raises:
             InvalidInput: naming what is wrong with `xs` (and which rows are not finite).
         """
-        if not isinstance(xs, torch.Tensor):
-            raise InvalidInput(f"xs must be a torch.Tensor, got {type(xs).__name__}")
-        if xs.layout is not torch.strided:
-            raise InvalidInput(f"xs must be a dense tensor, got layout {xs.layout}")
-        if xs.is_meta:
-            raise InvalidInput("xs is a meta tensor: it holds no data")
-        if xs.dtype is not self.dtype:
-            raise InvalidInput(f"xs has dtype {xs.dtype}; the model runs {self.dtype}: send xs.to({self.dtype})")
+        self._check_tensor(xs, "xs")
         if xs.dim() != 4:
             raise InvalidInput(f"xs must be a stacked batch (B, C, H, W), got shape {tuple(xs.shape)}")
         if self._own_check or xs.shape[0] == 0 or xs.shape[1:] != self.input_size or not xs.is_floating_point():

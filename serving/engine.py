@@ -43,7 +43,11 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED as _CANCELLED
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED as _CANCELLED_AND_NOTIFIED
+from concurrent.futures._base import FINISHED as _FINISHED
 from concurrent.futures._base import RUNNING as _RUNNING
+from concurrent.futures._base import InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +63,7 @@ from .scheduler import BudgetScheduler
 from .worker_threads import configure_worker_threads
 
 log = logging.getLogger(__name__)
+_DONE_STATES = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED))
 
 
 @dataclass(slots=True)
@@ -66,11 +71,19 @@ class Pending:
     """An admitted request with what only the engine holds: its input and its future."""
 
     request: Request
-    x: torch.Tensor  # (1, C, H, W), a private copy, on the CPU or wherever the caller had it
+    x: torch.Tensor | None  # (1, C, H, W), a private copy (None: row `row` of `base`)
     squeeze: bool  # the caller sent (C, H, W): answer with (num_classes,)
     future: Future
-    base: torch.Tensor | None = None  # `submit_many`: the (B, C, H, W) copy `x` is row `row` of
+    base: torch.Tensor | None = None  # `submit_many`: the (B, C, H, W) copy the sample is row `row` of
     row: int = 0
+
+    def sample(self) -> torch.Tensor:
+        """The sample as (1, C, H, W) (a `submit_many` row is sliced only when it runs alone).
+
+        Shape:
+            (1, C, H, W)
+        """
+        return self.x if self.x is not None else self.base[self.row : self.row + 1]
 
 
 class EngineCore:
@@ -257,6 +270,7 @@ class EngineCore:
             if scheduler is None:
                 raise RuntimeError("no latency profile: call Runtime.profile() first")
             now = self.clock()
+            admitted = 0
             for i, future in enumerate(futures):
                 request = Request(next(self._ids), arrival, budget_ms, min_accuracy, priority, best_effort)
                 try:
@@ -265,11 +279,13 @@ class EngineCore:
                     metrics.rejected("infeasible" if isinstance(e, BudgetInfeasible) else "overloaded", budget_ms)
                     refused.append((future, e))
                     continue
-                metrics.admitted(budget_ms)
+                admitted += 1
                 future.request_id = request.id
-                self._pending[request.id] = Pending(request, xs[i : i + 1], True, future, xs, i)
+                self._pending[request.id] = Pending(request, None, True, future, xs, i)
                 if evicted:
                     victims += [(self._pending.pop(s.request_id), s) for s in evicted]
+            if admitted:
+                metrics.admitted(budget_ms, admitted)
             if self._idle:
                 self._woken_at = now
                 self._work.notify()
@@ -504,8 +520,12 @@ class EngineCore:
         bad: set[int] = set()
         start = clock()
         try:
-            x = members[0].x if len(members) == 1 else _stack(members)
-            y = self.executor.run(batch.subnet, x).detach().to("cpu")  # on CUDA, also waits
+            x = members[0].sample() if len(members) == 1 else _stack(members)
+            y = self.executor.run(batch.subnet, x)
+            if y.device.type != "cpu":
+                y = y.to("cpu")  # on CUDA, also waits
+            if y.requires_grad:  # not in inference mode (a custom executor): hand out no graph
+                y = y.detach()
             # a finite sum means every output is finite (one reduction, no mask); else find the rows
             if self.check_outputs and not math.isfinite(y.sum().item()):
                 finite = torch.isfinite(y.reshape(len(members), -1)).all(dim=1)
@@ -691,6 +711,12 @@ class _HelpingFuture(Future):
         self._engine = engine
 
     def result(self, timeout: float | None = None):
+        # answered: `_state` is written (under the condition) after `_result`/`_exception`,
+        # so once it reads FINISHED both are in place; no lock needed to read them
+        if self._state == _FINISHED:
+            if self._exception is None:
+                return self._result
+            return super().result()
         if not self.done():
             if self._engine.on_engine_thread():
                 raise ReentrantCall(
@@ -700,6 +726,23 @@ class _HelpingFuture(Future):
                 self._engine.help()
         return super().result(timeout)
 
+    def set_result(self, result) -> None:
+        """`Future.set_result`, without the notify when no thread waits in `result()` /
+        `exception()` (the caller that ran the batch, or nobody yet) and without the
+        callback pass when none was added: the common case, once per answered request."""
+        condition = self._condition
+        with condition:
+            if self._state in _DONE_STATES:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = _FINISHED
+            for waiter in self._waiters:  # `concurrent.futures.wait` / `as_completed`
+                waiter.add_result(self)
+            if condition._waiters:  # threads blocked in result() / exception()
+                condition.notify_all()
+        if self._done_callbacks:
+            self._invoke_callbacks()
+
 
 def _stack(members: list[Pending]) -> torch.Tensor:
     """The members' samples as one batch: a slice of their common `submit_many` copy when
@@ -707,7 +750,7 @@ def _stack(members: list[Pending]) -> torch.Tensor:
     base, first = members[0].base, members[0].row
     if base is not None and all(m.base is base and m.row == first + i for i, m in enumerate(members)):
         return base[first : first + len(members)]
-    return torch.cat([m.x for m in members])
+    return torch.cat([m.sample() for m in members])
 
 
 def _fail(future: Future, error: ElasticError) -> None:

@@ -235,8 +235,12 @@ class ServingMetrics:
         if reason != "invalid":
             self._roll(0.0, False)
 
-    def admitted(self, budget_ms: float) -> None:
-        self._budget(budget_ms)
+    def admitted(self, budget_ms: float, n: int = 1) -> None:
+        """`n` requests with `budget_ms` admitted (their budget observed once each)."""
+        if n == 1:
+            self._budget(budget_ms)
+        elif 0 < budget_ms < math.inf:
+            _observe_all(self.budget, [budget_ms / 1e3] * n)
 
     def shed(self, reason: str) -> None:
         """An admitted request dropped from the queue (`reason` in SHED_REASONS)."""

@@ -67,6 +67,7 @@ class LatencyPredictor:
         self._residuals: deque[float] = deque(maxlen=TAIL_WINDOW)  # observed / expected median
         self._seen = 0
         self.tail: float | None = None  # online tail factor once TAIL_MIN observations are in
+        self._predicted: dict[tuple[int, int], float] = {}  # (subnet, batch) -> ms until `observe`
 
     def correction(self, subnet: int) -> float:
         """The current observed / profiled ratio used for `subnet` (1.0 before any data)."""
@@ -83,7 +84,18 @@ class LatencyPredictor:
         return row
 
     def predict_ms(self, subnet: int, batch: int) -> float:
-        """Corrected latency prediction for one forward of `subnet` on `batch` samples."""
+        """Corrected latency prediction for one forward of `subnet` on `batch` samples.
+
+        Memoised per (subnet, batch) until the next `observe` (the only thing that moves a
+        prediction): admission and scheduling ask for the same few entries many times per batch.
+        """
+        key = (subnet, batch)
+        ms = self._predicted.get(key)
+        if ms is None:
+            ms = self._predicted[key] = self._predict(subnet, batch)
+        return ms
+
+    def _predict(self, subnet: int, batch: int) -> float:
         if self.tail is not None:  # the machine's own spread, measured while serving
             return self._row(self._medians, subnet, batch, "p50")[batch] * self.correction(subnet) * self.tail
         planned = self._row(self._rows, subnet, batch, self.quantile)[batch]
@@ -97,6 +109,7 @@ class LatencyPredictor:
         base = self._row(self._medians, subnet, batch, "p50")[batch]
         if base <= 0 or observed_ms < 0:
             return
+        self._predicted.clear()
         lo, hi = self.clamp
         prev = self.correction(subnet)
         self._residuals.append(observed_ms / (base * prev))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """One inference request as the scheduler sees it (times in seconds, scheduler clock)."""
 
@@ -32,7 +32,7 @@ class Request:
         return (-self.priority, self.deadline, self.id)
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """The answer to one request.
 
