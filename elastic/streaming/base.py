@@ -7,9 +7,13 @@ Attention for Online Inference", ICLR 2023) has two ways to run:
 - `forward(x)`: the offline computation over a clip `x` of shape `(B, C, T, ...)`,
   identical to the regular torch module's forward.
 - `step(x_t, state) -> (y_t | None, state)`: one frame `x_t` of shape `(B, C, ...)`,
-  reusing what earlier steps computed. It is pure: the module holds weights only, and the
-  state is a value the caller keeps (a tuple / dict tree of tensors, batch first, so any
-  rows of it can be gathered into a batch and scattered back; see `stream_set.py`).
+  reusing what earlier steps computed. The module holds weights only, and the state is a
+  value the caller keeps (a tuple / dict tree of tensors, batch first, so any rows of it can
+  be gathered into a batch and scattered back; see `stream_set.py`). Step from the state a
+  step returns. A step may write the state it was given in place where that only overwrites
+  what the next step would overwrite anyway (the single-output encoder's key/value ring under
+  inference), so stepping the given state again (a retry) stays exact, but two different
+  steps from one state cannot both be continued.
 
 After `delay` steps, the k-th output that stepping returns equals `forward(x)[:, :, k]`.
 A module with temporal stride `s` returns an output only every `s`-th step after that; the
@@ -91,7 +95,7 @@ class StreamingModule(nn.Module):
                 at different steps); use `step_masked` or `StreamSet` for those.
         """
         y, valid, state = self.step_masked(x, state, None)
-        if valid is None or bool(valid.all()):
+        if valid is None or bool(valid if valid.numel() == 1 else valid.all()):  # one stream: no `all` op
             return y, state
         if not bool(valid.any()):
             return None, state

@@ -93,7 +93,7 @@ class TransformerEncoder(StreamingModule):
         return self.first.init_state(batch, frame_shape, device=device, dtype=dtype)
 
     def step_masked(self, x: Tensor, state: State, valid: Tensor | None):
-        if not self.rest:
+        if not self.rest_params:  # a plain list: `self.rest` (a ModuleList) costs a Module.__getattr__ and a len
             y, ready, state = self.first.step_masked(x, state, valid)
         else:
             h, slot, ready, state = self.first.step_ring(x, state, valid)  # (B, n, C), ring order

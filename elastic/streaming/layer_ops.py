@@ -61,7 +61,8 @@ class LayerParams(NamedTuple):
     norm2: tuple
     norm_first: bool
     relu: bool  # the activation is F.relu (run in place)
-    fused_relu: bool  # relu, a linear1 bias and grad off when built: linear1 + ReLU as one `_addmm_activation`
+    no_grad: bool  # built with grad off (the cached tuple): in-place state writes and no-derivative ops allowed
+    fused_relu: bool  # relu, a linear1 bias and no_grad: linear1 + ReLU as one `_addmm_activation`
     activation: Callable[[Tensor], Tensor]
     heads: int
 
@@ -85,6 +86,7 @@ def _params(layer: nn.TransformerEncoderLayer) -> LayerParams:
         _norm(layer.norm2),
         bool(layer.norm_first),
         layer.activation is F.relu,
+        not torch.is_grad_enabled(),
         # `_addmm_activation` has no derivative: with grad on, `get` builds a tuple without it
         layer.activation is F.relu and layer.linear1.bias is not None and not torch.is_grad_enabled(),
         layer.activation,
