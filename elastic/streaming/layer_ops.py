@@ -33,8 +33,13 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils import flop_counter
 
 from elastic.errors import UnsupportedArchitecture
+
+if torch.ops.aten._addmm_activation not in flop_counter.flop_registry:
+    # torch's FLOP counter has no formula for the fused linear + ReLU (it would count 0): it is an addmm
+    flop_counter.register_flop_formula(torch.ops.aten._addmm_activation, get_raw=True)(flop_counter.addmm_flop)
 
 
 def check_layer(layer: nn.Module) -> nn.TransformerEncoderLayer:

@@ -66,3 +66,19 @@ def test_importing_the_package_registers_no_global_module_hook():
         "assert not any(hooks), hooks\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_flop_counter_counts_the_fused_feed_forward():
+    """Under inference linear1 + ReLU is one `_addmm_activation`; torch's FLOP counter must still count it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    co = _encoder(1)
+    x = torch.randn(1, 16)
+
+    def count(grad: bool) -> int:
+        counter = FlopCounterMode(display=False)
+        with torch.set_grad_enabled(grad), counter:
+            co.step(x, co.init_state(1, (16,)))
+        return counter.get_total_flops()
+
+    assert count(grad=False) == count(grad=True) > 2 * 16 * 32 * 2  # both feed-forward products at least
