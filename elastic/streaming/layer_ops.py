@@ -223,9 +223,9 @@ def out_and_tail(p: LayerParams, x: Tensor, o: Tensor) -> Tensor:
     """
     a = affine(o, p.out_t, p.out_b)
     if p.norm_first:
-        h = x + a
+        h = a.add_(x)  # a is a fresh product: no allocation for the residual
         return _feed_forward(p, torch.layer_norm(h, *p.norm2)).add_(h)
-    h = torch.layer_norm(x + a, *p.norm1)
+    h = torch.layer_norm(a.add_(x), *p.norm1)
     return torch.layer_norm(_feed_forward(p, h).add_(h), *p.norm2)
 
 
