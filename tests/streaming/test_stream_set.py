@@ -151,3 +151,41 @@ def test_rows_are_reused_after_leaving():
     got = [streams.step({c: f, b: torch.randn(3)}).outputs[c] for f in frames]
     assert_same_outputs(got, solo(streams.module, frames))
     assert streams.streams == [b, c] and len(streams) == 2
+
+
+def test_large_finite_frames_are_not_rejected():
+    """The batched finite check sums the frames: an overflow to inf must not reject finite frames."""
+    streams = es.StreamSet(es.convert(nn.ReLU()), (3,))
+    a, b = streams.open(), streams.open()
+    big = torch.full((3,), 3e38)
+    res = streams.step({a: big, b: big.clone()})
+    assert not res.errors
+    torch.testing.assert_close(res.outputs[a], big, atol=0, rtol=0)
+    res = streams.step({a: big, b: torch.tensor([1.0, float("inf"), -float("inf")])})
+    assert set(res.errors) == {b} and isinstance(res.errors[b], InvalidInput) and a in res.outputs
+
+
+class _ModeProbe(es.StreamingModule):
+    """Records whether each step ran in inference mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modes: list[bool] = []
+
+    delay, receptive_field = 0, 1
+
+    def step_masked(self, x, state, valid):
+        self.modes.append(torch.is_inference_mode_enabled())
+        return x, valid, state
+
+
+def test_steps_run_in_inference_mode_whether_or_not_the_caller_is():
+    probe = _ModeProbe()
+    streams = es.StreamSet(probe, (2,))
+    a = streams.open()
+    streams.step({a: torch.randn(2)})
+    with torch.inference_mode():
+        streams.step({a: torch.randn(2)})
+    with torch.no_grad():
+        streams.step({a: torch.randn(2)})
+    assert probe.modes == [True, True, True]
