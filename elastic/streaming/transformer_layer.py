@@ -161,7 +161,7 @@ class SingleOutputEncoderLayer(_WindowLayer):
         if valid is None and p.no_grad and (torch.is_inference_mode_enabled() or not kv.is_inference()):
             if b == 1 and kv.is_cpu:  # one stream: its count on the host, one row written, readiness in Python
                 count = int(t)
-                kv[:, :, :, count % n] = new[:, 1:, :, 0]
+                kv.narrow(3, count % n, 1).copy_(new[:, 1:])  # ~0.7 us less than kv[..., slot] = ...
                 ready = None if count >= self.delay else t >= self.delay
             else:
                 kv.scatter_(3, ring_index(t % n, new[:, 1:]), new[:, 1:])
