@@ -39,7 +39,7 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -282,7 +282,10 @@ class ServingMetrics:
     def answered_batch(self, subnet: int, accuracy: float | None, rows: list[tuple[float, float, bool]]) -> None:
         """The answered members of one batch, `(latency_s, queue_s, met_budget)` each: the
         same series as `answered` per request, with the counters and gauges touched once."""
-        met = sum(1 for _, _, m in rows if m)
+        if not rows:
+            return
+        latencies, queues, flags = zip(*rows, strict=True)
+        met = flags.count(True)
         if met:
             self._outcome["ok"].inc(met)
         if len(rows) > met:
@@ -292,8 +295,8 @@ class ServingMetrics:
             child = self._selected[subnet] = self.selections.labels(str(subnet))
         child.inc(len(rows))
         weight = accuracy if accuracy is not None else 0.0
-        _observe_all(self.latency, [r[0] for r in rows])
-        _observe_all(self.queue_latency, [r[1] for r in rows])
+        _observe_all(self.latency, latencies)
+        _observe_all(self.queue_latency, queues)
         with self._lock:
             window = self._window
             for _, _, m in rows:
@@ -371,7 +374,7 @@ class ServingMetrics:
             self.port = None
 
 
-def _observe_all(histogram: Histogram, values: list[float]) -> None:
+def _observe_all(histogram: Histogram, values: Sequence[float]) -> None:
     """`histogram.observe(v)` for every v, with each bucket and the sum incremented once
     (one locked increment per bucket touched, not two per value: a batch's latencies fall
     in one or two buckets). Falls back to `observe` per value if the histogram's internals
@@ -383,10 +386,14 @@ def _observe_all(histogram: Histogram, values: list[float]) -> None:
         for v in values:
             histogram.observe(v)
         return
+    histogram._sum.inc(total)
+    first = bisect.bisect_left(bounds, values[0])  # the first bucket whose bound is >= v (the last is +Inf)
+    if bounds[first] >= max(values) and (first == 0 or bounds[first - 1] < min(values)):
+        buckets[first].inc(len(values))  # the common case: a batch's values share one bucket
+        return
     counts: dict[int, int] = {}
     for v in values:
-        i = bisect.bisect_left(bounds, v)  # the first bucket whose bound is >= v (the last is +Inf)
+        i = bisect.bisect_left(bounds, v)
         counts[i] = counts.get(i, 0) + 1
-    histogram._sum.inc(total)
     for i, n in counts.items():
         buckets[i].inc(n)

@@ -1,0 +1,139 @@
+"""The per-request fast paths of the engine keep the plain behaviour they replace.
+
+- `LatencyPredictor.predict_ms` is memoised until the next observation: always what an
+  unmemoised predictor with the same history says;
+- `_observe_all` (one bucket increment for a batch whose values share a bucket) equals
+  observing each value;
+- a request's future (`_HelpingFuture`) skips the notify and callback pass only when nobody
+  waits: threads blocked in `result()`, `concurrent.futures.wait`, `as_completed` and done
+  callbacks all still see the answer, and answering twice is still an error;
+- a `submit_many` row is sliced only when it runs alone, as the same row.
+"""
+
+import math
+import random
+import threading
+from concurrent.futures import InvalidStateError, as_completed, wait
+
+import pytest
+import torch
+from prometheus_client import CollectorRegistry, Histogram
+
+from elastic.serving import LatencyProfile
+from elastic.serving.engine import EngineCore, Pending, _HelpingFuture
+from elastic.serving.metrics import LATENCY_BUCKETS, _observe_all
+from elastic.serving.predictor import LatencyPredictor
+
+
+def _profile() -> LatencyProfile:
+    table = {0: {1: 1.0, 2: 1.6, 4: 2.8, 8: 5.0}, 1: {1: 2.0, 2: 3.1, 4: 5.5, 8: 9.9}}
+    return LatencyProfile.from_table(table, device="cpu")
+
+
+@pytest.mark.parametrize("quantile", ["p50", "p99"])
+def test_memoised_predictions_follow_every_observation(quantile):
+    rng = random.Random(0)
+    memo = LatencyPredictor(_profile(), quantile)
+    history = []
+    for _ in range(80):  # past TAIL_MIN: the measured tail takes over on the way
+        for subnet, batch in ((0, 1), (1, 8), (0, 8), (1, 3)):
+            fresh = LatencyPredictor(_profile(), quantile)
+            for h in history:
+                fresh.observe(*h)
+            assert memo.predict_ms(subnet, batch) == fresh.predict_ms(subnet, batch)
+            assert memo.predict_ms(subnet, batch) == memo._predict(subnet, batch)  # and again, from the memo
+        h = (rng.choice([0, 1]), rng.choice([1, 2, 4, 8]), rng.uniform(0.5, 12.0))
+        history.append(h)
+        memo.observe(*h)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0031, 0.0032, 0.0049],  # one bucket
+        [0.005, 0.005],  # on a bound
+        [0.0002, 0.0001],  # the first bucket
+        [20.0, math.inf, 11.0],  # the +Inf bucket
+        [0.003, 20.0],  # two buckets, one of them +Inf
+        [0.001, 0.0011],  # a bound and just past it
+    ],
+)
+def test_observing_a_batch_in_one_bucket_counts_as_observing_each(values):
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h_one = Histogram("x_seconds", "doc", buckets=LATENCY_BUCKETS, registry=one)
+    h_many = Histogram("x_seconds", "doc", buckets=LATENCY_BUCKETS, registry=many)
+    for v in values:
+        h_one.observe(v)
+    _observe_all(h_many, values)
+
+    def buckets(registry):
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for m in registry.collect()
+            for s in m.samples
+            if s.name.endswith(("_bucket", "_count"))
+        }
+
+    assert buckets(many) == buckets(one)
+
+
+class _Idle:
+    """An engine stand-in for futures nobody can help: `help` runs no step."""
+
+    def on_engine_thread(self) -> bool:
+        return False
+
+    def help(self) -> None:
+        pass
+
+
+def test_a_thread_blocked_in_result_is_woken():
+    future = _HelpingFuture(_Idle())
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(future.result(timeout=10)))
+    waiter.start()
+    while not future._condition._waiters:  # the waiter is inside result() now
+        threading.Event().wait(0.001)
+    future.set_result("answer")
+    waiter.join(10)
+    assert got == ["answer"]
+
+
+def test_wait_as_completed_and_callbacks_see_answers():
+    futures = [_HelpingFuture(_Idle()) for _ in range(3)]
+    called = []
+    futures[0].add_done_callback(lambda f: called.append(f.result()))
+    answerer = threading.Timer(0.05, lambda: [f.set_result(i) for i, f in enumerate(futures)])
+    answerer.start()
+    done, pending = wait(futures, timeout=10)
+    assert len(done) == 3 and not pending
+    assert sorted(f.result() for f in as_completed(futures, timeout=10)) == [0, 1, 2]
+    assert called == [0]
+    answerer.join()
+
+
+def test_answering_twice_is_an_error_and_failures_still_raise():
+    future = _HelpingFuture(_Idle())
+    future.set_result(1)
+    with pytest.raises(InvalidStateError):
+        future.set_result(2)
+    failed = _HelpingFuture(_Idle())
+    failed.set_exception(ValueError("boom"))
+    with pytest.raises(ValueError, match="boom"):
+        failed.result()
+    assert isinstance(failed.exception(), ValueError)
+
+
+def test_a_submit_many_row_run_alone_is_its_row():
+    base = torch.randn(5, 3, 4, 4)
+    alone = Pending(None, None, True, None, base, 3)
+    assert alone.sample().shape == (1, 3, 4, 4)
+    assert torch.equal(alone.sample(), base[3:4])
+    own = torch.randn(1, 3, 4, 4)
+    assert Pending(None, own, False, None).sample() is own
+
+
+def test_engine_futures_are_helping_futures_only_with_caller_runs():
+    assert isinstance(EngineCore(None, None, lambda: 0.0)._new_future(), _HelpingFuture)
+    plain = EngineCore(None, None, lambda: 0.0, caller_runs=False)._new_future()
+    assert not isinstance(plain, _HelpingFuture) and plain.running()
