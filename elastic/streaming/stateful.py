@@ -1,6 +1,6 @@
 """A stateful wrapper for one batch of streams in lockstep: `y = s.step(x_t)` without carrying state.
 
-Convenience over the pure contract (`StreamingModule.step(x, state)`), in the manner of
+Convenience over the functional contract (`StreamingModule.step(x, state)`), in the manner of
 continual-inference's `forward_step` (Hedegaard & Iosifidis, 2022) — except that the state
 lives in the wrapper, not in the module, so one module can serve many wrappers and
 `StreamSet`s at once.
