@@ -11,9 +11,9 @@ Attention for Online Inference", ICLR 2023) has two ways to run:
   value the caller keeps (a tuple / dict tree of tensors, batch first, so any rows of it can
   be gathered into a batch and scattered back; see `stream_set.py`). Step from the state a
   step returns. A step may write the state it was given in place where that only overwrites
-  what the next step would overwrite anyway (the single-output encoder's key/value ring under
-  inference), so stepping the given state again (a retry) stays exact, but two different
-  steps from one state cannot both be continued.
+  what the next step would overwrite anyway (the transformer layers' rings under inference),
+  so stepping the given state again (a retry) stays exact, but two different steps from one
+  state cannot both be continued.
 
 After `delay` steps, the k-th output that stepping returns equals `forward(x)[:, :, k]`.
 A module with temporal stride `s` returns an output only every `s`-th step after that; the

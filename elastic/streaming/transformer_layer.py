@@ -21,13 +21,14 @@ product:
   Either way every token's output changes, so the output projection and the feed-forward
   block run on all `n` tokens and dominate the cost (75 of the layer's ~80 MFLOPs there).
 
-The retroactive layer keeps preallocated rings too (step t writes slot t mod n), written out of
-place (`scatter`), so its `step` is pure. The single-output layer's in-place write overwrites
-only the slot of the token that leaves the window, and its step counter is never written in
-place, so the state it was given can be stepped again (a retry, or a batch that failed after
-the write): only the results of two different steps from one state cannot both be kept. With
-grad on, masked rows, or an inference-mode state stepped outside inference mode, it writes
-out of place. The per-step maths is in `layer_ops.py`. Any activation of the torch layer
+The retroactive layer keeps rings too (its inputs, and queries/keys/values heads first, so the
+attention reads views of them), step t writing slot t mod n. Both layers write their rings in
+place under inference, overwriting only the slot of the token that leaves the window; the step
+counter is never written in place, so the state a step was given can be stepped again (a
+retry, or a batch that failed after the write): only the results of two different steps from
+one state cannot both be kept. With grad on, masked rows, or an inference-mode state stepped
+outside inference mode, they write out of place (`scatter`). The per-step maths is in
+`layer_ops.py`. Any activation of the torch layer
 runs as is (continual-inference 1.2.4 turns "gelu" into ReLU), and pre-norm
 (`norm_first=True`) layers stream too. Masks are not supported.
 """
@@ -201,9 +202,9 @@ class RetroactiveEncoderLayer(_WindowLayer):
 
     def init_state(self, batch, frame_shape, *, device=None, dtype=None) -> State:
         h, n = self.heads, self.window
-        # rings over the window's n tokens: the layer's inputs (B, n, C); queries, keys, values (B, h, 3, n, C / h)
+        # rings over the window's n tokens: the layer's inputs (B, n, C); queries, keys, values (B, 3, h, n, C / h)
         xs = self._ring(batch, device, dtype, n, self.d_model)
-        ring = self._ring(batch, device, dtype, h, 3, n, self.d_model // h)
+        ring = self._ring(batch, device, dtype, 3, h, n, self.d_model // h)
         return {"x": xs, "qkv": ring, "t": PhaseCounter.init(batch, xs.device)}
 
     def step_ring(self, x: Tensor, state: State, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor, State]:
@@ -213,15 +214,22 @@ class RetroactiveEncoderLayer(_WindowLayer):
             x `(B, C)` -> tokens `(B, n, C)`, slot `(B,)`.
         """
         xs, ring, t = state["x"], state["qkv"], state["t"]
-        b, h, _, n, dh = ring.shape
+        b, _, h, n, dh = ring.shape
         p = self.params.get()
-        new = qkv(p, x)  # (B, 3C)
+        new = qkv(p, x).view(b, 3, h, 1, dh)
         slot = t % n
-        xs = ring_write(xs, 1, slot, x.unsqueeze(1))
-        ring = ring_write(ring, 3, slot, new.view(b, 3, h, 1, dh).transpose(1, 2))
-        q, k, v = (ring[:, :, i].reshape(b * h, n, dh) for i in range(3))
-        o = softmax_attention(q, k, v).view(b, h, n, dh).transpose(1, 2).reshape(b, n, h * dh)
-        y = out_and_tail(p, xs, o)
+        x_new = x.unsqueeze(1)
+        # as in the single-output layer: in place under inference (only the leaving token's slot is
+        # overwritten, the counter is not, so a retry stays exact), out of place otherwise
+        if valid is None and p.no_grad and (torch.is_inference_mode_enabled() or not xs.is_inference()):
+            xs.scatter_(1, ring_index(slot, x_new), x_new)
+            ring.scatter_(3, ring_index(slot, new), new)
+        else:
+            xs = ring_write(xs, 1, slot, x_new)
+            ring = ring_write(ring, 3, slot, new)
+        q, k, v = (r.reshape(b * h, n, dh) for r in ring.unbind(1))  # views of a contiguous ring, no copies
+        o = softmax_attention(q, k, v)
+        y = out_and_tail(p, xs, o.view(b, h, n, dh).transpose(1, 2).reshape(b, n, h * dh))
         ready, t_next = PhaseCounter.advance(t, valid, self.delay, 1)
         return y, slot, ready, keep_rows(valid, {"x": xs, "qkv": ring, "t": t_next}, state)
 

@@ -1,7 +1,7 @@
-"""The single-output layer's key/value ring: every write path (in place, out of place, masked) is exact.
+"""The key/value rings of the continual layers: every write path (in place, out of place, masked) is exact.
 
-Under inference the ring is written in place (batch 1 on the CPU through the host-side count, larger
-batches through one `scatter_`); with grad on, with masked rows, or for an inference-mode state
+Under inference the rings are written in place (the single-output layer at batch 1 on the CPU through
+the host-side count, otherwise one `scatter_` per ring); with grad on, with masked rows, or for an inference-mode state
 stepped outside inference mode it is written out of place. A step consumes the slot of the token that
 leaves the window, so the state it was given can still be stepped again (a retry), and a batch that
 fails after the write moves no stream.
@@ -29,6 +29,13 @@ def _layer(window: int = 5, activation: str = "relu", norm_first: bool = False) 
     return es.SingleOutputEncoderLayer(layer, window).eval()
 
 
+def _encoder2(window: int = 5, activation: str = "relu", norm_first: bool = False) -> es.TransformerEncoder:
+    """Two layers: the first retroactive (its input and q/k/v rings take the same write paths)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 24, dropout=0.0, activation=activation, norm_first=norm_first)
+    return es.convert(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), window=window).eval()
+
+
 MODES = {
     # (context the state is built in, context the steps run in)
     "inference": (torch.inference_mode, torch.inference_mode),  # in place
@@ -38,11 +45,12 @@ MODES = {
 }
 
 
+@pytest.mark.parametrize("make", [_layer, _encoder2], ids=["single_output", "encoder2"])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("activation,norm_first", [("relu", False), ("gelu", True)])
-def test_every_write_path_equals_forward(batch, mode, activation, norm_first):
-    module = _layer(activation=activation, norm_first=norm_first)
+def test_every_write_path_equals_forward(make, batch, mode, activation, norm_first):
+    module = make(activation=activation, norm_first=norm_first)
     x = torch.randn(batch, 16, 13)
     with torch.no_grad():
         ref = module(x)
@@ -59,17 +67,19 @@ def test_every_write_path_equals_forward(batch, mode, activation, norm_first):
     torch.testing.assert_close(torch.stack(outs, dim=2), ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("make", [_layer, _encoder2], ids=["single_output", "encoder2"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_masked_rows_keep_their_window(batch):
+def test_masked_rows_keep_their_window(make, batch):
     """A strided conv in front: the layer sees a frame every other step (valid mask), out of place."""
     torch.manual_seed(0)
-    net = es.Sequential(es.Conv1d(16, 16, 3, stride=2), _layer(window=4)).eval()
+    net = es.Sequential(es.Conv1d(16, 16, 3, stride=2), make(window=4)).eval()
     assert_steps_match_forward(net, torch.randn(batch, 16, 21))
 
 
+@pytest.mark.parametrize("make", [_layer, _encoder2], ids=["single_output", "encoder2"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_a_step_can_be_retried_from_the_state_it_was_given(batch):
-    module = _layer(window=4)
+def test_a_step_can_be_retried_from_the_state_it_was_given(make, batch):
+    module = make(window=4)
     frames = [torch.randn(batch, 16) for _ in range(9)]
     discarded = torch.randn(batch, 16)
     with torch.inference_mode():
