@@ -20,6 +20,9 @@ A row passes when the whole interval meets the target, fails when none of it doe
 "within noise" when the interval straddles the target: more rounds, or a quieter machine,
 would be needed to say. A 30 ms forward on a shared CPU swings by more than the 100 µs
 target from round to round, so such rows end "within noise" rather than pass or fail by luck.
+The interval covers the noise between the rounds of one run, not a change of the machine's
+state between runs (another tenant's load): on the shared 2-core machine the batch-8 ratios of
+repeated runs spread by about ±0.07, several times the interval of one run.
 """
 
 from __future__ import annotations
@@ -194,7 +197,8 @@ def run(args: argparse.Namespace) -> dict:
         f" {len(own)} rows, {counts['pass']} pass (the whole 95 % interval of the median meets the target),"
         f" {counts['FAIL']} FAIL (none of it does), {counts['within noise']} within noise (the interval contains"
         " the target: this run cannot tell). The interval is distribution-free, from the order statistics of the"
-        " rounds. The submit_many rows time the same eight requests sent in one call."
+        " rounds; it covers the noise between rounds of this run, not drift between runs. The submit_many rows"
+        " time the same eight requests sent in one call."
     )
     write_results(args.out, "overhead", {"rows": rows}, table, args.command)
     return {"rows": rows, "table": table}
