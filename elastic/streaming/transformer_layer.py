@@ -11,9 +11,8 @@ product:
   token through the feed-forward block — the paper's Continual Single-Output layer. Its
   keys and values are a ring (token t at slot t mod n; one query's attention does not
   depend on the keys' order), written in place under inference: one row per stream instead
-  of a shifted copy of the whole window (128 KiB at n = 64, d = 256), which measured 15-25 us
-  of a cold ~120 us step. The newest token's query attends over the ring in one
-  `scaled_dot_product_attention`.
+  of a shifted copy of the whole window (128 KiB read and written at n = 64, d = 256). The
+  newest token's query attends over the ring in one `scaled_dot_product_attention`.
 - `RetroactiveEncoderLayer`: every token of the window, updated for the new key. The paper
   updates running softmax numerators/denominators (`O(n d)`); here the window's scores are
   recomputed from the cached queries and keys (`O(n^2 d)`: 4.2 MFLOPs at n = 64, d = 256),
