@@ -93,9 +93,12 @@ class Demand:
 
     def busy_gap_ms(self) -> float | None:
         """Time between arrivals while the worker is busy, in ms (inf: none arrived during
-        the recent busy periods); None before 4 busy periods."""
+        the recent busy periods). Before 4 busy periods, the gap between all recent arrivals
+        (`gap_ms`) stands in — known after 5 arrivals, so only a burst that arrives while
+        the first batches run is priced that early; a client that waits for each answer
+        has had 4 busy periods by then. None while neither is known."""
         if len(self._periods) < _MIN_BUSY_PERIODS or self._busy_ms <= 0:
-            return None
+            return self.gap_ms()
         return self._busy_ms / self._busy_count if self._busy_count else math.inf
 
     def gap_ms(self) -> float | None:
@@ -122,7 +125,7 @@ class Demand:
         gap = self.busy_gap_ms()
         if gap is None or gap == math.inf or busy_ms <= 0:
             return 0.0
-        if self._stale >= self._refresh or not self._sorted:
+        if self._stale >= min(self._refresh, len(self._sorted)) or not self._sorted:  # doubling at first
             self._rebuild()
         budgets, prefix = self._sorted, self._prefix
         n = len(budgets)

@@ -98,6 +98,22 @@ def test_the_blocking_rate_counts_only_arrivals_while_a_batch_runs():
     assert d.blocked(100.0, 1.0) > 0.0
 
 
+def test_a_burst_during_the_first_batches_is_priced_by_its_arrival_rate():
+    d = Demand()  # default refresh: 32 arrivals between rebuilds of the budget sample
+    rng = random.Random(1)
+    budgets = [math.exp(rng.uniform(math.log(5), math.log(500))) for _ in range(10)]
+    for k, b in enumerate(budgets[:5]):  # a burst while the first batch runs: no busy period ended yet
+        d.record(0.001 * k, b, busy=True)
+    gap = d.gap_ms()
+    assert gap == pytest.approx(1.0 / math.log(2))
+    assert d.busy_gap_ms() == gap  # the arrival rate stands in for the busy-time rate
+    assert d.blocked(40.0, 2.0) == pytest.approx(brute_blocked(40.0, 2.0, budgets[:5], gap), rel=2e-3)
+    for k, b in enumerate(budgets[5:], start=5):
+        d.record(0.001 * k, b, busy=True)
+    # the sample doubles while it is small instead of waiting for 32 more arrivals
+    assert d.blocked(40.0, 2.0) == pytest.approx(brute_blocked(40.0, 2.0, budgets, d.gap_ms()), rel=2e-3)
+
+
 def test_concave_hull_drops_points_under_the_chords():
     xs = [1.0, 2.0, 3.0, 4.0, 10.0]
     ys = [0.5, 0.7, 0.72, 0.9, 0.95]  # (3, 0.72) lies under the chord from (2, .7) to (4, .9)
