@@ -151,9 +151,12 @@ class LayerParamsCache:
             return _params(self.layer)
         params = self._params
         if params is None or self._stale():
-            self._slots = _slots(self.layer)
-            self._weights = _weights(self.layer)
-            self._ptrs = [w.data_ptr() for w in self._weights]
+            weights = _weights(self.layer)
+            try:
+                ptrs = [w.data_ptr() for w in weights]
+            except RuntimeError:  # weights without storage (fake tensors while torch.export traces): no cache
+                return _params(self.layer)
+            self._slots, self._weights, self._ptrs = _slots(self.layer), weights, ptrs
             params = self._params = _params(self.layer)
         return params
 

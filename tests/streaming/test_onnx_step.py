@@ -44,3 +44,34 @@ def test_exported_step_has_a_dynamic_batch_and_matches_torch(tmp_path):
                 seen_output = True
                 torch.testing.assert_close(torch.from_numpy(out[0]), y, atol=1e-5, rtol=0)
         assert seen_output
+
+
+@pytest.mark.slow
+def test_a_step_exported_under_no_grad_writes_its_rings_and_matches_torch(tmp_path):
+    """Grad off: the traced step takes the in-place ring writes, and the layers' filled parameter caches
+    meet export's storage-less tensors (rebuilt uncached); the graph still returns the written rings."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    net = es.Sequential(
+        es.Conv1d(16, 16, 1),
+        es.RecyclingPositionalEncoding(16, 9),
+        es.convert(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), window=3),
+    ).eval()
+    with torch.inference_mode():  # stepped in torch first: the layers' parameter caches are filled
+        net.steps(torch.randn(1, 16, 4), net.init_state(1, (16,)))
+    path = tmp_path / "step.onnx"
+    with torch.no_grad():
+        names = export_step_onnx(net, (16,), path)
+    session = ort.InferenceSession(str(path))
+    for batch in (1, 3):
+        state = net.init_state(batch, (16,))
+        onnx_state = [t.numpy() for t in tree_flatten(state)[0]]
+        for step in range(7):
+            x = torch.randn(batch, 16)
+            with torch.inference_mode():
+                y, state = net.step(x, state)
+            out = session.run(None, {"x": x.numpy(), **dict(zip(names, onnx_state, strict=True))})
+            onnx_state = out[2:]
+            assert (y is None) == (step < 2)
+            if y is not None:
+                torch.testing.assert_close(torch.from_numpy(out[0]), y, atol=1e-5, rtol=0)
