@@ -209,15 +209,6 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.bmm(scores.softmax(dim=-1), v)
 
 
-def one_query_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Each row's one query over its keys, per head, in one fused op; heads merged in the output.
-
-    Shape:
-        q: `(B, h, 1, dh)`, k and v: `(B, h, n, dh)` (any strides, e.g. views of a ring) -> `(B, h * dh)`.
-    """
-    return F.scaled_dot_product_attention(q, k, v).reshape(q.shape[0], -1)
-
-
 def out_and_tail(p: LayerParams, x: Tensor, o: Tensor) -> Tensor:
     """Output projection of the attention `o`, then residuals, norms and the feed-forward block.
 
