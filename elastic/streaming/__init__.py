@@ -2,8 +2,10 @@
 
 After the Continual Inference Networks of Hedegaard et al. (CoX3D, ECCV 2022; Continual
 Transformers, ICLR 2023; the continual-inference library). Every module meets one contract
-(`base.StreamingModule`): offline `forward(x)` over `(B, C, T, ...)`, pure
-`step(x_t, state) -> (y_t | None, state)`, `init_state(batch, frame_shape)`, `delay`,
+(`base.StreamingModule`): offline `forward(x)` over `(B, C, T, ...)`, functional
+`step(x_t, state) -> (y_t | None, state)` (continue from the state it returns; under
+inference the transformer layers write their key/value rings in place, so a retry is exact
+but a fork is not: `base.py`), `init_state(batch, frame_shape)`, `delay`,
 `receptive_field`. State is a value, batch first, so `StreamSet` steps any set of streams in
 one batch; `Stateful` holds the state of one lockstep batch for convenience.
 

@@ -52,7 +52,7 @@ def export_step_onnx(module: StreamingModule, frame_shape: Sequence[int], path: 
 
     module = module.eval()
     leaves, spec = tree_flatten(module.init_state(2, frame_shape))
-    x = torch.zeros(2, *frame_shape, dtype=leaves[0].dtype if leaves else torch.float32)
+    x = torch.zeros(2, *frame_shape, dtype=_frame_dtype(module, leaves))
     batch = torch.export.Dim("batch", min=1, max=65536)
     names = [f"state_{i}" for i in range(len(leaves))]
     try:
@@ -69,3 +69,12 @@ def export_step_onnx(module: StreamingModule, frame_shape: Sequence[int], path: 
         raise ExportError(f"exporting {type(module).__name__}'s step failed: {e}") from e
     atomic_write(Path(path), program.model_proto.SerializeToString())
     return names
+
+
+def _frame_dtype(module: nn.Module, leaves: list[Tensor]) -> torch.dtype:
+    """The dtype frames come in: the first floating-point state leaf's (a step counter is an
+    integer leaf, not a frame), else the module's parameters', else float32."""
+    for t in (*leaves, *module.parameters()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32

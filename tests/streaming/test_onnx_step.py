@@ -75,3 +75,24 @@ def test_a_step_exported_under_no_grad_writes_its_rings_and_matches_torch(tmp_pa
             assert (y is None) == (step < 2)
             if y is not None:
                 torch.testing.assert_close(torch.from_numpy(out[0]), y, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_model_whose_first_state_is_a_step_counter_exports_float_frames(tmp_path):
+    torch.manual_seed(0)
+    net = es.Sequential(es.RecyclingPositionalEncoding(8, 5), es.Conv1d(8, 8, 3, padding=1)).eval()
+    assert not tree_flatten(net.init_state(1, (8,)))[0][0].is_floating_point()  # the counter comes first
+    path = tmp_path / "step.onnx"
+    names = export_step_onnx(net, (8,), path)
+    session = ort.InferenceSession(str(path))
+    assert session.get_inputs()[0].type == "tensor(float)"
+    state = net.init_state(2, (8,))
+    onnx_state = [t.numpy() for t in tree_flatten(state)[0]]
+    for _ in range(6):
+        x = torch.randn(2, 8)
+        with torch.inference_mode():
+            y, valid, state = net.step_masked(x, state, None)
+        out = session.run(None, {"x": x.numpy(), **dict(zip(names, onnx_state, strict=True))})
+        onnx_state = out[2:]
+        if valid is None or valid.all():
+            torch.testing.assert_close(torch.from_numpy(out[0]), y, atol=1e-5, rtol=0)
