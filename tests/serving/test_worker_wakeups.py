@@ -112,28 +112,6 @@ def test_a_request_that_cannot_wait_for_the_hold_wakes_the_worker(held):
     assert done, f"still waiting after {time.perf_counter() - t0:.2f} s: the worker slept through the hold"
 
 
-def test_observing_a_batch_of_values_at_once_counts_as_observing_each():
-    from prometheus_client import CollectorRegistry, Histogram
-
-    from elastic.serving.metrics import _observe_all
-
-    values = [0.0, 0.001, 0.005, 0.0051, 0.7, 3.0, 1e9, math.inf]  # on a bound, between, past the last
-    buckets = (0.001, 0.005, 0.01, 0.5, 1.0)
-    one, many = CollectorRegistry(), CollectorRegistry()
-    h_one = Histogram("x_seconds", "doc", buckets=buckets, registry=one)
-    h_many = Histogram("x_seconds", "doc", buckets=buckets, registry=many)
-    for v in values:
-        h_one.observe(v)
-    _observe_all(h_many, values)
-
-    def samples(registry):
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in registry.collect() for s in m.samples}
-
-    got, want = samples(many), samples(one)
-    want = {k: v for k, v in want.items() if not k[0].endswith("_created")}
-    assert {k: v for k, v in got.items() if not k[0].endswith("_created")} == want
-
-
 @pytest.mark.parametrize("copy", [True, False])
 @pytest.mark.parametrize("grad", [False, True])
 def test_the_sample_check_hands_on_no_autograd_history(served_model, grad, copy):
