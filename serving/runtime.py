@@ -57,6 +57,7 @@ from elastic.model import ElasticModel
 from .admission import SampleCheck, check_best_effort, check_budget, check_min_accuracy, check_priority
 from .engine import EngineCore
 from .executor import Executor, make_executor
+from .gc_heap import freeze_gc_heap
 from .metrics import ServingMetrics
 from .policies import Policy, StaticPolicy, make_policy
 from .profile import QUANTILES, LatencyProfile
@@ -99,6 +100,11 @@ class Runtime:
         caller_runs: let a thread that blocks on a result run the next batch itself when
             the worker is idle (fewer thread hand-offs; the forward then runs with that
             thread's torch settings). False: every forward runs on the worker.
+        freeze_gc: once built, move every object the process holds to the garbage
+            collector's permanent generation (`gc.freeze`, see `gc_heap.py`): a later
+            collection of the oldest generation then scans only what serving allocated,
+            instead of stopping every thread for the whole heap (~180 ms with torch and
+            timm loaded on the development machine). False leaves the collector alone.
 
     Raises:
         ConfigError: a bad setting; no thread is left running.
@@ -123,6 +129,7 @@ class Runtime:
         batch_wait_ms: float = 1.0,
         check_outputs: bool = True,
         caller_runs: bool = True,
+        freeze_gc: bool = True,
     ):
         # every check first: a failure here leaves no thread behind
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
@@ -163,6 +170,8 @@ class Runtime:
         )
         if profile is not None:
             self.set_profile(profile)
+        if freeze_gc:
+            freeze_gc_heap()
         self._engine.start()
 
     # ---- profile -----------------------------------------------------------------------
