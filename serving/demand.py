@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from collections.abc import Callable
 from itertools import accumulate, pairwise
 
 _RATE_WINDOW = 16  # arrivals the arrival-rate estimate spans
@@ -122,19 +123,36 @@ class Demand:
         """Expected arrivals a busy period of `busy_ms` makes miss their budget, when the
         fastest service they could get after it takes `service_ms` (0 before the rate is
         known, and when nothing arrives while the worker is busy)."""
+        return self.blocked_curve(service_ms)(busy_ms)
+
+    def blocked_curve(self, service_ms: float) -> Callable[[float], float]:
+        """`blocked(·, service_ms)` as a function of the busy period, with the rate and the
+        sorted sample bound once: what one scheduling decision evaluates many times."""
         gap = self.busy_gap_ms()
-        if gap is None or gap == math.inf or busy_ms <= 0:
-            return 0.0
+        if gap is None or gap == math.inf:
+            return _none_blocked
         if self._stale >= min(self._refresh, len(self._sorted)) or not self._sorted:  # doubling at first
             self._rebuild()
         budgets, prefix = self._sorted, self._prefix
-        n = len(budgets)
+        scale = 1.0 / (len(budgets) * gap)
         k0 = bisect.bisect_right(budgets, service_ms)  # can never make it: the whole busy period
-        k1 = bisect.bisect_left(budgets, busy_ms + service_ms)  # miss when arriving late enough
-        partial = (k1 - k0) * (busy_ms + service_ms) - (prefix[k1] - prefix[k0])
-        return (k0 * busy_ms + partial) / (n * gap)
+        below = prefix[k0]
+        right = bisect.bisect_left
+
+        def curve(busy_ms: float) -> float:
+            if busy_ms <= 0:
+                return 0.0
+            end = busy_ms + service_ms
+            k1 = right(budgets, end, k0)  # miss when arriving late enough
+            return (k0 * busy_ms + (k1 - k0) * end - (prefix[k1] - below)) * scale
+
+        return curve
 
     def _rebuild(self) -> None:
         self._sorted = sorted(self._budgets)
         self._prefix = [0.0, *accumulate(b if b < float("inf") else 0.0 for b in self._sorted)]
         self._stale = 0
+
+
+def _none_blocked(busy_ms: float) -> float:
+    return 0.0

@@ -154,12 +154,15 @@ class _OnFronts:
         self.acc_fast = costs.accuracy(fast[0])
         self.n_hard = h - window.count(_INF)
         # the busy period's price: what the arrivals it turns away would have delivered
-        price = policy.blocking_price * self.acc_fast if hasattr(costs, "blocked_arrivals") else 0.0
-        if price > 0 and costs.busy_arrival_gap_ms() in (None, _INF):
+        price = policy.blocking_price * self.acc_fast if hasattr(costs, "blocked_curve") else 0.0
+        gap = costs.busy_arrival_gap_ms() if price > 0 else None
+        if gap in (None, _INF):
             price = 0.0  # unknown, or nothing arrives while a batch runs: nobody to turn away
         self.price = price
         # in saturation worker time is the scarce resource: each ms displaces answers
         self.theta = costs.displaced_per_ms() if price else 0.0
+        self.blocked = costs.blocked_curve() if price else None  # bound once for this decision
+        self.sat_weight = self.theta * gap if self.theta else 0.0  # `saturation_cost`'s weight
         self.gap = self._backlog_gap()
 
     def _backlog_gap(self) -> float | None:
@@ -227,18 +230,21 @@ class _OnFronts:
     def value(self, members: int, sid: int, t: float, b: int, f: float, rest: tuple[float, float]) -> float:
         """Accuracy `members` on-time requests get on `sid` (t ms), minus the busy-period and
         saturation charges; in saturation the fastest subnet at b may be worth more."""
-        costs, price, theta = self.costs, self.price, self.theta
+        costs = self.costs
         value = members * costs.accuracy(sid)
-        if not price:
+        if not self.price:
             return value
-        rest_ms, fluid_ms = rest
-        sat = costs.saturation_cost(theta, fluid_ms)
-        value -= price * (costs.blocked_arrivals(t + rest_ms) + sat(t))
+        value -= self.charge(t, *rest)
         alt = costs.fastest(None if f == _NO_FLOOR else f, b)
         if alt is not None and alt[0] != sid:  # `sid` stays the top of the range `best_priced` searches
-            cut = price * (costs.blocked_arrivals(alt[1] + rest_ms) + sat(alt[1]))
-            value = max(value, members * costs.accuracy(alt[0]) - cut)
+            value = max(value, members * costs.accuracy(alt[0]) - self.charge(alt[1], *rest))
         return value
+
+    def charge(self, ms: float, rest_ms: float, fluid_ms: float) -> float:
+        """The busy-period and saturation charges (`saturation_cost`) of a batch of `ms`."""
+        blocked, weight = self.blocked, self.sat_weight
+        sat = weight * blocked(ms + fluid_ms) if weight else 0.0
+        return self.price * (blocked(ms + rest_ms) + sat)
 
     def choose(self) -> Decision | None:
         queue, now, costs = self.queue, self.now, self.costs

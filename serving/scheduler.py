@@ -149,7 +149,7 @@ class BudgetScheduler(SchedulerInterface):
         self._arrivals = 0
         self._since_hold = 0  # decisions since the last hold (to probe again now and then)
         self._eligible_cache: dict[float | None, list[int]] = {}
-        self._svc_any: list[float] | None = None  # service ms by batch size, fastest subnet, no floor
+        self._svc_any: list[float | None] | None = None  # service ms by batch size, fastest subnet, no floor
         self.set_profile(profile)
 
     # ---- cost table --------------------------------------------------------------------
@@ -248,6 +248,8 @@ class BudgetScheduler(SchedulerInterface):
 
     def fastest(self, min_accuracy: float | None, batch: int = 1) -> tuple[int, float] | None:
         """(id, predicted service ms) of the fastest candidate meeting `min_accuracy` at `batch`."""
+        if min_accuracy is None and 1 <= batch <= self.max_batch_size:  # the common case, cached
+            return self._front_ids[batch][0], self._service_at(batch, _NO_FLOOR)
         if min_accuracy is not None and not self.accuracy_known:
             return None
         b = min(max(1, batch), self.max_batch_size)
@@ -289,7 +291,12 @@ class BudgetScheduler(SchedulerInterface):
 
     def blocked_arrivals(self, busy_ms: float) -> float:
         """Expected arrivals a busy period of `busy_ms` turns away (`Demand.blocked`)."""
-        return self.demand.blocked(busy_ms, self._service_at(1, _NO_FLOOR))
+        return self.blocked_curve()(busy_ms)
+
+    def blocked_curve(self) -> Callable[[float], float]:
+        """`blocked_arrivals` as a function bound to the current rate and budgets: cheaper
+        when one decision asks many times (`Demand.blocked_curve`)."""
+        return self.demand.blocked_curve(self._service_at(1, _NO_FLOOR))
 
     def displaced_per_ms(self) -> float:
         """Answers a ms of worker time displaces when the worker is the bottleneck: the
@@ -315,9 +322,8 @@ class BudgetScheduler(SchedulerInterface):
         if not theta:
             return lambda ms: 0.0
         weight = theta * self.demand.busy_gap_ms()  # theta / arrival rate
-        after = self._service_at(1, _NO_FLOOR)
-        blocked = self.demand.blocked
-        return lambda ms: weight * blocked(ms + fluid_ms, after)
+        blocked = self.blocked_curve()
+        return lambda ms: weight * blocked(ms + fluid_ms)
 
     def best_priced(
         self,
@@ -347,8 +353,7 @@ class BudgetScheduler(SchedulerInterface):
         gap = self.demand.busy_gap_ms()
         if price <= 0 or gap is None or gap == _INF or top not in self._front_pos[batch]:
             return top, predict(top, batch) + over
-        acc, hull, blocked = self._front_acc[batch], self._front_hull[batch], self.demand.blocked
-        after = self._service_at(1, _NO_FLOOR)  # an arrival's fastest service, once the batch ends
+        acc, hull, blocked = self._front_acc[batch], self._front_hull[batch], self.blocked_curve()
         j_top = self._front_pos[batch][top]
         lo = bisect.bisect_left(hull, 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor))
         hi = bisect.bisect_right(hull, j_top) - 1
@@ -358,7 +363,7 @@ class BudgetScheduler(SchedulerInterface):
         def value(j: int) -> tuple[float, float]:
             if j not in memo:
                 ms = predict(ids[j], batch) + over
-                memo[j] = (members * acc[j] - price * (blocked(ms + extra_ms, after) + sat(ms)), ms)
+                memo[j] = (members * acc[j] - price * (blocked(ms + extra_ms) + sat(ms)), ms)
             return memo[j]
 
         while lo < hi:  # unimodal along the hull: find its peak
@@ -608,11 +613,12 @@ class BudgetScheduler(SchedulerInterface):
         """Service ms of `size` requests on the fastest subnet meeting `floor`."""
         if floor == _NO_FLOOR:
             table = self._svc_any
-            if table is None:  # cached until a prediction changes
-                table = self._svc_any = [0.0] + [
-                    self._service_uncached(b, _NO_FLOOR) for b in range(1, len(self._front_acc))
-                ]
-            return table[size]
+            if table is None:  # cached until a prediction changes, entry by entry
+                table = self._svc_any = [None] * len(self._front_acc)
+            ms = table[size]
+            if ms is None:
+                ms = table[size] = self._service_uncached(size, _NO_FLOOR)
+            return ms
         return self._service_uncached(size, floor)
 
     def _service_uncached(self, size: int, floor: float) -> float:
