@@ -110,17 +110,20 @@ class SampleCheck:
         squeeze = x.dim() == 3
         batch = x.unsqueeze(0) if squeeze else x
         shape = batch.shape
-        if self._own_check or shape[0] != 1 or shape[1:] != self.input_size or not batch.is_floating_point():
+        usual = not self._own_check and shape[0] == 1 and shape[1:] == self.input_size and batch.is_floating_point()
+        if not usual:
             self.model.check_input(batch)  # its own checks, or its error message for this shape
-        elif not math.isfinite(batch.sum().item()):  # a finite sum: every element is finite
-            self.model.check_input(batch)  # NaN / infinity, or only an overflowing sum
         if shape[0] != 1:
             raise InvalidInput(
                 f"one sample per request: got a batch of {shape[0]}; submit each sample, the runtime batches them"
             )
         if batch.requires_grad:  # else `clone` / the view already carries no autograd history
             batch = batch.detach()
-        return (batch.clone() if copy else batch), squeeze
+        if copy:  # first: the finiteness check then reads the copy, still in cache, not `x` again
+            batch = batch.clone()
+        if usual and not math.isfinite(batch.sum().item()):  # a finite sum: every element is finite
+            self.model.check_input(batch)  # NaN / infinity, or only an overflowing sum
+        return batch, squeeze
 
     def batch(self, xs: object) -> torch.Tensor:
         """Validates a stacked batch of samples (`Runtime.submit_many`); returns a private copy.
@@ -134,11 +137,13 @@ class SampleCheck:
         self._check_tensor(xs, "xs")
         if xs.dim() != 4:
             raise InvalidInput(f"xs must be a stacked batch (B, C, H, W), got shape {tuple(xs.shape)}")
-        if self._own_check or xs.shape[0] == 0 or xs.shape[1:] != self.input_size or not xs.is_floating_point():
+        usual = not self._own_check and xs.shape[0] > 0 and xs.shape[1:] == self.input_size and xs.is_floating_point()
+        if not usual:
             self.model.check_input(xs)
-        elif not math.isfinite(xs.sum().item()):  # a finite sum: every element is finite
-            finite = torch.isfinite(xs.reshape(xs.shape[0], -1)).all(dim=1)
+        copied = xs.detach().clone() if xs.requires_grad else xs.clone()  # checked below while in cache
+        if usual and not math.isfinite(copied.sum().item()):  # a finite sum: every element is finite
+            finite = torch.isfinite(copied.reshape(copied.shape[0], -1)).all(dim=1)
             bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
             if bad:
                 raise InvalidInput(f"xs rows {bad} hold NaN or infinite values")
-        return xs.detach().clone() if xs.requires_grad else xs.clone()
+        return copied
