@@ -56,6 +56,29 @@ def test_scheduler_suite_counts_every_request_and_checks_targets():
     assert [(c["subnets"], c["pass"]) for c in targets(rows)] == [(100, True), (1000, False)]
 
 
+def test_scheduler_suite_times_the_priced_path(monkeypatch):
+    """Requests arrive while the last batch runs, so the elastic policy prices busy periods."""
+    from elastic.serving import BudgetScheduler
+    from elastic.serving.demand import Demand
+
+    busy, priced = [], []
+    record, curve = Demand.record, BudgetScheduler.blocked_curve
+
+    def spy_record(self, now, budget_ms, is_busy=False):
+        busy.append(is_busy)
+        record(self, now, budget_ms, is_busy)
+
+    def spy_curve(self):
+        priced.append(True)
+        return curve(self)
+
+    monkeypatch.setattr(Demand, "record", spy_record)
+    monkeypatch.setattr(BudgetScheduler, "blocked_curve", spy_curve)
+    decision_time(20, "elastic", depth=4, requests=50)
+    assert sum(busy) > len(busy) / 2  # most arrivals come while a batch runs
+    assert priced  # and the policy charged for it
+
+
 def test_overhead_counts_only_the_timed_batches(tiny_stitched):
     rows = overhead(tiny_stitched, "tiny", 0, repeats=3)
     assert [(r["batch"], r["call"]) for r in rows] == [(1, "infer"), (8, "8 × submit"), (8, "submit_many")]
