@@ -6,10 +6,10 @@ process that imported torch and timm and loaded a model holds some 400,000 of th
 such collection took about 180 ms on the development machine (2 cores), longer than most
 latency budgets. Serving allocates fast enough to trigger one every so often: in the load
 suite's real runs at aef6a87, 8 of the 70 demo runs at 0.25× load (2–5 s each) had one
-225–245 ms stall, and the requests waiting then were shed or late. Freezing the heap once the runtime is built
-(`gc.freeze()`: everything alive moves to a permanent generation the collector skips) makes
-later collections scan only what serving allocates; vLLM's engine does the same at start-up
-(`freeze_gc_heap`). Cyclic garbage among the frozen objects is not reclaimed, which for a
+225–245 ms stall, and the requests waiting then were shed or late. Freezing the heap once
+the runtime is built (`gc.freeze()`: everything alive moves to a permanent generation the
+collector skips) makes later collections scan only what serving allocates; vLLM's engine
+does the same at start-up (`freeze_gc_heap`). Cyclic garbage among the frozen objects is not reclaimed, which for a
 start-up heap (modules, weights, imported code) is the point.
 """
 
