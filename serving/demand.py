@@ -156,3 +156,14 @@ class Demand:
 
 def _none_blocked(busy_ms: float) -> float:
     return 0.0
+
+
+def busy_charge(
+    blocked: Callable[[float], float], sat_weight: float, ms: float, rest_ms: float, fluid_ms: float
+) -> float:
+    """Arrivals a batch of `ms` costs, from one decision's `blocked` curve
+    (`Demand.blocked_curve`): those its busy period, with `rest_ms` of queue behind it, turns
+    away, plus `sat_weight` × those it displaces in saturation, where the queue behind it holds
+    `fluid_ms` of full-batch work (`BudgetScheduler.saturation_weight`)."""
+    sat = sat_weight * blocked(ms + fluid_ms) if sat_weight else 0.0
+    return blocked(ms + rest_ms) + sat

@@ -31,7 +31,7 @@ while it runs. From the rate of arrivals while batches run and the recent budget
 (`serving/demand.py`) the scheduler predicts how many arrivals a busy period of T ms
 blocks; each is charged the fastest subnet's accuracy (what it would have delivered), for
 the batch plus the queue behind it. In saturation worker time is itself answers lost
-(`BudgetScheduler.displaced_per_ms`, `saturation_cost`): the work of the batch and of the
+(`BudgetScheduler.displaced_per_ms`, `busy_charge`): the work of the batch and of the
 queue behind it (as its share of full batches) displaces arrivals at the worker's
 throughput, and those whose budgets it outlasts are charged too, so a short batch that
 saves one tight request at the cost of throughput loses to the full one, while a burst
@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 from itertools import accumulate
 
 from .decision import CostView, Decision, Policy, prefixes
+from .demand import busy_charge
 from .request import Request
 
 _INF = math.inf
@@ -162,7 +163,7 @@ class _OnFronts:
         # in saturation worker time is the scarce resource: each ms displaces answers
         self.theta = costs.displaced_per_ms() if price else 0.0
         self.blocked = costs.blocked_curve() if price else None  # bound once for this decision
-        self.sat_weight = self.theta * gap if self.theta else 0.0  # `saturation_cost`'s weight
+        self.sat_weight = costs.saturation_weight(self.theta) if price else 0.0
         self.gap = self._backlog_gap()
 
     def _backlog_gap(self) -> float | None:
@@ -234,17 +235,12 @@ class _OnFronts:
         value = members * costs.accuracy(sid)
         if not self.price:
             return value
-        value -= self.charge(t, *rest)
+        price, blocked, weight = self.price, self.blocked, self.sat_weight
+        value -= price * busy_charge(blocked, weight, t, *rest)
         alt = costs.fastest(None if f == _NO_FLOOR else f, b)
         if alt is not None and alt[0] != sid:  # `sid` stays the top of the range `best_priced` searches
-            value = max(value, members * costs.accuracy(alt[0]) - self.charge(alt[1], *rest))
+            value = max(value, members * costs.accuracy(alt[0]) - price * busy_charge(blocked, weight, alt[1], *rest))
         return value
-
-    def charge(self, ms: float, rest_ms: float, fluid_ms: float) -> float:
-        """The busy-period and saturation charges (`saturation_cost`) of a batch of `ms`."""
-        blocked, weight = self.blocked, self.sat_weight
-        sat = weight * blocked(ms + fluid_ms) if weight else 0.0
-        return self.price * (blocked(ms + rest_ms) + sat)
 
     def choose(self) -> Decision | None:
         queue, now, costs = self.queue, self.now, self.costs

@@ -46,7 +46,7 @@ from numbers import Integral
 from elastic.errors import BudgetInfeasible, ConfigError, Overloaded
 from elastic.subnet import Subnet
 
-from .demand import Demand
+from .demand import Demand, busy_charge
 from .interface import SchedulerInterface
 from .latency_model import LatencyModel, OverheadModel
 from .output import ScheduledBatch, SchedulerOutput, ShedRequest
@@ -289,13 +289,10 @@ class BudgetScheduler(SchedulerInterface):
         none arrive then (clients that wait for their answers), None while unknown."""
         return self.demand.busy_gap_ms()
 
-    def blocked_arrivals(self, busy_ms: float) -> float:
-        """Expected arrivals a busy period of `busy_ms` turns away (`Demand.blocked`)."""
-        return self.blocked_curve()(busy_ms)
-
     def blocked_curve(self) -> Callable[[float], float]:
-        """`blocked_arrivals` as a function bound to the current rate and budgets: cheaper
-        when one decision asks many times (`Demand.blocked_curve`)."""
+        """Expected arrivals a busy period of `busy_ms` turns away (`Demand.blocked`), as a
+        function of `busy_ms` bound to the current rate and budgets: one decision asks many
+        times (`Demand.blocked_curve`)."""
         return self.demand.blocked_curve(self._service_at(1, _NO_FLOOR))
 
     def displaced_per_ms(self) -> float:
@@ -312,18 +309,14 @@ class BudgetScheduler(SchedulerInterface):
         u = t_full / (b * gap)
         return min(1.0 / gap, b / t_full) * min(1.0, u) ** 2
 
-    def saturation_cost(self, theta: float, fluid_ms: float) -> Callable[[float], float]:
-        """Answers a batch of `ms` displaces in saturation, as a function of `ms`, when the
-        queue behind it holds `fluid_ms` of full-batch work and the worker turns each ms into
-        `theta` answers (`displaced_per_ms`): an arrival displaced by the work ahead of it is
-        lost only when its budget is shorter than that work plus its own service, so this is
-        `Demand.blocked` over the batch and the queue at rate theta instead of the arrival
-        rate — a burst with budgets longer than the backlog costs nothing."""
-        if not theta:
-            return lambda ms: 0.0
-        weight = theta * self.demand.busy_gap_ms()  # theta / arrival rate
-        blocked = self.blocked_curve()
-        return lambda ms: weight * blocked(ms + fluid_ms)
+    def saturation_weight(self, theta: float) -> float:
+        """The weight of the saturation charge (`busy_charge`) when the worker turns each ms
+        into `theta` answers (`displaced_per_ms`): an arrival displaced by the work ahead of
+        it is lost only when its budget is shorter than that work plus its own service, so
+        the answers a batch displaces are `Demand.blocked` over the batch and the queue at
+        rate theta instead of the arrival rate, i.e. weighted by theta / arrival rate — a
+        burst with budgets longer than the backlog costs nothing."""
+        return theta * self.demand.busy_gap_ms() if theta else 0.0
 
     def best_priced(
         self,
@@ -343,7 +336,7 @@ class BudgetScheduler(SchedulerInterface):
 
         `price` is what one arrival turned away by the batch's busy period loses
         (`Demand.blocked`); `theta` and `fluid_ms` add the answers it displaces in
-        saturation (`saturation_cost`). On the front's upper concave hull the gain of a slower subnet
+        saturation (`busy_charge`). On the front's upper concave hull the gain of a slower subnet
         shrinks and the cost grows, so a binary search finds the best hull point; `top`
         (maybe off the hull) is compared with it.
         """
@@ -358,12 +351,12 @@ class BudgetScheduler(SchedulerInterface):
         lo = bisect.bisect_left(hull, 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor))
         hi = bisect.bisect_right(hull, j_top) - 1
         memo: dict[int, tuple[float, float]] = {}
-        sat = self.saturation_cost(theta, fluid_ms)
+        weight = self.saturation_weight(theta)
 
         def value(j: int) -> tuple[float, float]:
             if j not in memo:
                 ms = predict(ids[j], batch) + over
-                memo[j] = (members * acc[j] - price * (blocked(ms + extra_ms) + sat(ms)), ms)
+                memo[j] = (members * acc[j] - price * busy_charge(blocked, weight, ms, extra_ms, fluid_ms), ms)
             return memo[j]
 
         while lo < hi:  # unimodal along the hull: find its peak

@@ -11,7 +11,7 @@ from elastic.bench.outcomes import BernoulliJudge, score
 from elastic.bench.simulate import ServiceModel, simulate
 from elastic.errors import ElasticError
 from elastic.serving import BudgetScheduler, ElasticPolicy, LatencyProfile, Request
-from elastic.serving.demand import Demand
+from elastic.serving.demand import Demand, busy_charge
 from elastic.serving.scheduler import concave_hull
 from elastic.subnet import Subnet
 
@@ -243,7 +243,11 @@ def test_in_saturation_worker_time_is_priced_by_the_answers_it_displaces():
     theta = s.displaced_per_ms()
     assert theta > 0
     # the displaced answers are `Demand.blocked` over the batch plus the queue, at rate theta
-    cost = s.saturation_cost(theta, fluid_ms=3.0)
+    weight = s.saturation_weight(theta)
+    assert weight == pytest.approx(theta * s.demand.busy_gap_ms())
     after = s.predict_ms(0, 1) + s.overhead_ms(1)
-    assert cost(5.0) == pytest.approx(theta * s.demand.busy_gap_ms() * s.demand.blocked(8.0, after))
-    assert s.saturation_cost(0.0, 3.0)(5.0) == 0.0
+    blocked = s.blocked_curve()
+    charge = busy_charge(blocked, weight, 5.0, rest_ms=1.0, fluid_ms=3.0)
+    assert charge == pytest.approx(s.demand.blocked(6.0, after) + weight * s.demand.blocked(8.0, after))
+    assert s.saturation_weight(0.0) == 0.0
+    assert busy_charge(blocked, 0.0, 5.0, 1.0, 3.0) == pytest.approx(s.demand.blocked(6.0, after))
