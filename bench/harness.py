@@ -18,7 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def interleaved(
-    contenders: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 3, inner: int = 1
+    contenders: Mapping[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 3,
+    inner: int = 1,
+    before: Callable[[], Any] | None = None,
 ) -> dict[str, list[float]]:
     """Time each contender `repeats` times, alternating between them every repeat.
 
@@ -30,6 +34,8 @@ def interleaved(
         repeats: timed rounds; each round runs every contender once, in rotating order.
         warmup: untimed rounds first.
         inner: calls per timed sample (the sample is their mean).
+        before: run, untimed, before each timed sample (e.g. to put the caches in a
+            given state).
 
     Returns:
         name -> per-call seconds, one entry per round.
@@ -43,6 +49,8 @@ def interleaved(
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fn = contenders[name]
+            if before is not None:
+                before()
             t0 = time.perf_counter()
             for _ in range(inner):
                 fn()

@@ -48,6 +48,9 @@ def test_interleaved_rotates_and_counts():
     times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4, warmup=1)
     assert calls[:2] == ["a", "b"] and calls[2:4] == ["a", "b"] and calls[4:6] == ["b", "a"]
     assert len(times["a"]) == len(times["b"]) == 4
+    calls.clear()
+    interleaved({"a": lambda: calls.append("a")}, repeats=2, warmup=1, before=lambda: calls.append("-"))
+    assert calls == ["a", "-", "a", "-", "a"]  # before each timed call, not the warm-up
     assert paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 2.0]) == 2.0
     s = summary([0.001, 0.002, 0.003])
     assert s["median_ms"] == pytest.approx(2.0) and s["n"] == 3

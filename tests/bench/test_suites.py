@@ -93,6 +93,17 @@ def test_overhead_counts_only_the_timed_batches(tiny_stitched):
         assert lo <= row["ratio"] <= hi
         assert row["target"]["pass"] == (hi <= 1.15) == (row["target"]["verdict"] == "pass")
     assert eight["direct"] == many["direct"]  # one interleaved run: the same direct times
+    # batch 1: the runtime's own time, the wall time less the forward its Result reports
+    median, lo, hi = one["outside_forward_us"]
+    assert 0 < lo <= median <= hi < 1e6 * one["runtime"]["p90_ms"] / 1e3
+    assert eight["outside_forward_us"] is None and one["caches"] == "as left"
+
+
+def test_overhead_runs_the_cache_state_before_every_timed_call(tiny_stitched):
+    calls = []
+    rows = overhead(tiny_stitched, "tiny", 0, repeats=3, before=lambda: calls.append(1), batch_sizes=(1,))
+    assert [(r["batch"], r["call"], r["caches"]) for r in rows] == [(1, "infer", "evicted")]
+    assert len(calls) == 2 * 3  # infer and direct, every timed round
 
 
 def test_bench_cli_lists_every_suite_and_its_options():
