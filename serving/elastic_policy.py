@@ -152,6 +152,8 @@ class _OnFronts:
         self.suffix_min = suffix_min  # [i] = earliest binding deadline among positions i..h-1
         self.f_rest = max(floors[:h])
         self.t_full = fast[1] / 1e3
+        # the fastest subnet (no floor) at each batch size, read many times per decision
+        self.fast_at = [None, *(costs.fastest(None, b) for b in range(1, max_batch + 1))]
         self.acc_fast = costs.accuracy(fast[0])
         self.n_hard = h - window.count(_INF)
         # the busy period's price: what the arrivals it turns away would have delivered
@@ -225,7 +227,7 @@ class _OnFronts:
             return 0.0, 0.0
         queued, max_batch, fast = len(self.queue), self.max_batch, self.fast
         full, part = divmod(queued - b, max_batch)
-        rest = full * fast[1] + (self.costs.fastest(None, part)[1] if part else 0.0)
+        rest = full * fast[1] + (self.fast_at[part][1] if part else 0.0)
         return rest, (queued - b) / max_batch * fast[1]
 
     def value(self, members: int, sid: int, t: float, b: int, f: float, rest: tuple[float, float]) -> float:
@@ -237,10 +239,13 @@ class _OnFronts:
             return value
         price, blocked, weight = self.price, self.blocked, self.sat_weight
         value -= price * busy_charge(blocked, weight, t, *rest)
-        alt = costs.fastest(None if f == _NO_FLOOR else f, b)
-        if alt is not None and alt[0] != sid:  # `sid` stays the top of the range `best_priced` searches
-            value = max(value, members * costs.accuracy(alt[0]) - price * busy_charge(blocked, weight, alt[1], *rest))
-        return value
+        alt = self.fast_at[b] if f == _NO_FLOOR else costs.fastest(f, b)
+        if alt is None or alt[0] == sid:  # `sid` stays the top of the range `best_priced` searches
+            return value
+        alt_acc = members * costs.accuracy(alt[0])
+        if alt_acc <= value:  # a charge is never negative: the fastest cannot do better
+            return value
+        return max(value, alt_acc - price * busy_charge(blocked, weight, alt[1], *rest))
 
     def choose(self) -> Decision | None:
         queue, now, costs = self.queue, self.now, self.costs

@@ -62,12 +62,13 @@ class LatencyPredictor:
         self.clamp = clamp
         self._ratio: dict[int, float] = {}
         self._global: float | None = None
+        self._shared = 1.0  # the ratio of subnets not yet observed: `_global`, 1.0 before any data
         self._rows: dict[int, list[float]] = {}  # subnet -> profiled ms by batch size (index)
         self._medians: dict[int, list[float]] = {}  # subnet -> profiled median ms by batch size
+        self._planned: dict[int, list[float]] = {}  # subnet -> the ms the ratio scales, by batch size
         self._residuals: deque[float] = deque(maxlen=TAIL_WINDOW)  # observed / expected median
         self._seen = 0
         self.tail: float | None = None  # online tail factor once TAIL_MIN observations are in
-        self._predicted: dict[tuple[int, int], float] = {}  # (subnet, batch) -> ms until `observe`
 
     def correction(self, subnet: int) -> float:
         """The current observed / profiled ratio used for `subnet` (1.0 before any data)."""
@@ -86,22 +87,30 @@ class LatencyPredictor:
     def predict_ms(self, subnet: int, batch: int) -> float:
         """Corrected latency prediction for one forward of `subnet` on `batch` samples.
 
-        Memoised per (subnet, batch) until the next `observe` (the only thing that moves a
-        prediction): admission and scheduling ask for the same few entries many times per batch.
+        A table lookup and one or two products: the uncorrected row per subnet is built
+        once (until the measured tail replaces the profile's quantile), and `observe` only
+        moves the ratios, so admission and scheduling, which ask for the same few entries
+        many times per batch, pay no invalidation.
         """
-        key = (subnet, batch)
-        ms = self._predicted.get(key)
-        if ms is None:
-            ms = self._predicted[key] = self._predict(subnet, batch)
-        return ms
+        row = self._planned.get(subnet)
+        if row is None or batch >= len(row):
+            row = self._plan_row(subnet, batch)
+        ms = row[batch] * self._ratio.get(subnet, self._shared)
+        tail = self.tail
+        return ms * tail if tail is not None else ms
 
-    def _predict(self, subnet: int, batch: int) -> float:
-        if self.tail is not None:  # the machine's own spread, measured while serving
-            return self._row(self._medians, subnet, batch, "p50")[batch] * self.correction(subnet) * self.tail
-        planned = self._row(self._rows, subnet, batch, self.quantile)[batch]
-        if self.quantile != "p50":  # a profiled p99 of a few repeats can hold one huge outlier
-            planned = min(planned, COLD_TAIL_CAP * self._row(self._medians, subnet, batch, "p50")[batch])
-        return planned * self.correction(subnet)
+    def _plan_row(self, subnet: int, batch: int) -> list[float]:
+        """The uncorrected prediction by batch size: the profiled median once the measured
+        tail scales it, else the planning quantile (a profiled p99 of a few repeats can hold
+        one huge outlier: capped at `COLD_TAIL_CAP` medians)."""
+        medians = self._row(self._medians, subnet, batch, "p50")
+        if self.tail is not None or self.quantile == "p50":
+            row = medians
+        else:
+            planned = self._row(self._rows, subnet, batch, self.quantile)
+            row = [min(p, COLD_TAIL_CAP * m) for p, m in zip(planned, medians, strict=False)]
+        self._planned[subnet] = row
+        return row
 
     def observe(self, subnet: int, batch: int, observed_ms: float) -> None:
         """Fold one observed forward time into the subnet's and the global correction, and
@@ -109,7 +118,6 @@ class LatencyPredictor:
         base = self._row(self._medians, subnet, batch, "p50")[batch]
         if base <= 0 or observed_ms < 0:
             return
-        self._predicted.clear()
         lo, hi = self.clamp
         prev = self.correction(subnet)
         self._residuals.append(observed_ms / (base * prev))
@@ -117,11 +125,13 @@ class LatencyPredictor:
         if self.quantile != "p50" and self._seen >= TAIL_MIN and self._seen % TAIL_EVERY == 0:
             ordered = sorted(self._residuals)
             q = ordered[min(len(ordered) - 1, int(TAIL_QUANTILE * len(ordered)))]
+            if self.tail is None:
+                self._planned.clear()  # from now on the ratio scales the median
             self.tail = min(TAIL_CLAMP[1], max(TAIL_CLAMP[0], q))
         ratio = min(hi, max(lo, observed_ms / base))
         self._ratio[subnet] = prev + self.alpha * (ratio - prev)
         prev_global = 1.0 if self._global is None else self._global
-        self._global = prev_global + self.alpha * (ratio - prev_global)
+        self._global = self._shared = prev_global + self.alpha * (ratio - prev_global)
 
     def corrections(self) -> dict[int, float]:
         """Per-subnet ratios observed so far."""
