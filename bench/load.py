@@ -328,12 +328,14 @@ def contender_name(policy: str, calib: Calibration) -> str:
 
 
 def run_one(
-    mode: str, scenario: Scenario, calib: Calibration, policy: str, arrivals, budgets, seed: str
+    mode: str, scenario: Scenario, calib: Calibration, policy: str, arrivals, budgets, seed: str, lanes: int = 1
 ) -> dict[str, Any]:
-    """One contender on one workload, real or simulated; its score."""
+    """One contender on one workload, real or simulated (one lane only); its score."""
     infaas = policy == "infaas"
     extra: dict[str, Any] = {}
     if mode == "sim":
+        if lanes != 1:
+            raise ValueError("the simulator models one lane")
         model = scenario.variants() if infaas else scenario.model
         accuracy = {s.id: s.accuracy for s in model.subnets() if s.accuracy is not None}
         outcomes = simulate(
@@ -358,6 +360,7 @@ def run_one(
                 policy="elastic" if infaas else policy,
                 profile=profile,
                 batch_wait_ms=BATCH_WAIT_MS,
+                lanes=lanes,
             ) as rt,
         ):
             lag: list[float] = []

@@ -41,7 +41,7 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED as _CANCELLED
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED as _CANCELLED_AND_NOTIFIED
@@ -99,6 +99,8 @@ class EngineCore:
         name: thread name prefix.
         caller_runs: a thread that blocks on a result while the worker sleeps runs the next
             engine step itself (`help`), saving the hand-offs to and from the worker.
+        ids: where request ids come from (engines of one runtime share one counter, so ids
+            stay unique across its lanes); default: a counter of its own.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class EngineCore:
         check_outputs: bool = True,
         name: str = "elastic-runtime",
         caller_runs: bool = True,
+        ids: Iterator[int] | None = None,
     ):
         self.executor = executor
         self.metrics = metrics
@@ -123,7 +126,7 @@ class EngineCore:
         self._work = threading.Condition(self._lock)  # the worker waits here
         self._watch = threading.Condition(self._lock)  # the watchdog waits here
         self._pending: dict[int, Pending] = {}
-        self._ids = itertools.count()
+        self._ids = ids if ids is not None else itertools.count()
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
         self._running: tuple[ScheduledBatch, list[Pending]] | None = None
         self._idle = False  # the worker is waiting for work
@@ -153,6 +156,16 @@ class EngineCore:
             )
             self._work.notify()
 
+    @property
+    def closing(self) -> bool:
+        """`close` was called: new submits are refused."""
+        return self._closing
+
+    def load(self) -> int:
+        """Requests queued or running (read without the lock: a snapshot for routing)."""
+        scheduler = self.scheduler
+        return (scheduler.get_num_waiting() if scheduler is not None else 0) + (self._running is not None)
+
     def on_engine_thread(self) -> bool:
         """True on the worker or watchdog thread (where blocking on a result deadlocks)."""
         current = threading.current_thread()
@@ -173,8 +186,12 @@ class EngineCore:
         x: torch.Tensor,
         squeeze: bool,
         inline: bool = False,
+        count_refusal: bool = True,
     ) -> Future[Result]:
         """Admit one validated request, or raise (`BudgetInfeasible`, `Overloaded`).
+
+        `count_refusal=False`: a refusal by the scheduler is raised but not counted (the
+        caller offers the request to another lane next, and counts it once if all refuse).
 
         With `inline` (a caller about to block on the result), when the engine is idle —
         nothing queued, nothing running — the request's batch runs right here on the
@@ -205,10 +222,12 @@ class EngineCore:
             try:
                 evicted = scheduler.add_request(request, now)
             except BudgetInfeasible:
-                metrics.rejected("infeasible", budget_ms)
+                if count_refusal:
+                    metrics.rejected("infeasible", budget_ms)
                 raise
             except Overloaded:
-                metrics.rejected("overloaded", budget_ms)
+                if count_refusal:
+                    metrics.rejected("overloaded", budget_ms)
                 raise
             metrics.admitted(budget_ms)
             future.request_id = request.id  # lets `cancel` find it

@@ -40,6 +40,7 @@ pending future — from such a callback raises `ReentrantCall` (it would wait fo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -58,6 +59,7 @@ from .admission import SampleCheck, check_best_effort, check_budget, check_min_a
 from .engine import EngineCore
 from .executor import Executor, make_executor
 from .gc_heap import freeze_gc_heap
+from .lanes import LaneRouter, default_split_ms
 from .metrics import ServingMetrics
 from .policies import Policy, StaticPolicy, make_policy
 from .profile import QUANTILES, LatencyProfile
@@ -105,6 +107,13 @@ class Runtime:
             collection of the oldest generation then scans only what serving allocated,
             instead of stopping every thread for the whole heap (~180 ms with torch and
             timm loaded on the development machine). False leaves the collector alone.
+        lanes: engines over the one set of weights, each with its own worker thread,
+            scheduler and queue (one per core the runtime may use; see `lanes.py`). With
+            more than one, and a policy that chooses subnets, requests with budgets under
+            `lane_split_ms` go to lane 0 first and the others to the other lanes first,
+            so slow, accurate forwards never hold up the tight requests.
+        lane_split_ms: that budget (default: twice the batch-1 service of the most
+            accurate candidate, set with each profile).
 
     Raises:
         ConfigError: a bad setting; no thread is left running.
@@ -130,6 +139,8 @@ class Runtime:
         check_outputs: bool = True,
         caller_runs: bool = True,
         freeze_gc: bool = True,
+        lanes: int = 1,
+        lane_split_ms: float | None = None,
     ):
         # every check first: a failure here leaves no thread behind
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
@@ -144,6 +155,9 @@ class Runtime:
         if worker_threads is None:
             worker_threads = torch.get_num_threads()
         worker_threads = check_positive_int("worker_threads", worker_threads)
+        check_positive_int("lanes", lanes)
+        self._split_given = lane_split_ms is not None
+        self._router = LaneRouter(lanes, lane_split_ms)
         self.policy = make_policy(policy)
         ids = {s.id for s in model.subnets()}
         if isinstance(self.policy, StaticPolicy) and self.policy.subnet not in ids:
@@ -165,14 +179,27 @@ class Runtime:
         self._check_sample = SampleCheck(self.model, self.dtype)
         self._clock = clock
         self.metrics = ServingMetrics(window=metrics_window)
-        self._engine = EngineCore(
-            self.executor, self.metrics, clock, worker_threads, check_outputs, caller_runs=caller_runs
-        )
+        ids = itertools.count()  # one counter: request ids stay unique across lanes
+        self._engines = [
+            EngineCore(
+                self.executor,
+                self.metrics,
+                clock,
+                worker_threads,
+                check_outputs,
+                name="elastic-runtime" if lanes == 1 else f"elastic-runtime-lane{k}",
+                caller_runs=caller_runs,
+                ids=ids,
+            )
+            for k in range(lanes)
+        ]
+        self._engine = self._engines[0]  # profiles run on it; its scheduler is `scheduler`
         if profile is not None:
             self.set_profile(profile)
         if freeze_gc:
             freeze_gc_heap()
-        self._engine.start()
+        for engine in self._engines:
+            engine.start()
 
     # ---- profile -----------------------------------------------------------------------
     def profile(
@@ -244,26 +271,33 @@ class Runtime:
         return measured
 
     def set_profile(self, profile: LatencyProfile) -> None:
-        """Install a profile (and re-read the model's accuracies); resets online correction."""
+        """Install a profile (and re-read the model's accuracies) on every lane; resets
+        online correction."""
         subnets = self.model.subnets()
-        engine = self._engine
-        with engine.lock:
-            scheduler = engine.scheduler
-            if scheduler is None:
-                scheduler = BudgetScheduler(
-                    subnets,
-                    profile,
-                    self.policy,
-                    self.max_batch_size,
-                    self.max_queue,
-                    self.quantile,
-                    self.ewma_alpha,
-                    batch_wait_ms=self.batch_wait_ms,
-                )
-            else:
-                scheduler.set_profile(profile, subnets)
-            self.metrics.set_subnets(scheduler.candidates)
-        engine.install(scheduler)
+        for engine in self._engines:
+            with engine.lock:
+                scheduler = engine.scheduler
+                if scheduler is None:
+                    scheduler = BudgetScheduler(
+                        subnets,
+                        profile,
+                        self.policy,
+                        self.max_batch_size,
+                        self.max_queue,
+                        self.quantile,
+                        self.ewma_alpha,
+                        batch_wait_ms=self.batch_wait_ms,
+                    )
+                else:
+                    scheduler.set_profile(profile, subnets)
+                self.metrics.set_subnets(scheduler.candidates)
+            engine.install(scheduler)
+        if len(self._engines) > 1:
+            schedulers = [e.scheduler for e in self._engines]
+            self.metrics.track_queue_depth(lambda: sum(s.get_num_waiting() for s in schedulers))
+            if not self._split_given and not isinstance(self.policy, StaticPolicy):
+                top = schedulers[0].best_within(1, -math.inf, math.inf)  # the most accurate candidate
+                self._router = LaneRouter(len(self._engines), default_split_ms(top[1]) if top else None)
 
     @property
     def latency_profile(self) -> LatencyProfile | None:
@@ -335,7 +369,17 @@ class Runtime:
         except InvalidInput:
             metrics.rejected("invalid")
             raise
-        return self._engine.submit(arrival, budget, floor, level, effort, sample, squeeze, inline)
+        engines = self._engines
+        if len(engines) == 1:
+            return self._engine.submit(arrival, budget, floor, level, effort, sample, squeeze, inline)
+        order = self._router.order(budget, [e.load() for e in engines])
+        for k in order[:-1]:  # a lane that refuses passes the request on; the last one's refusal counts
+            try:
+                return engines[k].submit(arrival, budget, floor, level, effort, sample, squeeze, inline, False)
+            except (BudgetInfeasible, Overloaded):
+                if engines[k].dead is not None or engines[k].closing:
+                    raise
+        return engines[order[-1]].submit(arrival, budget, floor, level, effort, sample, squeeze, inline)
 
     def submit_many(
         self,
@@ -389,7 +433,8 @@ class Runtime:
             for _ in range(n):
                 metrics.rejected("invalid")
             raise
-        return self._engine.submit_many(arrival, budget, floor, level, effort, batch)
+        lane = self._router.order(budget, [e.load() for e in self._engines])[0]
+        return self._engines[lane].submit_many(arrival, budget, floor, level, effort, batch)
 
     def infer(
         self,
@@ -410,7 +455,7 @@ class Runtime:
         Raises:
             ReentrantCall: called on one of the runtime's own threads (a result callback).
         """
-        if self._engine.on_engine_thread():
+        if any(e.on_engine_thread() for e in self._engines):
             raise ReentrantCall(
                 "Runtime.infer() called on the runtime's own thread (from a result callback?) would wait for "
                 "itself; use submit() there"
@@ -419,7 +464,9 @@ class Runtime:
         try:
             return future.result(timeout)
         except FutureTimeout:
-            self._engine.cancel(future, "timeout")
+            for engine in self._engines:  # the lane holding it takes it out
+                if engine.cancel(future, "timeout"):
+                    break
             raise Overloaded(f"no answer within timeout={timeout} s") from None
 
     async def infer_async(
@@ -438,8 +485,8 @@ class Runtime:
     # ---- lifecycle ---------------------------------------------------------------------
     @property
     def dead(self) -> BaseException | None:
-        """What killed the worker, or None while it lives."""
-        return self._engine.dead
+        """What killed a worker (the first lane's that died), or None while all live."""
+        return next((e.dead for e in self._engines if e.dead is not None), None)
 
     def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> int:
         """Expose Prometheus metrics at http://addr:port/metrics (loopback by default).
@@ -464,7 +511,8 @@ class Runtime:
         from .streams import close_streams
 
         close_streams(self, drain, timeout)  # first: draining a stream needs its encodings
-        self._engine.close(drain, timeout)
+        for engine in self._engines:
+            engine.close(drain, timeout)
 
     def open_stream(self, module, budget_ms: float = math.inf, **kw):
         """A stream of continual `module` (an `elastic.streaming` module) whose frames this

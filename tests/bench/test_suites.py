@@ -1,6 +1,7 @@
 """Benchmark suite logic on small models and synthetic tables (nothing timed is asserted)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -128,3 +129,12 @@ def test_results_record_command_commit_and_date(tmp_path):
     assert doc["commit"] != "unknown" and len(doc["commit"].split("-")[0]) >= 7
     assert doc["date"].startswith("20")
     assert doc["commit"] in (tmp_path / "x.md").read_text()
+
+
+def test_lanes_pools_attainment_over_seeds_by_admitted_count():
+    from elastic.bench.lanes import _pooled_attainment
+
+    runs = [{"admitted": 100, "admitted_slo_attainment": 0.99}, {"admitted": 0, "admitted_slo_attainment": None}]
+    runs.append({"admitted": 300, "admitted_slo_attainment": 1.0})
+    assert _pooled_attainment(runs) == pytest.approx((99 + 300) / 400)
+    assert math.isnan(_pooled_attainment([{"admitted": 0, "admitted_slo_attainment": None}]))
