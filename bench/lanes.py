@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict:
     head = (
         f"DeiT scenario, real runs: capacity (1×) {calib.capacity_per_s:.1f} req/s (largest anchor served, one lane);"
         f" budgets {calib.budgets.describe()}; {seeds} seeds; max batch {MAX_BATCH}, batch wait {BATCH_WAIT_MS} ms."
-        " The two-lane runtime splits budgets at twice the most accurate candidate's batch-1 service (elastic);"
+        " The two-lane runtime splits budgets at four times the fastest candidate's batch-1 service (elastic);"
         " the static subnet's lanes take requests least loaded first.\n\n"
     )
     table = head + table + "\n\n" + diffs

@@ -112,8 +112,8 @@ class Runtime:
             more than one, and a policy that chooses subnets, requests with budgets under
             `lane_split_ms` go to lane 0 first and the others to the other lanes first,
             so slow, accurate forwards never hold up the tight requests.
-        lane_split_ms: that budget (default: twice the batch-1 service of the most
-            accurate candidate, set with each profile).
+        lane_split_ms: that budget (default: four times the batch-1 service of the
+            fastest candidate, set with each profile).
 
     Raises:
         ConfigError: a bad setting; no thread is left running.
@@ -296,8 +296,8 @@ class Runtime:
             schedulers = [e.scheduler for e in self._engines]
             self.metrics.track_queue_depth(lambda: sum(s.get_num_waiting() for s in schedulers))
             if not self._split_given and not isinstance(self.policy, StaticPolicy):
-                top = schedulers[0].best_within(1, -math.inf, math.inf)  # the most accurate candidate
-                self._router = LaneRouter(len(self._engines), default_split_ms(top[1]) if top else None)
+                fastest = schedulers[0].fastest(None, 1)
+                self._router = LaneRouter(len(self._engines), default_split_ms(fastest[1]) if fastest else None)
 
     @property
     def latency_profile(self) -> LatencyProfile | None:

@@ -32,7 +32,7 @@ def test_router_splits_by_budget_and_balances_within_a_class():
     unsplit = LaneRouter(2)
     assert unsplit.order(5.0, [3, 1]) == [1, 0] and unsplit.order(5.0, [1, 1]) == [0, 1]
     assert LaneRouter(1, split_ms=20.0).order(5.0, [7]) == [0]
-    assert default_split_ms(12.5) == 25.0
+    assert default_split_ms(4.5) == 18.0
     for bad in (0.0, -1.0, math.inf, math.nan):
         with pytest.raises(ConfigError):
             LaneRouter(2, split_ms=bad)
@@ -62,8 +62,7 @@ def _routed(rt: Runtime) -> list[int]:
 def test_two_lanes_route_by_budget_and_answer_with_the_subnets_forward(served_model, served_profile):
     with Runtime(served_model, max_queue=1024, profile=served_profile, lanes=2) as rt:
         assert [e.scheduler is not None for e in rt._engines] == [True, True]
-        top = rt.scheduler.best_within(1, -math.inf, math.inf)[1]
-        assert rt._router.split_ms == pytest.approx(default_split_ms(top))
+        assert rt._router.split_ms == pytest.approx(default_split_ms(rt.scheduler.fastest(None, 1)[1]))
         routed = _routed(rt)
         tight = 0.9 * rt._router.split_ms  # one at a time: nothing queued, nobody refuses
         results = [rt.infer(sample(i), tight if i % 2 else GENEROUS_MS) for i in range(20)]
