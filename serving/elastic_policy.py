@@ -47,6 +47,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from itertools import accumulate
 
 from .decision import CostView, Decision, Policy, prefixes
@@ -139,6 +140,8 @@ class _OnFronts:
     max_batch + log subnets)), no loop over subnets. `fast` is (id, ms) of the fastest
     subnet at a full batch."""
 
+    prune = True  # skip the batch sizes whose bound cannot win (False: price every one, same answer)
+
     def __init__(self, policy: ElasticPolicy, queue: Sequence[Request], now: float, costs, max_batch: int, fast):
         self.queue, self.now, self.costs, self.max_batch, self.fast = queue, now, costs, max_batch, fast
         self.utilisation = policy.utilisation
@@ -153,7 +156,10 @@ class _OnFronts:
         self.f_rest = max(floors[:h])
         self.t_full = fast[1] / 1e3
         # the fastest subnet (no floor) at each batch size, read many times per decision
-        self.fast_at = [None, *(costs.fastest(None, b) for b in range(1, max_batch + 1))]
+        row = costs.fastest_at()
+        self.fast_at = (
+            row if len(row) > max_batch else [None, *(costs.fastest(None, b) for b in range(1, max_batch + 1))]
+        )
         self.acc_fast = costs.accuracy(fast[0])
         self.n_hard = h - window.count(_INF)
         # the busy period's price: what the arrivals it turns away would have delivered
@@ -166,6 +172,7 @@ class _OnFronts:
         self.theta = costs.displaced_per_ms() if price else 0.0
         self.blocked = costs.blocked_curve() if price else None  # bound once for this decision
         self.sat_weight = costs.saturation_weight(self.theta) if price else 0.0
+        self.charge = partial(busy_charge, self.blocked, self.sat_weight)  # (ms, rest_ms, fluid_ms) -> arrivals
         self.gap = self._backlog_gap()
 
     def _backlog_gap(self) -> float | None:
@@ -230,30 +237,37 @@ class _OnFronts:
         rest = full * fast[1] + (self.fast_at[part][1] if part else 0.0)
         return rest, (queued - b) / max_batch * fast[1]
 
-    def value(self, members: int, sid: int, t: float, b: int, f: float, rest: tuple[float, float]) -> float:
+    def value(self, members: int, sid: int, t: float, b: int, f: float, rest_ms: float, fluid_ms: float) -> float:
         """Accuracy `members` on-time requests get on `sid` (t ms), minus the busy-period and
-        saturation charges; in saturation the fastest subnet at b may be worth more."""
-        costs = self.costs
-        value = members * costs.accuracy(sid)
-        if not self.price:
-            return value
-        price, blocked, weight = self.price, self.blocked, self.sat_weight
-        value -= price * busy_charge(blocked, weight, t, *rest)
-        alt = self.fast_at[b] if f == _NO_FLOOR else costs.fastest(f, b)
+        saturation charges with `rest_ms` / `fluid_ms` of queue behind the batch (`rest_ms`);
+        in saturation the fastest subnet at b may be worth more. Only with a price."""
+        accuracy, price, charge = self.costs.accuracy, self.price, self.charge
+        value = members * accuracy(sid) - price * charge(t, rest_ms, fluid_ms)
+        alt = self.fast_at[b] if f == _NO_FLOOR else self.costs.fastest(f, b)
         if alt is None or alt[0] == sid:  # `sid` stays the top of the range `best_priced` searches
             return value
-        alt_acc = members * costs.accuracy(alt[0])
+        alt_acc = members * accuracy(alt[0])
         if alt_acc <= value:  # a charge is never negative: the fastest cannot do better
             return value
-        return max(value, alt_acc - price * busy_charge(blocked, weight, alt[1], *rest))
+        return max(value, alt_acc - price * charge(alt[1], rest_ms, fluid_ms))
 
     def choose(self) -> Decision | None:
+        """The best (subnet, batch size) by the key (on time?, value, size, accuracy, speed).
+
+        Per batch size b the subnet is `pick`ed first; its value (`value`: the busy-period
+        charges) is computed only while it can still win: charges are never negative, so
+        members × accuracy bounds the value from above, and the sizes are priced from the
+        highest bound down until a bound cannot beat the best key found. Keys differ in b,
+        so the best is the same in any order of evaluation.
+        """
         queue, now, costs = self.queue, self.now, self.costs
         hard, floors = self.hard, self.floors
         prefix_deadline = list(accumulate(hard[: self.n], min))
         prefix_floor = list(accumulate(floors[: self.n], max))
+        acc_fast, n_hard, price = self.acc_fast, self.n_hard, self.price
         best: tuple | None = None
         decision = priced = None
+        deferred: list[tuple] = []  # (upper bound of the key, subnet, members, floor, the rest's share): priced last
         hard_b = soft_b = 0
         soft_d = _INF  # earliest deadline of the best-effort members (they never bind)
         for b in range(1, self.n + 1):
@@ -268,19 +282,22 @@ class _OnFronts:
             limit = d if d < latest else latest
             found = self.pick(b, f, (min(limit, soft_d) - now) * 1e3) if soft_b else None
             members = hard_b + soft_b
-            rest = self.rest_ms(b)
             if found is None and hard_b:
                 found = self.pick(b, f, (limit - now) * 1e3)
                 members = hard_b
             if found is not None:  # everyone in the batch on time (best-effort members count like the rest)
                 sid, t = found
-                value = self.value(members, sid, t, b, f, rest)
-                key = (1, value + (self.n_hard - hard_b) * self.acc_fast, b, costs.accuracy(sid), -t)
+                acc = costs.accuracy(sid)
+                rest_on_fast = (n_hard - hard_b) * acc_fast
+                if price and members:
+                    deferred.append(((1, members * acc + rest_on_fast, b, acc, -t), sid, members, f, rest_on_fast))
+                    continue
+                key = (1, members * acc + rest_on_fast, b, acc, -t)
             elif not hard_b:  # only late best-effort members: the fastest subnet that keeps the rest on time
                 found = costs.fastest(None if f == _NO_FLOOR else f, b)
                 if found is not None and now + found[1] / 1e3 <= latest:
                     sid, t = found
-                    key = (1, (self.n_hard - hard_b) * self.acc_fast, b, -t, -t)
+                    key = (1, (n_hard - hard_b) * acc_fast, b, -t, -t)
                 else:
                     found = None
             if found is None:
@@ -296,16 +313,26 @@ class _OnFronts:
                 key = (0, hard_b, b, costs.accuracy(sid) if hard_b else -t, -t)
             if best is None or key > best:
                 best, decision = key, (sid, b)
-                priced = (b, f, sid, members, rest[0], rest[1]) if key[0] == 1 and members else None
+        if deferred:
+            deferred.sort(reverse=True, key=lambda entry: entry[0])
+            for bound, sid, members, f, rest_on_fast in deferred:
+                if self.prune and best is not None and bound <= best:
+                    break  # neither this size nor any after it can win
+                b, acc, neg_t = bound[2:]
+                rest_ms, fluid_ms = self.rest_ms(b)
+                key = (1, self.value(members, sid, -neg_t, b, f, rest_ms, fluid_ms) + rest_on_fast, b, acc, neg_t)
+                if best is None or key > best:
+                    best, decision = key, (sid, b)
+                    priced = (b, f, sid, members, rest_ms, fluid_ms)
         if (best is None or best[0] == 0) and hasattr(costs, "plan_late"):
             exact = self.fewest_late()
             if exact is not None:
                 return exact
-        if decision is not None and priced is not None and self.price > 0:
+        if priced is not None:
             # the batch's busy period turns away arrivals with tight budgets: a cheaper subnet
             # of the same batch wins when its accuracy loss is smaller than what they would lose
             b, f, sid, members, rest_ms, fluid_ms = priced
-            decision = (costs.best_priced(b, f, sid, members, rest_ms, self.price, self.theta, fluid_ms)[0], b)
+            decision = (costs.best_priced(b, f, sid, members, rest_ms, price, self.theta, fluid_ms, self.blocked)[0], b)
         return Decision(*decision) if decision is not None else None
 
     def fewest_late(self) -> Decision | None:

@@ -61,8 +61,7 @@ class LatencyPredictor:
         self.alpha = alpha
         self.clamp = clamp
         self._ratio: dict[int, float] = {}
-        self._global: float | None = None
-        self._shared = 1.0  # the ratio of subnets not yet observed: `_global`, 1.0 before any data
+        self.shared = 1.0  # the ratio of subnets not yet observed (every observation moves it); 1.0 before any
         self._rows: dict[int, list[float]] = {}  # subnet -> profiled ms by batch size (index)
         self._medians: dict[int, list[float]] = {}  # subnet -> profiled median ms by batch size
         self._planned: dict[int, list[float]] = {}  # subnet -> the ms the ratio scales, by batch size
@@ -74,7 +73,7 @@ class LatencyPredictor:
         """The current observed / profiled ratio used for `subnet` (1.0 before any data)."""
         if subnet in self._ratio:
             return self._ratio[subnet]
-        return self._global if self._global is not None else 1.0
+        return self.shared
 
     def _row(self, table: dict[int, list[float]], subnet: int, batch: int, quantile: str) -> list[float]:
         row = table.get(subnet)
@@ -95,7 +94,7 @@ class LatencyPredictor:
         row = self._planned.get(subnet)
         if row is None or batch >= len(row):
             row = self._plan_row(subnet, batch)
-        ms = row[batch] * self._ratio.get(subnet, self._shared)
+        ms = row[batch] * self._ratio.get(subnet, self.shared)
         tail = self.tail
         return ms * tail if tail is not None else ms
 
@@ -130,8 +129,7 @@ class LatencyPredictor:
             self.tail = min(TAIL_CLAMP[1], max(TAIL_CLAMP[0], q))
         ratio = min(hi, max(lo, observed_ms / base))
         self._ratio[subnet] = prev + self.alpha * (ratio - prev)
-        prev_global = 1.0 if self._global is None else self._global
-        self._global = self._shared = prev_global + self.alpha * (ratio - prev_global)
+        self.shared += self.alpha * (ratio - self.shared)
 
     def corrections(self) -> dict[int, float]:
         """Per-subnet ratios observed so far."""

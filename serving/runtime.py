@@ -375,7 +375,9 @@ class Runtime:
         order = self._router.order(budget, [e.load() for e in engines])
         for k in order[:-1]:  # a lane that refuses passes the request on; the last one's refusal counts
             try:
-                return engines[k].submit(arrival, budget, floor, level, effort, sample, squeeze, inline, False)
+                return engines[k].submit(
+                    arrival, budget, floor, level, effort, sample, squeeze, inline, count_refusal=False
+                )
             except (BudgetInfeasible, Overloaded):
                 if engines[k].dead is not None or engines[k].closing:
                     raise
@@ -433,8 +435,11 @@ class Runtime:
             for _ in range(n):
                 metrics.rejected("invalid")
             raise
-        lane = self._router.order(budget, [e.load() for e in self._engines])[0]
-        return self._engines[lane].submit_many(arrival, budget, floor, level, effort, batch)
+        engines = self._engines
+        engine = (
+            engines[self._router.order(budget, [e.load() for e in engines])[0]] if len(engines) > 1 else self._engine
+        )
+        return engine.submit_many(arrival, budget, floor, level, effort, batch)
 
     def infer(
         self,

@@ -149,7 +149,7 @@ class BudgetScheduler(SchedulerInterface):
         self._arrivals = 0
         self._since_hold = 0  # decisions since the last hold (to probe again now and then)
         self._eligible_cache: dict[float | None, list[int]] = {}
-        self._svc_any: list[float | None] | None = None  # service ms by batch size, fastest subnet, no floor
+        self._fast_any: list[tuple[int, float] | None] | None = None  # `fastest_at()`, until a prediction changes
         self.set_profile(profile)
 
     # ---- cost table --------------------------------------------------------------------
@@ -210,9 +210,9 @@ class BudgetScheduler(SchedulerInterface):
             self._front_hull.append(concave_hull(lat, acc))
             self._front_pos.append({sid: k for k, sid in enumerate(ids)})
         self._front_corrections = {s: forward.correction(s) for s in self.candidates}
-        self._front_global = forward._global if forward._global is not None else 1.0
+        self._front_global = forward.shared
         self._front_tail = forward.tail is not None  # the measured tail replaced the profile's
-        self._svc_any = None
+        self._fast_any = None
 
     # the CostView protocol the policies read
     def predict_ms(self, subnet: int, batch: int) -> float:
@@ -249,7 +249,7 @@ class BudgetScheduler(SchedulerInterface):
     def fastest(self, min_accuracy: float | None, batch: int = 1) -> tuple[int, float] | None:
         """(id, predicted service ms) of the fastest candidate meeting `min_accuracy` at `batch`."""
         if min_accuracy is None and 1 <= batch <= self.max_batch_size:  # the common case, cached
-            return self._front_ids[batch][0], self._service_at(batch, _NO_FLOOR)
+            return (self._fast_any or self.fastest_at())[batch]
         if min_accuracy is not None and not self.accuracy_known:
             return None
         b = min(max(1, batch), self.max_batch_size)
@@ -263,22 +263,26 @@ class BudgetScheduler(SchedulerInterface):
     def best_within(self, batch: int, floor: float, max_ms: float) -> tuple[int, float] | None:
         """(id, service ms) of the most accurate candidate with accuracy >= `floor` whose
         service time at `batch` is <= `max_ms`; None if there is none. Two binary searches."""
-        lat = self._front_lat[batch]
         ids = self._front_ids[batch]
         predict = self.latency.forward.predict_ms
         over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
         limit = max_ms - over
-        j = bisect.bisect_right(lat, limit) - 1
+        j = bisect.bisect_right(self._front_lat[batch], limit) - 1
         # the front's order is from its last build; the latencies are read exact
-        while j >= 0 and predict(ids[j], batch) > limit:
+        ms = predict(ids[j], batch) if j >= 0 else None
+        while ms is not None and ms > limit:
             j -= 1
-        while j + 1 < len(ids) and predict(ids[j + 1], batch) <= limit:
-            j += 1
+            ms = predict(ids[j], batch) if j >= 0 else None
+        while j + 1 < len(ids):
+            after = predict(ids[j + 1], batch)
+            if after > limit:
+                break
+            j, ms = j + 1, after
         if j < 0:
             return None
         if floor > _NO_FLOOR and (not self.accuracy_known or self._front_acc[batch][j] < floor):
             return None
-        return ids[j], predict(ids[j], batch) + over
+        return ids[j], ms + over
 
     def arrival_gap_ms(self) -> float | None:
         """Mean time between recent arrivals (admitted or not), in ms; None while unknown."""
@@ -328,6 +332,7 @@ class BudgetScheduler(SchedulerInterface):
         price: float,
         theta: float = 0.0,
         fluid_ms: float = 0.0,
+        blocked: Callable[[float], float] | None = None,
     ):
         """(id, service ms) maximising members × accuracy − price × arrivals blocked by a busy
         period of its service + `extra_ms` (the queue behind it), among `top` and the
@@ -336,7 +341,8 @@ class BudgetScheduler(SchedulerInterface):
 
         `price` is what one arrival turned away by the batch's busy period loses
         (`Demand.blocked`); `theta` and `fluid_ms` add the answers it displaces in
-        saturation (`busy_charge`). On the front's upper concave hull the gain of a slower subnet
+        saturation (`busy_charge`); `blocked` is this decision's `blocked_curve()` when the
+        caller holds it already. On the front's upper concave hull the gain of a slower subnet
         shrinks and the cost grows, so a binary search finds the best hull point; `top`
         (maybe off the hull) is compared with it.
         """
@@ -346,7 +352,9 @@ class BudgetScheduler(SchedulerInterface):
         gap = self.demand.busy_gap_ms()
         if price <= 0 or gap is None or gap == _INF or top not in self._front_pos[batch]:
             return top, predict(top, batch) + over
-        acc, hull, blocked = self._front_acc[batch], self._front_hull[batch], self.blocked_curve()
+        acc, hull = self._front_acc[batch], self._front_hull[batch]
+        if blocked is None:
+            blocked = self.blocked_curve()
         j_top = self._front_pos[batch][top]
         lo = bisect.bisect_left(hull, 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor))
         hi = bisect.bisect_right(hull, j_top) - 1
@@ -489,7 +497,7 @@ class BudgetScheduler(SchedulerInterface):
         forward = self.latency.forward
         predicted_forward = forward.predict_ms(batch.subnet, batch.size)
         forward.observe(batch.subnet, batch.size, exec_ms)
-        self._svc_any = None
+        self._fast_any = None
         self._refresh_fronts(batch.subnet)
         return exec_ms / predicted_forward if predicted_forward > 0 else None
 
@@ -497,7 +505,7 @@ class BudgetScheduler(SchedulerInterface):
         """The engine's own time around one batch's forward (wake-up, scheduling, stacking,
         answering): folded into the overhead model every prediction adds."""
         self.overhead.observe(batch_size, overhead_ms)
-        self._svc_any = None
+        self._fast_any = None
 
     def abort_all(self, reason: str = "closed") -> list[ShedRequest]:
         shed = [ShedRequest(r.id, reason, "the runtime closed without draining its queue") for r in self._reqs]
@@ -594,7 +602,7 @@ class BudgetScheduler(SchedulerInterface):
         so only the order can be stale, and only by that much."""
         forward = self.latency.forward
         then = self._front_corrections.get(subnet, 1.0)
-        shared = forward._global if forward._global is not None else 1.0
+        shared = forward.shared
         if (
             abs(forward.correction(subnet) - then) > _REFRONT * then
             or abs(shared - self._front_global) > _REFRONT * self._front_global
@@ -602,16 +610,25 @@ class BudgetScheduler(SchedulerInterface):
         ):
             self._build_fronts()
 
+    def fastest_at(self) -> list[tuple[int, float] | None]:
+        """[b] = (id, service ms) of the fastest candidate at batch size b, no accuracy floor
+        ([0] is None): built in one pass, cached until a prediction or the overhead changes
+        (every policy decision reads most of it)."""
+        row = self._fast_any
+        if row is None:
+            predict = self.latency.forward.predict_ms
+            per_batch, per_request = self.overhead.per_batch_ms, self.overhead.per_request_ms
+            row = [None]
+            for b in range(1, len(self._front_ids)):
+                sid = self._front_ids[b][0]
+                row.append((sid, predict(sid, b) + per_batch + per_request * b))
+            self._fast_any = row
+        return row
+
     def _service_at(self, size: int, floor: float) -> float:
         """Service ms of `size` requests on the fastest subnet meeting `floor`."""
         if floor == _NO_FLOOR:
-            table = self._svc_any
-            if table is None:  # cached until a prediction changes, entry by entry
-                table = self._svc_any = [None] * len(self._front_acc)
-            ms = table[size]
-            if ms is None:
-                ms = table[size] = self._service_uncached(size, _NO_FLOOR)
-            return ms
+            return (self._fast_any or self.fastest_at())[size][1]
         return self._service_uncached(size, floor)
 
     def _service_uncached(self, size: int, floor: float) -> float:

@@ -251,3 +251,35 @@ def test_in_saturation_worker_time_is_priced_by_the_answers_it_displaces():
     assert charge == pytest.approx(s.demand.blocked(6.0, after) + weight * s.demand.blocked(8.0, after))
     assert s.saturation_weight(0.0) == 0.0
     assert busy_charge(blocked, 0.0, 5.0, 1.0, 3.0) == pytest.approx(s.demand.blocked(6.0, after))
+
+
+@pytest.mark.parametrize("depth", [8, 40])
+def test_pricing_only_the_batch_sizes_that_can_win_gives_the_same_decisions(monkeypatch, depth):
+    # the policy prices batch sizes from the highest bound (members × accuracy: charges are
+    # never negative) down and stops at the first bound that cannot beat the best key;
+    # pricing every size must pick the same (subnet, size) in every state of a loaded queue
+    from elastic.bench.scheduler import synthetic
+    from elastic.serving.elastic_policy import _OnFronts
+
+    subnets, profile = synthetic(30)
+    s = BudgetScheduler(subnets, profile, ElasticPolicy(), max_batch_size=8, max_queue=10_000)
+    rng = random.Random(depth)
+    now, running, compared = 0.0, None, 0
+    for k in range(600):
+        best_effort = rng.random() < 0.1
+        floor = rng.choice([None, None, None, 0.6, 0.75])
+        with contextlib.suppress(ElasticError):
+            s.add_request(Request(k, now, rng.uniform(5.0, 300.0), floor, best_effort=best_effort), now)
+        if s.get_num_waiting() < depth:
+            continue
+        if running is not None:
+            s.update_from_output(running, profile.latency_ms(running.subnet, running.size, "p50"), now)
+        decisions = []
+        for prune in (True, False):
+            monkeypatch.setattr(_OnFronts, "prune", prune)
+            decisions.append(s.policy.choose(s._reqs, now, s, 8))
+        assert decisions[0] == decisions[1]
+        compared += 1
+        running = s.schedule(now).batch
+        now += rng.uniform(0.0002, 0.002)
+    assert compared > 50
