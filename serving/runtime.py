@@ -114,6 +114,12 @@ class Runtime:
             so slow, accurate forwards never hold up the tight requests.
         lane_split_ms: that budget (default: four times the batch-1 service of the
             fastest candidate, set with each profile).
+        warm: when the profile comes with the constructor (or `profile()` reuses a saved
+            one), each lane's worker runs every candidate once at batch 1 and at
+            `max_batch_size` (`Executor.warmup`, untimed) before serving: a new thread's
+            first forwards run slower (its allocator arena and caches start cold), and the
+            first requests, planned with the profile's latencies, would pay for it. A
+            profile measured by `profile()` was measured on the worker: nothing to warm.
 
     Raises:
         ConfigError: a bad setting; no thread is left running.
@@ -141,6 +147,7 @@ class Runtime:
         freeze_gc: bool = True,
         lanes: int = 1,
         lane_split_ms: float | None = None,
+        warm: bool = True,
     ):
         # every check first: a failure here leaves no thread behind
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
@@ -169,6 +176,7 @@ class Runtime:
         self.quantile = quantile
         self.ewma_alpha = float(ewma_alpha)
         self.batch_wait_ms = float(batch_wait_ms)
+        self.warm = bool(warm)
         self.model = model.to(self.device).eval()
         first = next(self.model.parameters(), None)
         self.dtype = first.dtype if first is not None else torch.get_default_dtype()
@@ -200,6 +208,12 @@ class Runtime:
             freeze_gc_heap()
         for engine in self._engines:
             engine.start()
+        if profile is not None and self.warm:
+            try:
+                self._warm_workers()
+            except BaseException:  # a model that cannot run: leave no thread behind
+                self.close(drain=False)
+                raise
 
     # ---- profile -----------------------------------------------------------------------
     def profile(
@@ -246,6 +260,8 @@ class Runtime:
                 if why is None:
                     log.info("reusing latency profile from %s", path)
                     self.set_profile(saved)
+                    if self.warm:
+                        self._warm_workers()
                     return saved
                 log.info("not reusing the saved latency profile: %s", why)
         if example is None:
@@ -298,6 +314,22 @@ class Runtime:
             if not self._split_given and not isinstance(self.policy, StaticPolicy):
                 fastest = schedulers[0].fastest(None, 1)
                 self._router = LaneRouter(len(self._engines), default_split_ms(fastest[1]) if fastest else None)
+
+    def _warm_workers(self) -> None:
+        """Each lane's worker runs every candidate of its scheduler once at batch 1 and at
+        the largest batch, untimed; returns when all have (an error is raised here)."""
+        sizes = sorted({1, self.max_batch_size})
+        jobs = []
+        for engine in self._engines:
+
+            def run(ids=tuple(engine.scheduler.candidates)) -> None:
+                for sid in ids:
+                    for b in sizes:
+                        self.executor.warmup(sid, b)
+
+            jobs.append(engine.call(run))
+        for job in jobs:
+            job.result()
 
     @property
     def latency_profile(self) -> LatencyProfile | None:

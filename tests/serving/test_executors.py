@@ -1,5 +1,7 @@
 """Every executor gives the eager outputs; profiles are measured through the executor in use."""
 
+import threading
+
 import pytest
 import torch
 
@@ -102,3 +104,37 @@ def test_executor_registry_and_errors(served_model):
     assert isinstance(make_executor("eager", served_model), Executor)
     with pytest.raises(ValueError, match="unknown executor"):
         make_executor("bogus", served_model)
+
+
+class _Recording(EagerExecutor):
+    """Records (thread, subnet, batch) of every forward."""
+
+    def __init__(self, model, fail: bool = False):
+        super().__init__(model)
+        self.runs: list[tuple[str, int, int]] = []
+        self.fail = fail
+
+    def run(self, subnet, x):
+        self.runs.append((threading.current_thread().name, subnet, x.shape[0]))
+        if self.fail:
+            raise RuntimeError("this model cannot run")
+        return super().run(subnet, x)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_runtime_given_a_profile_warms_every_candidate_on_each_worker_first(served_model, served_profile, lanes):
+    executor = _Recording(served_model)
+    with Runtime(served_model, max_batch_size=4, profile=served_profile, executor=executor, lanes=lanes) as rt:
+        warmed = set(executor.runs)  # all before the constructor returned
+        workers = {e._worker.name for e in rt._engines}
+        assert warmed == {(w, sid, b) for w in workers for sid in rt.candidates for b in (1, 4)}
+    cold = _Recording(served_model)
+    with Runtime(served_model, max_batch_size=4, profile=served_profile, executor=cold, warm=False):
+        assert cold.runs == []
+
+
+def test_a_model_that_cannot_warm_up_fails_the_constructor_and_leaves_no_thread(served_model, served_profile):
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="cannot run"):
+        Runtime(served_model, profile=served_profile, executor=_Recording(served_model, fail=True))
+    assert set(threading.enumerate()) - before == set()  # close() joined the worker and the watchdog

@@ -192,7 +192,7 @@ def test_close_without_drain_sheds_the_queue_with_a_typed_error(served_model, se
         return original(x, subnet=subnet)
 
     monkeypatch.setattr(served_model, "forward", blocked_forward)
-    rt = Runtime(served_model, max_batch_size=2, max_queue=1024, profile=served_profile)
+    rt = Runtime(served_model, max_batch_size=2, max_queue=1024, profile=served_profile, warm=False)
     running = rt.submit(sample(0), GENEROUS_MS)
     assert entered.wait(30)  # the worker holds request 0; the 200 below stay queued
     futures = [rt.submit(sample(i), GENEROUS_MS) for i in range(1, 201)]
@@ -221,7 +221,7 @@ def test_full_queue_sheds_load_and_priority_evicts(served_model, served_profile,
         return original(x, subnet=subnet)
 
     monkeypatch.setattr(served_model, "forward", blocked_forward)
-    rt = Runtime(served_model, max_batch_size=1, max_queue=2, profile=served_profile)
+    rt = Runtime(served_model, max_batch_size=1, max_queue=2, profile=served_profile, warm=False)
     try:
         running = rt.submit(sample(0), GENEROUS_MS)
         assert entered.wait(30)  # the worker holds it in its forward; the queue is empty
@@ -345,7 +345,7 @@ def test_admitted_request_whose_deadline_passes_in_the_queue_is_shed(served_mode
         return original(x, subnet=subnet)
 
     monkeypatch.setattr(served_model, "forward", blocked_forward)
-    rt = Runtime(served_model, max_batch_size=1, profile=served_profile)
+    rt = Runtime(served_model, max_batch_size=1, profile=served_profile, warm=False)
     try:
         running = rt.submit(sample(0), GENEROUS_MS)
         assert entered.wait(30)

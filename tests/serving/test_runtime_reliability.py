@@ -83,7 +83,7 @@ def test_malformed_arguments_raise_a_typed_error_naming_the_field(rt, kwargs, er
 
 def test_nan_priority_cannot_jump_the_queue_or_evict(served_model, served_profile, monkeypatch):
     gate = Gate(monkeypatch, served_model)
-    rt = Runtime(served_model, max_batch_size=1, max_queue=2, profile=served_profile)
+    rt = Runtime(served_model, max_batch_size=1, max_queue=2, profile=served_profile, warm=False)
     try:
         plug = rt.submit(sample(0), GENEROUS_MS)
         assert gate.entered.wait(30)
@@ -148,7 +148,7 @@ def test_a_base_exception_in_forward_fails_everything_pending_and_refuses_new_wo
         raise Fatal("the forward pulled the rug")
 
     monkeypatch.setattr(served_model, "forward", forward)
-    rt = Runtime(served_model, max_batch_size=2, profile=served_profile)
+    rt = Runtime(served_model, max_batch_size=2, profile=served_profile, warm=False)
     try:
         running = rt.submit(sample(0), GENEROUS_MS)
         assert gate.entered.wait(30)
@@ -178,7 +178,7 @@ def test_an_error_inside_the_error_handler_still_fails_every_request(served_mode
         raise RuntimeError("injected forward failure")
 
     monkeypatch.setattr(served_model, "forward", forward)
-    rt = Runtime(served_model, max_batch_size=2, profile=served_profile)
+    rt = Runtime(served_model, max_batch_size=2, profile=served_profile, warm=False)
 
     def broken(*args, **kwargs):
         raise IndexError("metrics are broken too")
@@ -204,7 +204,7 @@ def test_close_after_a_dead_worker_leaves_nothing_pending(served_model, served_p
         raise Fatal("dead on arrival")
 
     monkeypatch.setattr(served_model, "forward", forward)
-    rt = Runtime(served_model, profile=served_profile)
+    rt = Runtime(served_model, profile=served_profile, warm=False)
     futures = []
     for i in range(20):
         with contextlib.suppress(Overloaded):  # refused once the worker died
@@ -217,7 +217,7 @@ def test_close_after_a_dead_worker_leaves_nothing_pending(served_model, served_p
 # ---- stalled forward: deadlines hold while a batch runs ----------------------------------------
 def test_a_stalled_forward_sheds_queued_requests_at_their_deadlines(served_model, served_profile, monkeypatch):
     gate = Gate(monkeypatch, served_model)
-    rt = Runtime(served_model, max_batch_size=8, max_queue=512, profile=served_profile)
+    rt = Runtime(served_model, max_batch_size=8, max_queue=512, profile=served_profile, warm=False)
     try:
         running = rt.submit(sample(0), GENEROUS_MS)
         assert gate.entered.wait(30)
@@ -238,7 +238,7 @@ def test_a_stalled_forward_sheds_queued_requests_at_their_deadlines(served_model
 
 def test_infer_timeout_withdraws_a_queued_request(served_model, served_profile, monkeypatch):
     gate = Gate(monkeypatch, served_model)
-    rt = Runtime(served_model, max_batch_size=1, profile=served_profile)
+    rt = Runtime(served_model, max_batch_size=1, profile=served_profile, warm=False)
     try:
         running = rt.submit(sample(0), GENEROUS_MS)
         assert gate.entered.wait(30)
@@ -282,7 +282,7 @@ def test_a_done_callback_calling_infer_gets_reentrant_call_and_the_worker_lives_
 # ---- close ----------------------------------------------------------------------------------
 def test_close_that_times_out_still_stops_the_metrics_server(served_model, served_profile, monkeypatch):
     gate = Gate(monkeypatch, served_model)
-    rt = Runtime(served_model, max_batch_size=1, profile=served_profile)
+    rt = Runtime(served_model, max_batch_size=1, profile=served_profile, warm=False)
     port = rt.serve_metrics()
     try:
         running = rt.submit(sample(0), GENEROUS_MS)

@@ -126,7 +126,7 @@ def test_refused_and_failed_encodings_are_typed_errors_and_skipped(served_model,
         return forward(x, subnet)
 
     monkeypatch.setattr(served_model, "forward", failing)
-    with Runtime(served_model, max_batch_size=4, policy="static:0", profile=served_profile) as rt:
+    with Runtime(served_model, max_batch_size=4, policy="static:0", profile=served_profile, warm=False) as rt:
         a, b = open_stream(rt, head, budget_ms=1e6), open_stream(rt, head, budget_ms=1e6)
         out_a, out_b, kept_a = [], [], []
         for t in range(7):
