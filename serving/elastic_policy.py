@@ -237,16 +237,18 @@ class _OnFronts:
         rest = full * fast[1] + (self.fast_at[part][1] if part else 0.0)
         return rest, (queued - b) / max_batch * fast[1]
 
-    def value(self, members: int, sid: int, t: float, b: int, f: float, rest_ms: float, fluid_ms: float) -> float:
-        """Accuracy `members` on-time requests get on `sid` (t ms), minus the busy-period and
-        saturation charges with `rest_ms` / `fluid_ms` of queue behind the batch (`rest_ms`);
-        in saturation the fastest subnet at b may be worth more. Only with a price."""
-        accuracy, price, charge = self.costs.accuracy, self.price, self.charge
-        value = members * accuracy(sid) - price * charge(t, rest_ms, fluid_ms)
+    def value(
+        self, members: int, sid: int, acc: float, t: float, b: int, f: float, rest_ms: float, fluid_ms: float
+    ) -> float:
+        """Accuracy `members` on-time requests get on `sid` (accuracy `acc`, t ms), minus the
+        busy-period and saturation charges with `rest_ms` / `fluid_ms` of queue behind the
+        batch; in saturation the fastest subnet at b may be worth more. Only with a price."""
+        price, charge = self.price, self.charge
+        value = members * acc - price * charge(t, rest_ms, fluid_ms)
         alt = self.fast_at[b] if f == _NO_FLOOR else self.costs.fastest(f, b)
         if alt is None or alt[0] == sid:  # `sid` stays the top of the range `best_priced` searches
             return value
-        alt_acc = members * accuracy(alt[0])
+        alt_acc = members * self.costs.accuracy(alt[0])
         if alt_acc <= value:  # a charge is never negative: the fastest cannot do better
             return value
         return max(value, alt_acc - price * charge(alt[1], rest_ms, fluid_ms))
@@ -320,7 +322,7 @@ class _OnFronts:
                     break  # neither this size nor any after it can win
                 b, acc, neg_t = bound[2:]
                 rest_ms, fluid_ms = self.rest_ms(b)
-                key = (1, self.value(members, sid, -neg_t, b, f, rest_ms, fluid_ms) + rest_on_fast, b, acc, neg_t)
+                key = (1, self.value(members, sid, acc, -neg_t, b, f, rest_ms, fluid_ms) + rest_on_fast, b, acc, neg_t)
                 if best is None or key > best:
                     best, decision = key, (sid, b)
                     priced = (b, f, sid, members, rest_ms, fluid_ms)
@@ -332,7 +334,9 @@ class _OnFronts:
             # the batch's busy period turns away arrivals with tight budgets: a cheaper subnet
             # of the same batch wins when its accuracy loss is smaller than what they would lose
             b, f, sid, members, rest_ms, fluid_ms = priced
-            decision = (costs.best_priced(b, f, sid, members, rest_ms, price, self.theta, fluid_ms, self.blocked)[0], b)
+            charge = self.charge
+            found = costs.best_priced(b, f, sid, members, price, lambda ms: charge(ms, rest_ms, fluid_ms))
+            decision = (found[0], b)
         return Decision(*decision) if decision is not None else None
 
     def fewest_late(self) -> Decision | None:

@@ -98,6 +98,18 @@ class LatencyPredictor:
         tail = self.tail
         return ms * tail if tail is not None else ms
 
+    def predict_row(self, subnet: int, batches: int) -> list[float]:
+        """`predict_ms(subnet, b)` for b = 0 .. `batches` ([0] is 0): a whole row for one
+        lookup of the subnet's correction."""
+        row = self._planned.get(subnet)
+        if row is None or batches >= len(row):
+            row = self._plan_row(subnet, batches)
+        ratio = self._ratio.get(subnet, self.shared)
+        tail = self.tail
+        if tail is None:
+            return [ms * ratio for ms in row[: batches + 1]]
+        return [ms * ratio * tail for ms in row[: batches + 1]]
+
     def _plan_row(self, subnet: int, batch: int) -> list[float]:
         """The uncorrected prediction by batch size: the profiled median once the measured
         tail scales it, else the planning quantile (a profiled p99 of a few repeats can hold

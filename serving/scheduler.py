@@ -46,7 +46,7 @@ from numbers import Integral
 from elastic.errors import BudgetInfeasible, ConfigError, Overloaded
 from elastic.subnet import Subnet
 
-from .demand import Demand, busy_charge
+from .demand import Demand
 from .interface import SchedulerInterface
 from .latency_model import LatencyModel, OverheadModel
 from .output import ScheduledBatch, SchedulerOutput, ShedRequest
@@ -323,50 +323,42 @@ class BudgetScheduler(SchedulerInterface):
         return theta * self.demand.busy_gap_ms() if theta else 0.0
 
     def best_priced(
-        self,
-        batch: int,
-        floor: float,
-        top: int,
-        members: int,
-        extra_ms: float,
-        price: float,
-        theta: float = 0.0,
-        fluid_ms: float = 0.0,
-        blocked: Callable[[float], float] | None = None,
-    ):
-        """(id, service ms) maximising members × accuracy − price × arrivals blocked by a busy
-        period of its service + `extra_ms` (the queue behind it), among `top` and the
-        candidates faster than it at `batch` that meet `floor`; `top` itself when the
-        arrival rate is unknown.
+        self, batch: int, floor: float, top: int, members: int, price: float, charge: Callable[[float], float]
+    ) -> tuple[int, float]:
+        """(id, service ms) maximising members × accuracy − price × charge(service ms) among
+        `top` and the candidates faster than it at `batch` that meet `floor`; `top` itself
+        without a price.
 
-        `price` is what one arrival turned away by the batch's busy period loses
-        (`Demand.blocked`); `theta` and `fluid_ms` add the answers it displaces in
-        saturation (`busy_charge`); `blocked` is this decision's `blocked_curve()` when the
-        caller holds it already. On the front's upper concave hull the gain of a slower subnet
-        shrinks and the cost grows, so a binary search finds the best hull point; `top`
-        (maybe off the hull) is compared with it.
+        `price` is what one arrival turned away by the batch's busy period loses, and
+        `charge(ms)` how many arrivals a batch of `ms` costs, with the queue behind it
+        (`busy_charge` over the decision's `blocked_curve`): never negative and convex in
+        ms. On the front's upper concave hull the gain of a slower subnet shrinks and the
+        cost grows, so a binary search finds the best hull point; `top` (maybe off the
+        hull) is compared with it.
         """
         ids = self._front_ids[batch]
         over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
         predict = self.latency.forward.predict_ms
-        gap = self.demand.busy_gap_ms()
-        if price <= 0 or gap is None or gap == _INF or top not in self._front_pos[batch]:
+        if price <= 0 or top not in self._front_pos[batch]:
             return top, predict(top, batch) + over
         acc, hull = self._front_acc[batch], self._front_hull[batch]
-        if blocked is None:
-            blocked = self.blocked_curve()
         j_top = self._front_pos[batch][top]
-        lo = bisect.bisect_left(hull, 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor))
-        hi = bisect.bisect_right(hull, j_top) - 1
         memo: dict[int, tuple[float, float]] = {}
-        weight = self.saturation_weight(theta)
 
         def value(j: int) -> tuple[float, float]:
             if j not in memo:
                 ms = predict(ids[j], batch) + over
-                memo[j] = (members * acc[j] - price * busy_charge(blocked, weight, ms, extra_ms, fluid_ms), ms)
+                memo[j] = (members * acc[j] - price * charge(ms), ms)
             return memo[j]
 
+        # a charge is never negative: only a subnet whose members × accuracy exceeds top's
+        # value can beat top, so the search starts at the first such hull point (the peak,
+        # if it beats top, lies at or after it)
+        first = 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor)
+        if members:
+            first = max(first, bisect.bisect_right(acc, value(j_top)[0] / members))
+        lo = bisect.bisect_left(hull, first)
+        hi = bisect.bisect_right(hull, j_top) - 1
         while lo < hi:  # unimodal along the hull: find its peak
             mid = (lo + hi) // 2
             if value(hull[mid + 1])[0] > value(hull[mid])[0]:
@@ -420,7 +412,7 @@ class BudgetScheduler(SchedulerInterface):
             victim = self._eviction_victim()
             if victim is None or victim.priority >= request.priority:
                 raise Overloaded(f"queue full ({self.max_queue} requests waiting)")
-        key = request.order_key()
+        key = (-request.priority, deadline, request.id)  # `Request.order_key()`
         p = bisect.bisect_left(self._keys, key)
         if hard and self._reqs:
             why = self._admission_check(p, deadline, _NO_FLOOR if floor is None else floor, start)
@@ -616,12 +608,17 @@ class BudgetScheduler(SchedulerInterface):
         (every policy decision reads most of it)."""
         row = self._fast_any
         if row is None:
-            predict = self.latency.forward.predict_ms
+            predict_row = self.latency.forward.predict_row
             per_batch, per_request = self.overhead.per_batch_ms, self.overhead.per_request_ms
+            top = len(self._front_ids) - 1
+            rows: dict[int, list[float]] = {}  # one subnet is the fastest at most sizes
             row = [None]
-            for b in range(1, len(self._front_ids)):
+            for b in range(1, top + 1):
                 sid = self._front_ids[b][0]
-                row.append((sid, predict(sid, b) + per_batch + per_request * b))
+                ms = rows.get(sid)
+                if ms is None:
+                    ms = rows[sid] = predict_row(sid, top)
+                row.append((sid, ms[b] + per_batch + per_request * b))
             self._fast_any = row
         return row
 

@@ -283,3 +283,37 @@ def test_pricing_only_the_batch_sizes_that_can_win_gives_the_same_decisions(monk
         running = s.schedule(now).batch
         now += rng.uniform(0.0002, 0.002)
     assert compared > 50
+
+
+def test_best_priced_finds_the_best_hull_point_or_top():
+    # against a brute force over every hull point between the floor and `top`, and `top`:
+    # the binary search, and the search's start at the first point whose members × accuracy
+    # beats top's priced value (a charge is never negative), give the best of them
+    from elastic.bench.scheduler import synthetic
+
+    subnets, profile = synthetic(40)
+    s = BudgetScheduler(subnets, profile, ElasticPolicy(), max_batch_size=8)
+    rng = random.Random(0)
+    for _ in range(400):
+        b = rng.randint(1, 8)
+        ids, acc, hull = s._front_ids[b], s._front_acc[b], s._front_hull[b]
+        top = rng.choice(ids)
+        members = rng.randint(0, b)
+        floor = rng.choice([-math.inf, rng.uniform(0.5, 0.9)])
+        price = rng.uniform(0.1, 2.0)
+        scale, knee = rng.uniform(0.001, 0.2), rng.uniform(0.0, 20.0)
+
+        def charge(ms, scale=scale, knee=knee):  # convex, never negative
+            return scale * max(0.0, ms - knee) ** 2
+
+        def value(j, members=members, price=price, charge=charge, b=b, ids=ids, acc=acc):
+            return members * acc[j] - price * charge(s.predict_ms(ids[j], b))
+
+        j_top = ids.index(top)
+        options = [j for j in hull if j <= j_top and acc[j] >= floor] + [j_top]
+        best = max(value(j) for j in options)
+        sid, ms = s.best_priced(b, floor, top, members, price, charge)
+        assert value(ids.index(sid)) == pytest.approx(best, abs=1e-12)
+        assert ms == pytest.approx(s.predict_ms(sid, b))
+    top = s._front_ids[3][-1]
+    assert s.best_priced(3, -math.inf, top, 2, 0.0, charge)[0] == top  # no price: top

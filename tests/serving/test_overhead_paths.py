@@ -2,7 +2,8 @@
 
 - `LatencyPredictor.predict_ms` (uncorrected rows built once, ratios moved by each
   observation) is always what a fresh predictor with the same history says, and the
-  documented formula: profiled ms × correction (× measured tail);
+  documented formula: profiled ms × correction (× measured tail); `predict_row` gives the
+  same values a row at a time;
 - `_observe_all` (one bucket increment for a batch whose values share a bucket) equals
   observing each value;
 - a request's future (`_HelpingFuture`) skips the notify and callback pass only when nobody
@@ -56,6 +57,7 @@ def test_predictions_follow_every_observation(quantile):
                 fresh.observe(*h)
             assert memo.predict_ms(subnet, batch) == fresh.predict_ms(subnet, batch)
             assert memo.predict_ms(subnet, batch) == _formula(memo, subnet, batch)
+            assert memo.predict_row(subnet, 8)[batch] == memo.predict_ms(subnet, batch)  # one row at once
         h = (rng.choice([0, 1]), rng.choice([1, 2, 4, 8]), rng.uniform(0.5, 12.0))
         history.append(h)
         memo.observe(*h)
