@@ -1,16 +1,31 @@
 """`LatencyPredictor`: the profile, corrected online from observed latencies.
 
-A profile is measured once; the machine then drifts (other tenants, clocks, thermal state).
-Clockwork (OSDI'20) keeps per-model latency estimates updated from every execution;
-INFaaS (ATC'21) re-profiles variants whose observed latency departs from the profile. Here
-each subnet keeps an exponentially weighted moving average (EWMA) of
+A profile is measured once; the machine then drifts (other tenants, clocks, thermal state,
+the threads that submit requests). Clockwork (OSDI'20) keeps per-model latency estimates
+updated from every execution; INFaaS (ATC'21) re-profiles variants whose observed latency
+departs from the profile. Here one exponentially weighted moving average (EWMA) of
 
-    ratio = observed ms / profiled median ms   (at the batch size that ran)
+    ratio = observed ms / profiled median ms   (at the subnet and batch size that ran)
 
-and predicts `profiled <quantile> ms × ratio`. Scaling the chosen quantile (p99 by
-default) by a ratio taken against the median keeps the profile's tail margin while the
-level follows the machine: observed latency steadily twice the median doubles every
-prediction for that subnet. Subnets not yet observed use the EWMA over all subnets.
+over every batch, the machine factor (`shared`), scales every subnet's profile: the
+prediction is `profiled <quantile> ms × machine factor`. Scaling the chosen quantile (p99
+by default) by a ratio taken against the median keeps the profile's tail margin while the
+level follows the machine.
+
+Why one factor for all subnets, not one per subnet: what moves a forward's time on a
+shared CPU moves every subnet alike (on the development machine the demo's subnets ran
+1.5–2.3× their profile while requests arrived, at every load), and a subnet's own offset
+from its profile cannot be told apart from the machine's state in serving data. A
+load-following policy runs its fast subnets in busy spells and its accurate ones in quiet
+ones, so per-subnet averages learn the spells as costs: the fast subnet looks slow, is
+passed over for a less accurate one that only looks faster, and is not run again to
+correct it. Where subnets cost nearly the same (the demo's fastest dozen lie within 10 %
+of each other at batch 1) that noise alone reorders them. A per-subnet factor on top of
+the machine's (a slow EWMA of each subnet's ratio over it) drifted the same way in a
+test whose spells follow the subnet: within one spell the two factors are
+indistinguishable. So the profile, measured with every subnet under the same conditions,
+fixes the subnets' relative costs, and the machine factor their level; what a subnet
+deviates from that is in the residuals, and so in the measured tail below.
 
 A profile's p99 of a few repeats is a noisy tail, and the serving machine's spread is not
 the profiling run's. So once `TAIL_MIN` batches have run (planning quantile "p99"), the
@@ -42,8 +57,8 @@ class LatencyPredictor:
         profile: the measured table.
         quantile: "p99" (plan for the tail, default) or "p50".
         alpha: EWMA weight of a new observation.
-        clamp: bounds on the correction ratio, so one outlier cannot make a subnet look
-            free or unusable forever.
+        clamp: bounds on each observation's ratio, so one outlier cannot make the model
+            look free or unusable for long.
     """
 
     def __init__(
@@ -60,8 +75,7 @@ class LatencyPredictor:
         self.quantile = quantile
         self.alpha = alpha
         self.clamp = clamp
-        self._ratio: dict[int, float] = {}
-        self.shared = 1.0  # the ratio of subnets not yet observed (every observation moves it); 1.0 before any
+        self.shared = 1.0  # the machine factor: every observation moves it; 1.0 before any
         self._rows: dict[int, list[float]] = {}  # subnet -> profiled ms by batch size (index)
         self._medians: dict[int, list[float]] = {}  # subnet -> profiled median ms by batch size
         self._planned: dict[int, list[float]] = {}  # subnet -> the ms the ratio scales, by batch size
@@ -70,9 +84,8 @@ class LatencyPredictor:
         self.tail: float | None = None  # online tail factor once TAIL_MIN observations are in
 
     def correction(self, subnet: int) -> float:
-        """The current observed / profiled ratio used for `subnet` (1.0 before any data)."""
-        if subnet in self._ratio:
-            return self._ratio[subnet]
+        """The current observed / profiled ratio used for `subnet`: the machine factor, the
+        same for every subnet (1.0 before any data)."""
         return self.shared
 
     def _row(self, table: dict[int, list[float]], subnet: int, batch: int, quantile: str) -> list[float]:
@@ -88,27 +101,34 @@ class LatencyPredictor:
 
         A table lookup and one or two products: the uncorrected row per subnet is built
         once (until the measured tail replaces the profile's quantile), and `observe` only
-        moves the ratios, so admission and scheduling, which ask for the same few entries
-        many times per batch, pay no invalidation.
+        moves the machine factor, so admission and scheduling, which ask for the same few
+        entries many times per batch, pay no invalidation.
         """
         row = self._planned.get(subnet)
         if row is None or batch >= len(row):
             row = self._plan_row(subnet, batch)
-        ms = row[batch] * self._ratio.get(subnet, self.shared)
+        ms = row[batch] * self.shared
         tail = self.tail
         return ms * tail if tail is not None else ms
 
+    def planned_ms(self, subnet: int, batch: int) -> float:
+        """The uncorrected prediction `predict_ms` scales: `predict_ms(subnet, batch)` is
+        exactly `planned_ms(subnet, batch) * shared` (`* tail` once it is measured). It
+        changes only when the measured tail replaces the profile's quantile."""
+        row = self._planned.get(subnet)
+        if row is None or batch >= len(row):
+            row = self._plan_row(subnet, batch)
+        return row[batch]
+
     def predict_row(self, subnet: int, batches: int) -> list[float]:
-        """`predict_ms(subnet, b)` for b = 0 .. `batches` ([0] is 0): a whole row for one
-        lookup of the subnet's correction."""
+        """`predict_ms(subnet, b)` for b = 0 .. `batches` ([0] is 0), a whole row at once."""
         row = self._planned.get(subnet)
         if row is None or batches >= len(row):
             row = self._plan_row(subnet, batches)
-        ratio = self._ratio.get(subnet, self.shared)
-        tail = self.tail
+        shared, tail = self.shared, self.tail
         if tail is None:
-            return [ms * ratio for ms in row[: batches + 1]]
-        return [ms * ratio * tail for ms in row[: batches + 1]]
+            return [ms * shared for ms in row[: batches + 1]]
+        return [ms * shared * tail for ms in row[: batches + 1]]
 
     def _plan_row(self, subnet: int, batch: int) -> list[float]:
         """The uncorrected prediction by batch size: the profiled median once the measured
@@ -124,8 +144,8 @@ class LatencyPredictor:
         return row
 
     def observe(self, subnet: int, batch: int, observed_ms: float) -> None:
-        """Fold one observed forward time into the subnet's and the global correction, and
-        its residual (observed / expected median) into the tail estimate."""
+        """Fold one observed forward time into the machine factor, and its residual
+        (observed / expected median) into the tail estimate."""
         base = self._row(self._medians, subnet, batch, "p50")[batch]
         if base <= 0 or observed_ms < 0:
             return
@@ -140,9 +160,4 @@ class LatencyPredictor:
                 self._planned.clear()  # from now on the ratio scales the median
             self.tail = min(TAIL_CLAMP[1], max(TAIL_CLAMP[0], q))
         ratio = min(hi, max(lo, observed_ms / base))
-        self._ratio[subnet] = prev + self.alpha * (ratio - prev)
         self.shared += self.alpha * (ratio - self.shared)
-
-    def corrections(self) -> dict[int, float]:
-        """Per-subnet ratios observed so far."""
-        return dict(self._ratio)

@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 _INF = math.inf
 _NO_FLOOR = -math.inf
-_REFRONT = 0.25  # re-sort the fronts once a latency correction moved this much (relative)
 _ELIGIBLE_CACHE = 256  # most distinct min_accuracy values remembered by `eligible`
 
 
@@ -189,15 +188,20 @@ class BudgetScheduler(SchedulerInterface):
         return self.latency.forward
 
     def _build_fronts(self) -> None:
-        """Per batch size: the Pareto front of candidates, latency and accuracy ascending."""
+        """Per batch size: the Pareto front of candidates, latency and accuracy ascending.
+
+        The latencies kept are the predictor's uncorrected ones (`planned_ms`): the online
+        correction scales every subnet alike (`LatencyPredictor`), so it never reorders a
+        front, and a query scales them exactly (`best_within`). A front is rebuilt only
+        when the measured tail replaces the profile's quantile."""
         forward = self.latency.forward
-        self._front_lat: list[list[float]] = [[]]
+        self._front_lat: list[list[float]] = [[]]  # uncorrected: × shared (× tail) is the prediction
         self._front_ids: list[list[int]] = [[]]
         self._front_acc: list[list[float]] = [[]]
         self._front_hull: list[list[int]] = [[]]  # indices on the upper concave hull of each front
         self._front_pos: list[dict[int, int]] = [{}]  # subnet id -> index in each front
         for b in range(1, self.max_batch_size + 1):
-            rows = sorted((forward.predict_ms(s, b), -self._value[s], s) for s in self.candidates)
+            rows = sorted((forward.planned_ms(s, b), -self._value[s], s) for s in self.candidates)
             lat, ids, acc = [], [], []
             for ms, neg_acc, sid in rows:
                 if not acc or -neg_acc > acc[-1]:
@@ -209,8 +213,6 @@ class BudgetScheduler(SchedulerInterface):
             self._front_acc.append(acc)
             self._front_hull.append(concave_hull(lat, acc))
             self._front_pos.append({sid: k for k, sid in enumerate(ids)})
-        self._front_corrections = {s: forward.correction(s) for s in self.candidates}
-        self._front_global = forward.shared
         self._front_tail = forward.tail is not None  # the measured tail replaced the profile's
         self._fast_any = None
 
@@ -263,23 +265,27 @@ class BudgetScheduler(SchedulerInterface):
     def best_within(self, batch: int, floor: float, max_ms: float) -> tuple[int, float] | None:
         """(id, service ms) of the most accurate candidate with accuracy >= `floor` whose
         service time at `batch` is <= `max_ms`; None if there is none. Two binary searches."""
-        ids = self._front_ids[batch]
-        predict = self.latency.forward.predict_ms
+        forward = self.latency.forward
+        shared, tail = forward.shared, forward.tail
+        if tail is None:
+            tail = 1.0  # × 1.0 is exact: the products below are `predict_ms`'s, bit for bit
+        lat = self._front_lat[batch]
         over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
         limit = max_ms - over
-        j = bisect.bisect_right(self._front_lat[batch], limit) - 1
-        # the front's order is from its last build; the latencies are read exact
-        ms = predict(ids[j], batch) if j >= 0 else None
+        j = bisect.bisect_right(lat, limit / (shared * tail)) - 1
+        # the bisect may be one rounding off at the boundary: settle it on the exact products
+        ms = lat[j] * shared * tail if j >= 0 else None
         while ms is not None and ms > limit:
             j -= 1
-            ms = predict(ids[j], batch) if j >= 0 else None
-        while j + 1 < len(ids):
-            after = predict(ids[j + 1], batch)
+            ms = lat[j] * shared * tail if j >= 0 else None
+        while j + 1 < len(lat):
+            after = lat[j + 1] * shared * tail
             if after > limit:
                 break
             j, ms = j + 1, after
         if j < 0:
             return None
+        ids = self._front_ids[batch]
         if floor > _NO_FLOOR and (not self.accuracy_known or self._front_acc[batch][j] < floor):
             return None
         return ids[j], ms + over
@@ -490,7 +496,7 @@ class BudgetScheduler(SchedulerInterface):
         predicted_forward = forward.predict_ms(batch.subnet, batch.size)
         forward.observe(batch.subnet, batch.size, exec_ms)
         self._fast_any = None
-        self._refresh_fronts(batch.subnet)
+        self._refresh_fronts()
         return exec_ms / predicted_forward if predicted_forward > 0 else None
 
     def observe_overhead(self, batch_size: int, overhead_ms: float) -> None:
@@ -587,19 +593,10 @@ class BudgetScheduler(SchedulerInterface):
             return None
         return max(self._reqs, key=lambda r: (-r.priority, r.deadline, r.id))
 
-    def _refresh_fronts(self, subnet: int) -> None:
-        """Re-sort the fronts once the observed subnet's correction, or the shared one
-        unobserved subnets follow, has moved by more than `_REFRONT` since they were built.
-        Their latencies are read exact at every query (`predict_ms` of the front member),
-        so only the order can be stale, and only by that much."""
-        forward = self.latency.forward
-        then = self._front_corrections.get(subnet, 1.0)
-        shared = forward.shared
-        if (
-            abs(forward.correction(subnet) - then) > _REFRONT * then
-            or abs(shared - self._front_global) > _REFRONT * self._front_global
-            or (forward.tail is not None) != self._front_tail
-        ):
+    def _refresh_fronts(self) -> None:
+        """Rebuild the fronts when the measured tail has replaced the profile's quantile
+        (the uncorrected latencies they hold changed); the correction never reorders them."""
+        if (self.latency.forward.tail is not None) != self._front_tail:
             self._build_fronts()
 
     def fastest_at(self) -> list[tuple[int, float] | None]:

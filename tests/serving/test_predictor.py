@@ -1,0 +1,78 @@
+"""The online latency correction (`LatencyPredictor`): one machine factor, moved by every
+observation, scales every subnet's profile."""
+
+import random
+
+import pytest
+
+from elastic.serving import LatencyProfile
+from elastic.serving.predictor import LatencyPredictor
+
+
+def _profile(ms: dict[int, float]) -> LatencyProfile:
+    return LatencyProfile.from_table({s: {1: v, 2: 1.8 * v} for s, v in ms.items()}, device="cpu")
+
+
+def test_a_machine_that_slows_down_slows_every_subnet_even_those_not_run():
+    p = LatencyPredictor(_profile({0: 1.0, 1: 2.0, 2: 4.0}), "p50")
+    for _ in range(40):
+        p.observe(0, 1, 2.0)  # twice the profile
+    assert p.predict_ms(0, 1) == pytest.approx(2.0, rel=0.01)
+    assert p.predict_ms(1, 1) == pytest.approx(4.0, rel=0.01)  # never run: the machine's level
+    assert p.predict_ms(2, 2) == pytest.approx(2 * 7.2, rel=0.01)
+    assert p.correction(0) == p.correction(2) == p.shared
+
+
+def test_a_slow_spell_that_only_one_subnet_saw_does_not_reorder_them():
+    # the machine alternates between busy spells (2.5x the profile) and quiet ones (1.2x),
+    # and, as under a load-following policy, the faster subnet runs in the busy spells, the
+    # slower one in the quiet ones: per-subnet averages would rank the faster one as 2x
+    # slower (each remembers the spell it ran in). Here both follow the machine and keep
+    # the profile's order, and by the end of each spell both are at the machine's level.
+    rng = random.Random(0)
+    p = LatencyPredictor(_profile({0: 1.0, 1: 1.05}), "p50")
+    for _ in range(40):
+        for s, level in ((0, 2.5), (1, 1.2)):
+            for _ in range(30):
+                p.observe(s, 1, level * (1.0, 1.05)[s] * rng.uniform(0.95, 1.05))
+                assert p.predict_ms(0, 1) < p.predict_ms(1, 1)
+            assert p.predict_ms(0, 1) == pytest.approx(level * 1.0, rel=0.06)
+            assert p.predict_ms(1, 1) == pytest.approx(level * 1.05, rel=0.06)
+
+
+def test_a_subnet_off_its_profile_widens_the_measured_tail():
+    # subnet 1 runs 1.5x its profile, subnet 0 as profiled: the machine factor settles
+    # between, and the planning tail (95th percentile of observed / expected) covers the
+    # slower one, so planning with it does not make subnet 1's batches late
+    p = LatencyPredictor(_profile({0: 1.0, 1: 2.0}), "p99")
+    for _ in range(200):
+        p.observe(0, 1, 1.0)
+        p.observe(1, 1, 3.0)
+    assert 1.0 < p.shared < 1.5
+    assert p.predict_ms(1, 1) >= 3.0
+
+
+def test_the_fronts_answer_with_the_corrected_predictions():
+    # the scheduler keeps uncorrected latencies in its fronts and scales them at each query:
+    # `best_within` must give what a search over every candidate's `predict_ms` gives, as
+    # the machine factor and the measured tail move
+    from elastic.bench.scheduler import synthetic
+    from elastic.serving import BudgetScheduler
+
+    subnets, profile = synthetic(30)
+    s = BudgetScheduler(subnets, profile, "elastic", max_batch_size=8)
+    rng = random.Random(0)
+    for k in range(300):
+        sid, b = rng.choice(s.candidates), rng.randint(1, 8)
+        s.latency.forward.observe(sid, b, profile.latency_ms(sid, b, "p50") * rng.uniform(0.5, 3.0))
+        s.observe_overhead(b, rng.uniform(0.0, 0.5))
+        s._refresh_fronts()
+        for _ in range(5):
+            b, floor, max_ms = rng.randint(1, 8), rng.choice([-float("inf"), 0.7]), rng.uniform(0.0, 60.0)
+            within = [c for c in s.candidates if s.predict_ms(c, b) <= max_ms and s.accuracy(c) >= floor]
+            best = max(within, key=s.accuracy, default=None)
+            found = s.best_within(b, floor, max_ms)
+            assert (found and found[0]) == best, (k, b, floor, max_ms)
+            if found:
+                assert found[1] == s.predict_ms(best, b)
+    assert s.latency.forward.tail is not None and s.latency.forward.shared != 1.0
