@@ -175,7 +175,8 @@ class ServingMetrics:
         )
         self.correction = Gauge(
             "elastic_latency_correction",
-            "Online correction factor (EWMA of observed / profiled median) per subnet.",
+            "Online correction factor per subnet: the machine factor (EWMA of observed / profiled median "
+            "over every batch), the same for every subnet.",
             ["subnet"],
             registry=r,
         )
@@ -320,7 +321,7 @@ class ServingMetrics:
         """Read the latency model at every scrape: `overhead_ms()` gives (per batch, per
         request) ms for the `elastic_overhead_*` gauges, `correction(subnet)` the online
         correction of each candidate subnet (`set_subnets`) — the factor the scheduler
-        applies now, also for a subnet not yet observed (it follows the shared correction)."""
+        applies now (the machine factor: the same for every subnet, observed or not)."""
         self._overhead_ms = overhead_ms
         self._correction = correction
 
