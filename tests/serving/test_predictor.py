@@ -48,8 +48,8 @@ def test_a_subnet_off_its_profile_widens_the_measured_tail():
     for _ in range(200):
         p.observe(0, 1, 1.0)
         p.observe(1, 1, 3.0)
-    assert 1.0 < p.shared < 1.5
-    assert p.predict_ms(1, 1) >= 3.0
+    assert p.shared == pytest.approx(1.25, abs=0.06)  # the two ratios, 1.0 and 1.5, averaged
+    assert p.predict_ms(1, 1) >= 3.0  # the tail covers the slower subnet
 
 
 def test_the_fronts_answer_with_the_corrected_predictions():
