@@ -389,6 +389,22 @@ class BudgetScheduler(SchedulerInterface):
         floors = [_NO_FLOOR if r.min_accuracy is None else r.min_accuracy for r in queue]
         return hard, floors
 
+    def worker_free_at(self, now: float) -> float:
+        """When the worker is expected to take its next batch, seen at `now`.
+
+        Nothing running: now. A batch within its predicted service: its predicted end. A
+        batch past it: as long again as it has overrun so far. A forward that has outrun
+        the plan's tail margin is stalled (another process, or the submitting threads
+        holding the interpreter lock between its ops), and the longer a stall has lasted,
+        the longer it is likely to go on (the expected remainder of a Pareto tail of index
+        2 equals its age). Taking the overrun as over would admit requests the stall then
+        sheds; this turns them away at submit, while they can still go elsewhere.
+        """
+        end = self._busy_until
+        if end is None:
+            return now
+        return end if end > now else now + (now - end)
+
     # ---- SchedulerInterface ------------------------------------------------------------
     def add_request(self, request: Request, now: float) -> list[ShedRequest]:
         budget = request.budget_ms
@@ -404,7 +420,7 @@ class BudgetScheduler(SchedulerInterface):
         fastest = found[1]
         deadline = request.deadline
         hard = not request.best_effort
-        start = self._busy_until if self._busy_until is not None and self._busy_until > now else now
+        start = self.worker_free_at(now)
         if hard:
             if now + fastest / 1e3 > deadline:
                 raise BudgetInfeasible(f"budget {budget:.3g} ms < {fastest:.3g} ms predicted for the fastest subnet")
@@ -588,10 +604,10 @@ class BudgetScheduler(SchedulerInterface):
             self._n_floored -= 1
 
     def _eviction_victim(self) -> Request | None:
-        """Lowest priority, latest deadline, latest arrival: the cheapest request to shed."""
-        if not self._reqs:
-            return None
-        return max(self._reqs, key=lambda r: (-r.priority, r.deadline, r.id))
+        """Lowest priority, latest deadline, latest arrival: the cheapest request to shed —
+        the queue's last, as it is kept sorted by that key (`Request.order_key`); O(1) on the
+        path every submit to a full queue takes."""
+        return self._reqs[-1] if self._reqs else None
 
     def _refresh_fronts(self) -> None:
         """Rebuild the fronts when the measured tail has replaced the profile's quantile

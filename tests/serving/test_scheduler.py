@@ -197,6 +197,20 @@ def test_full_queue_raises_overloaded_or_evicts_a_lower_priority_request():
     assert s.get_num_waiting() == 2
 
 
+def test_eviction_takes_the_lowest_priority_latest_deadline_latest_arrival():
+    rng = random.Random(3)
+    for _ in range(20):
+        s, c = make(max_queue=12), Clock()
+        queued = []
+        while len(queued) < 12:
+            r = c.request(rng.choice([50.0, 80.0, 120.0]), at=0.0, priority=rng.choice([0, 1, 2]), best_effort=True)
+            s.add_request(r, now=0.0)
+            queued.append(r)
+        expected = max(queued, key=lambda r: (-r.priority, r.deadline, r.id))
+        (evicted,) = s.add_request(c.request(60.0, priority=3, best_effort=True), now=0.0)
+        assert evicted.request_id == expected.id
+
+
 def test_admission_counts_the_running_batch():
     s, c = make(), Clock()
     s.add_request(c.request(12), now=0.0)
@@ -205,6 +219,21 @@ def test_admission_counts_the_running_batch():
         s.add_request(c.request(5, at=0.001), now=0.001)  # 9 ms wait + 2 ms > 5 ms
     s.update_from_output(running, 10.0)
     s.add_request(c.request(5, at=0.010), now=0.010)
+
+
+def test_a_batch_past_its_prediction_counts_as_long_again_as_it_has_overrun():
+    s, c = make(), Clock()
+    s.add_request(c.request(12), now=0.0)
+    running = s.schedule(0.0).batch  # subnet 2, predicted to end at 10 ms
+    assert s.worker_free_at(0.004) == pytest.approx(0.010)  # within its prediction: the predicted end
+    assert s.worker_free_at(0.012) == pytest.approx(0.014)  # 2 ms over: 2 ms more
+    # 4 ms over at 14 ms: the worker is expected at 18 ms, so a 5 ms budget (due at 19 ms)
+    # cannot fit the fastest subnet's 2 ms; taking the overrun as over would admit it
+    with pytest.raises(BudgetInfeasible, match="running batch"):
+        s.add_request(c.request(5, at=0.014), now=0.014)
+    s.add_request(c.request(6.5, at=0.014), now=0.014)  # due at 20.5 ms: 18 + 2 fits
+    s.update_from_output(running, 18.0, now=0.018)
+    assert s.worker_free_at(0.018) == 0.018  # nothing runs
 
 
 def test_online_correction_moves_predictions_toward_observed_latency():
