@@ -195,12 +195,8 @@ class ServingMetrics:
         self._outcome = {o: self.requests.labels(o) for o in OUTCOMES}
         self._selected: dict[int, Counter] = {}
         self._corrections: dict[int, Gauge] = {}
-        for outcome in OUTCOMES:
-            self.requests.labels(outcome)
-        for reason in REJECTION_REASONS:
-            self.rejections.labels(reason)
-        for reason in SHED_REASONS:
-            self.sheds.labels(reason)
+        self._rejection = {reason: self.rejections.labels(reason) for reason in REJECTION_REASONS}
+        self._shed = {reason: self.sheds.labels(reason) for reason in SHED_REASONS}
         self.set_subnets(subnets)
         self._lock = threading.Lock()
         self._window: deque[tuple[float, bool]] = deque(maxlen=window)
@@ -229,8 +225,8 @@ class ServingMetrics:
     # ---- recording ---------------------------------------------------------------------
     def rejected(self, reason: str, budget_ms: float | None = None) -> None:
         """A request refused at submit (`reason` in REJECTION_REASONS)."""
-        self.requests.labels("rejected").inc()
-        self.rejections.labels(reason).inc()
+        self._outcome["rejected"].inc()
+        self._rejection[reason].inc()
         if budget_ms is not None:
             self._budget(budget_ms)
         if reason != "invalid":
@@ -245,8 +241,8 @@ class ServingMetrics:
 
     def shed(self, reason: str) -> None:
         """An admitted request dropped from the queue (`reason` in SHED_REASONS)."""
-        self.requests.labels("shed").inc()
-        self.sheds.labels(reason).inc()
+        self._outcome["shed"].inc()
+        self._shed[reason].inc()
         self._roll(0.0, False)
 
     def failed(self, n: int = 1) -> None:
