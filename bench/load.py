@@ -364,8 +364,17 @@ def run_one(
             ) as rt,
         ):
             lag: list[float] = []
-            outcomes = replay_outcomes(rt, scenario.images, arrivals, budgets, scenario.real_judge(seed), lag=lag)
+            forward: list[float] = []
+            outcomes = replay_outcomes(
+                rt, scenario.images, arrivals, budgets, scenario.real_judge(seed), lag=lag, forward_ms=forward
+            )
         extra["submit_lag_ms"] = {"p50": 1e3 * statistics.median(lag), "max": 1e3 * max(lag)} if lag else None
+        forward.sort()
+        extra["forward_ms"] = (
+            {"p50": statistics.median(forward), "p99": forward[int(0.99 * (len(forward) - 1))], "max": forward[-1]}
+            if forward
+            else None
+        )
     s = score(outcomes)
     n = s["requests"]
     return {
@@ -636,8 +645,53 @@ def tables(scenarios: dict[str, dict[str, Any]], mode: str) -> str:
                 trows,
             )
         )
+        if mode == "real":
+            out.append(_machine_table(sc))
         out.append("")
     return "\n".join(out)
+
+
+def _machine_table(sc: dict[str, Any]) -> str:
+    """What the machine gave the worker during the runs of the smallest anchor served
+    statically (one subnet, so its forwards compare with its profile): forward times of its
+    answered requests, and how far the submitting thread fell behind its schedule."""
+    calib = sc["calibration"]
+    smallest = calib["smallest_anchor"]
+    profiled = {int(b): ms for b, ms in calib["profile_p50_ms"][str(smallest)].items()}  # JSON keys are strings
+    b_max = max(profiled)
+    rows = []
+    for p in sc["points"]:
+        runs = [
+            r
+            for r in sc["runs"]
+            if r["pattern"] == p["pattern"]
+            and r["load"] == p["load"]
+            and r["policy"] == f"static:{smallest}"
+            and r.get("forward_ms")
+        ]
+        if not runs:
+            continue
+        rows.append(
+            [
+                p["pattern"],
+                p["load"],
+                f"{statistics.median(r['forward_ms']['p50'] for r in runs):.3g}",
+                f"{statistics.median(r['forward_ms']['p99'] for r in runs):.3g}",
+                f"{max(r['forward_ms']['max'] for r in runs):.3g}",
+                f"{statistics.median(r['submit_lag_ms']['p50'] for r in runs):.3g}",
+            ]
+        )
+    if not rows:
+        return ""
+    head = (
+        f"\nThe machine under load: forwards of static smallest (subnet {smallest}; profiled at batch 1"
+        f" {profiled[1]:.3g} ms, batch {b_max} {profiled[b_max]:.3g} ms p50), over its answered requests"
+        " (median over seeds of each run's p50 and p99; the largest of any run), and the submitting"
+        " thread's lag behind its arrival schedule (median over seeds of each run's p50)\n"
+    )
+    return head + markdown_table(
+        ["pattern", "load ×", "forward p50 ms", "forward p99 ms", "forward max ms", "submit lag p50 ms"], rows
+    )
 
 
 def _bound_line(bound: dict | None) -> str:

@@ -33,6 +33,7 @@ def replay_outcomes(
     judge: Judge,
     timeout_s: float = 60.0,
     lag: list[float] | None = None,
+    forward_ms: list[float] | None = None,
 ) -> list[Outcome]:
     """Submit request k at `arrivals_s[k]` seconds from now; one `Outcome` per request.
 
@@ -46,6 +47,8 @@ def replay_outcomes(
             then counts as failed ("unanswered") and is logged.
         lag: if given, receives how many seconds each submit came after its arrival time
             (a driver that falls behind offers less load than asked).
+        forward_ms: if given, receives the forward time (`Result.exec_ms`) of each answered
+            request's batch: what the machine gave the worker under this load.
 
     Shape:
         images: (N, C, H, W)
@@ -89,6 +92,8 @@ def replay_outcomes(
             raise RuntimeError(f"request {k} failed with an untyped error") from error
         else:
             r = future.result()
+            if forward_ms is not None:
+                forward_ms.append(r.exec_ms)
             index = k % len(images)
             correct = judge(k, index, r.subnet, r.output)
             outcomes[k] = Outcome(ANSWERED, budget, r.subnet, r.latency_ms, r.batch_size, correct)

@@ -176,6 +176,10 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     assert order == sorted(order)
     assert all(r["requests"] > 0 and 0.25 <= r["duration_s"] <= 0.5 for r in runs)
     assert all(r["submit_lag_ms"]["max"] >= r["submit_lag_ms"]["p50"] >= 0 for r in runs)
+    answered = [r for r in runs if r["answered"]]
+    assert answered and all(
+        r["forward_ms"]["max"] >= r["forward_ms"]["p99"] >= r["forward_ms"]["p50"] > 0 for r in answered
+    )
     # the simulation runs every static on the front, the real run a shortlist of them
     sim_point = sim["scenarios"]["tiny"]["points"][0]
     assert {f"static:{s}" for s in calib["candidates"]} <= set(sim_point["contenders"])
@@ -192,6 +196,8 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     bound = calib["no_queue_bound"]
     assert bound["per_request"] >= max(bound["static"].values()) == bound["static"][str(bound["best_static"])]
     assert "No-queue bound" in (tmp_path / "load.md").read_text()
+    assert "The machine under load" in (tmp_path / "load.md").read_text()
+    assert "The machine under load" not in (tmp_path / "load_sim.md").read_text()
     assert math.isfinite(result["seconds"])
 
 
