@@ -19,10 +19,10 @@ from its profile cannot be told apart from the machine's state in serving data. 
 load-following policy runs its fast subnets in busy spells and its accurate ones in quiet
 ones, so per-subnet averages learn the spells as costs: the fast subnet looks slow, is
 passed over for a less accurate one that only looks faster, and is not run again to
-correct it. Where subnets cost nearly the same (the demo's fastest dozen lie within 10 %
-of each other at batch 1) that noise alone reorders them. A per-subnet factor on top of
-the machine's (a slow EWMA of each subnet's ratio over it) drifted the same way in a
-test whose spells follow the subnet: within one spell the two factors are
+correct it. Where subnets cost nearly the same (the demo's five fastest candidates lie
+within 10 % of each other at batch 1) that noise alone reorders them. A per-subnet factor
+on top of the machine's (a slow EWMA of each subnet's ratio over it) would drift the same
+way wherever the spells follow the subnet: within one spell the two factors are
 indistinguishable. So the profile, measured with every subnet under the same conditions,
 fixes the subnets' relative costs, and the machine factor their level; what a subnet
 deviates from that is in the residuals, and so in the measured tail below.
