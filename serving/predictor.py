@@ -34,6 +34,13 @@ the recent residuals observed / (profiled median × ratio): the margin the machi
 needs, measured while serving, the same for every subnet (so it never reorders them).
 Until then the profiled quantile is capped at `COLD_TAIL_CAP` medians: one outlier in the
 profiling run must not make a subnet look unusable, or nothing is ever admitted to correct it.
+
+Evidence that is not renewed is dropped (`forget`, called by the scheduler): forwards run
+in a burst of submits are slow (the submitting threads hold the interpreter lock between
+their ops), and a tail learned there can put every subnet past every budget. Then nothing
+is admitted, nothing runs, and no observation ever corrects it, long after the burst.
+The scheduler forgets when it is about to refuse a request that an idle engine cannot
+serve, on a correction no forward has renewed for a while (`BudgetScheduler.stale_s`).
 """
 
 from __future__ import annotations
@@ -82,6 +89,19 @@ class LatencyPredictor:
         self._residuals: deque[float] = deque(maxlen=TAIL_WINDOW)  # observed / expected median
         self._seen = 0
         self.tail: float | None = None  # online tail factor once TAIL_MIN observations are in
+
+    def forget(self) -> None:
+        """Drop everything learned online: predict from the profile again, as when new."""
+        self.shared = 1.0
+        self.tail = None
+        self._residuals.clear()
+        self._seen = 0
+        self._planned.clear()
+
+    @property
+    def corrected(self) -> bool:
+        """Whether observations have moved the predictions off the profile's."""
+        return self.shared != 1.0 or self.tail is not None
 
     def correction(self, subnet: int) -> float:
         """The current observed / profiled ratio used for `subnet`: the machine factor, the

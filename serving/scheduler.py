@@ -97,6 +97,8 @@ class BudgetScheduler(SchedulerInterface):
         overhead: the engine's overhead model (zero until the engine reports any).
         batch_wait_ms: longest the head request may be held back to fill a batch, when
             every member's slack allows and requests are arriving faster than that (0: never).
+        stale_s: an online correction no forward has renewed for this long is dropped
+            when it alone makes an idle engine refuse a request (`add_request`).
 
     Raises:
         ConfigError: a bad setting (also a `ValueError`).
@@ -114,6 +116,7 @@ class BudgetScheduler(SchedulerInterface):
         *,
         overhead: OverheadModel | None = None,
         batch_wait_ms: float = 0.0,
+        stale_s: float = 0.5,
     ):
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
         self.max_queue = check_positive_int("max_queue", max_queue)
@@ -123,10 +126,15 @@ class BudgetScheduler(SchedulerInterface):
             raise ConfigError(f"ewma_alpha must be a number in (0, 1], got {ewma_alpha!r}")
         if isinstance(batch_wait_ms, bool) or not isinstance(batch_wait_ms, (int, float)) or not batch_wait_ms >= 0:
             raise ConfigError(f"batch_wait_ms must be a number >= 0, got {batch_wait_ms!r}")
+        if isinstance(stale_s, bool) or not isinstance(stale_s, (int, float)) or not stale_s > 0:
+            raise ConfigError(f"stale_s must be a number > 0, got {stale_s!r}")
         self.policy = make_policy(policy)
         self.quantile = quantile
         self.ewma_alpha = float(ewma_alpha)
         self.batch_wait_ms = float(batch_wait_ms)
+        self.stale_s = float(stale_s)
+        self.forgotten = 0  # times the online correction was dropped as stale
+        self._observed_at: float | None = None  # when the last forward time was observed
         self.overhead = overhead if overhead is not None else OverheadModel()
         self._subnets = list(subnets)
         # the queue, in Request.order_key order, as parallel arrays
@@ -405,6 +413,29 @@ class BudgetScheduler(SchedulerInterface):
             return now
         return end if end > now else now + (now - end)
 
+    def _correction_stale(self, now: float) -> bool:
+        """Is the online correction, about to refuse a request an idle engine would serve
+        alone, evidence nothing has renewed for `stale_s`? A correction learned in a burst
+        (forwards slowed by the submitting threads) can put every subnet past every budget:
+        then nothing is admitted, nothing runs, and nothing corrects it. Idle, empty queue."""
+        if self._busy_until is not None or self._reqs or not self.latency.forward.corrected:
+            return False
+        return self._observed_at is None or now - self._observed_at > self.stale_s
+
+    def _forget(self, now: float) -> None:
+        """Drop the online forward correction: plan from the profile until forwards run again."""
+        forward = self.latency.forward
+        log.info(
+            "latency model: no forward observed for %.0f ms while refusing work it predicts %.2fx the profile;"
+            " planning from the profile again",
+            1e3 * (now - self._observed_at) if self._observed_at is not None else math.inf,
+            forward.shared * (forward.tail or 1.0),
+        )
+        forward.forget()
+        self.forgotten += 1
+        self._fast_any = None
+        self._refresh_fronts()
+
     # ---- SchedulerInterface ------------------------------------------------------------
     def add_request(self, request: Request, now: float) -> list[ShedRequest]:
         budget = request.budget_ms
@@ -422,6 +453,9 @@ class BudgetScheduler(SchedulerInterface):
         hard = not request.best_effort
         start = self.worker_free_at(now)
         if hard:
+            if now + fastest / 1e3 > deadline and self._correction_stale(now):
+                self._forget(now)
+                fastest = self.fastest(floor, 1)[1]
             if now + fastest / 1e3 > deadline:
                 raise BudgetInfeasible(f"budget {budget:.3g} ms < {fastest:.3g} ms predicted for the fastest subnet")
             if start + fastest / 1e3 > deadline:
@@ -511,6 +545,7 @@ class BudgetScheduler(SchedulerInterface):
         forward = self.latency.forward
         predicted_forward = forward.predict_ms(batch.subnet, batch.size)
         forward.observe(batch.subnet, batch.size, exec_ms)
+        self._observed_at = now if now is not None else batch.start + busy_ms / 1e3
         self._fast_any = None
         self._refresh_fronts()
         return exec_ms / predicted_forward if predicted_forward > 0 else None

@@ -76,3 +76,18 @@ def test_the_fronts_answer_with_the_corrected_predictions():
             if found:
                 assert found[1] == s.predict_ms(best, b)
     assert s.latency.forward.tail is not None and s.latency.forward.shared != 1.0
+
+
+def test_forget_predicts_from_the_profile_again_as_when_new():
+    profile = _profile({0: 1.0, 1: 2.0})
+    p, fresh = LatencyPredictor(profile), LatencyPredictor(profile)
+    for k in range(64):  # enough for the measured tail to replace the profile's quantile
+        p.observe(k % 2, 1 + k % 2, 3.0 + k % 5)
+    assert p.corrected and p.tail is not None
+    p.forget()
+    assert not p.corrected and p.tail is None
+    assert [p.predict_ms(s, b) for s in (0, 1) for b in (1, 2)] == [
+        fresh.predict_ms(s, b) for s in (0, 1) for b in (1, 2)
+    ]
+    p.observe(0, 1, 2.0)  # and it learns again from the start
+    assert p.shared == pytest.approx(1.2)

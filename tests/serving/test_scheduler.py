@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from elastic.errors import BudgetInfeasible, Overloaded
+from elastic.errors import BudgetInfeasible, ConfigError, Overloaded
 from elastic.serving import BudgetScheduler, LatencyProfile, Request
 from elastic.subnet import Subnet
 
@@ -255,6 +255,60 @@ def test_online_correction_moves_predictions_toward_observed_latency():
         batch = s.schedule(0.0).batch
         s.update_from_output(batch, exec_ms=0.5 * TABLE[batch.subnet][1])
     assert s.predict_ms(2, 1) == pytest.approx(5.0, rel=0.05)
+
+
+def _slow_burst(s, c, batches=40, ratio=5.0, t0=0.0):
+    """Run `batches` batch-1 forwards of subnet 0 at `ratio` times the profile, back to back
+    from `t0`; returns when the last one ended."""
+    t = t0
+    for _ in range(batches):
+        s.add_request(c.request(1000, at=t), now=t)
+        batch = s.schedule(t).batch
+        t += ratio * TABLE[batch.subnet][1] / 1e3
+        s.update_from_output(batch, ratio * TABLE[batch.subnet][1], now=t)
+    return t
+
+
+def test_a_stale_correction_that_refuses_an_idle_engine_every_request_is_dropped():
+    # a burst of forwards at 5x the profile: the machine factor and the measured tail put
+    # the fastest subnet's batch of one past a 6 ms budget (profile: 2 ms)
+    s, c = make("static:0", stale_s=0.1), Clock()
+    end = _slow_burst(s, c)
+    assert s.predict_ms(0, 1) > 6.0
+    # fresh evidence holds: refused, and the correction stays
+    with pytest.raises(BudgetInfeasible):
+        s.add_request(c.request(6, at=end + 0.05), now=end + 0.05)
+    assert s.forgotten == 0 and s.predictor.corrected
+    # nothing has run for longer than stale_s: the engine would otherwise refuse forever
+    s.add_request(c.request(6, at=end + 0.2), now=end + 0.2)
+    assert s.forgotten == 1 and not s.predictor.corrected
+    assert s.predict_ms(0, 1) == TABLE[0][1]
+    # a budget even the profile cannot meet is still refused
+    with pytest.raises(BudgetInfeasible):
+        s.add_request(c.request(1.5, at=end + 0.2), now=end + 0.2)
+
+
+def test_a_stale_correction_is_kept_while_a_batch_runs_or_requests_wait():
+    s, c = make("static:0", stale_s=0.1), Clock()
+    end = _slow_burst(s, c)
+    later = end + 1.0
+    s.add_request(c.request(1000, at=later), now=later)  # one waits: the engine is not idle
+    with pytest.raises(BudgetInfeasible):
+        s.add_request(c.request(6, at=later), now=later)
+    running = s.schedule(later).batch  # it runs: not idle either
+    with pytest.raises(BudgetInfeasible):
+        s.add_request(c.request(6, at=later), now=later)
+    assert s.forgotten == 0 and s.predictor.corrected
+    s.update_from_output(running, 5 * TABLE[0][1], now=later + 0.01)  # renewed evidence
+    with pytest.raises(BudgetInfeasible):
+        s.add_request(c.request(6, at=later + 0.05), now=later + 0.05)
+    assert s.forgotten == 0
+
+
+@pytest.mark.parametrize("stale_s", [0, -1.0, math.nan, True, "0.5"])
+def test_a_bad_stale_s_is_a_config_error(stale_s):
+    with pytest.raises(ConfigError, match="stale_s"):
+        make(stale_s=stale_s)
 
 
 def test_failed_batch_does_not_move_predictions():
