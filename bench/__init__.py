@@ -4,4 +4,16 @@ Every suite measures its contenders side by side in one run (interleaved repeats
 reports ratios, because timings on shared machines swing ±30–70% between runs.
 """
 
-SUITES = ["overhead", "switching", "parity", "scheduler", "memory", "load", "onnx", "streaming", "ray_load", "lanes"]
+SUITES = [
+    "overhead",
+    "switching",
+    "parity",
+    "scheduler",
+    "memory",
+    "load",
+    "onnx",
+    "contention",
+    "streaming",
+    "ray_load",
+    "lanes",
+]

@@ -4,7 +4,7 @@ The engine never calls the model itself; it hands a stacked batch and a subnet i
 `Executor` (vLLM v1 keeps its executor apart from its scheduler the same way). Profiles are
 measured through the executor in use, so the scheduler plans with the latencies the engine
 will really see. `EagerExecutor` runs the model's own `forward`; other executors (compiled,
-CUDA graphs, onnxruntime) keep their own per-(subnet, batch size) artefacts and prepare
+CUDA graphs, onnxruntime, a child process) keep their own per-(subnet, batch size) artefacts and prepare
 them in `warmup`. Every executor must give the eager outputs (tests check it).
 """
 
@@ -46,6 +46,10 @@ class Executor(ABC):
         x = torch.zeros(batch, *self.model.input_size(), device=self.device)
         self.run(subnet, x)
 
+    def close(self) -> None:  # noqa: B027 - a hook: most executors hold nothing to release
+        """Release what the executor holds outside this process (a child, files); the
+        runtime calls it on `close` for an executor it made from a name."""
+
     def synchronize(self) -> None:
         """Wait for the device: a timed `run` is bracketed by this on CUDA."""
         if self.device.type == "cuda":
@@ -73,6 +77,7 @@ EXECUTORS: dict[str, str] = {
     "compiled": "elastic.serving.compiled_executor:CompiledExecutor",
     "onnxruntime": "elastic.serving.onnx_executor:OnnxRuntimeExecutor",
     "cuda_graphs": "elastic.serving.cuda_graph_executor:CUDAGraphExecutor",
+    "process": "elastic.serving.process_executor:ProcessExecutor",
 }
 
 

@@ -91,7 +91,8 @@ class Runtime:
         ewma_alpha: weight of each observation in the online latency correction, in (0, 1].
         metrics_window: requests in the rolling effective-accuracy / SLO gauges.
         clock: monotonic clock in seconds (tests may pass their own).
-        executor: "eager" (default), "compiled", another name in `EXECUTORS`, or an `Executor`.
+        executor: "eager" (default), "compiled", "process", another name in `EXECUTORS`, or
+            an `Executor` (one made here from a name is closed by `close`).
         executor_options: keyword arguments for the executor (e.g. `backend=` for "compiled").
         worker_threads: torch intra-op threads of the worker (default: the caller's
             `torch.get_num_threads()` at construction).
@@ -184,6 +185,7 @@ class Runtime:
             self.executor = make_executor(executor, self.model, self.device, **(executor_options or {}))
         except ValueError as e:
             raise ConfigError(str(e)) from e
+        self._owns_executor = not isinstance(executor, Executor)  # made here: closed here
         self._check_sample = SampleCheck(self.model, self.dtype)
         self._clock = clock
         self.metrics = ServingMetrics(window=metrics_window)
@@ -550,6 +552,8 @@ class Runtime:
         close_streams(self, drain, timeout)  # first: draining a stream needs its encodings
         for engine in self._engines:
             engine.close(drain, timeout)
+        if self._owns_executor:
+            self.executor.close()
 
     def open_stream(self, module, budget_ms: float = math.inf, **kw):
         """A stream of continual `module` (an `elastic.streaming` module) whose frames this

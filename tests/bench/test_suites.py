@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -138,3 +139,22 @@ def test_lanes_pools_attainment_over_seeds_by_admitted_count():
     runs.append({"admitted": 300, "admitted_slo_attainment": 1.0})
     assert _pooled_attainment(runs) == pytest.approx((99 + 300) / 400)
     assert math.isnan(_pooled_attainment([{"admitted": 0, "admitted_slo_attainment": None}]))
+
+
+def test_contention_times_both_executors_alone_and_beside_a_busy_thread(tiny_stitched):
+    from elastic.bench.contention import BusyThread, compare
+
+    rows, setup = compare(tiny_stitched, [0], repeats=2, duties=(0.0, 0.5))
+    assert [(r["batch"], r["duty"]) for r in rows] == [(1, 0.0), (1, 0.5), (8, 0.0), (8, 0.5)]
+    for r in rows:
+        assert r["max_abs_diff_vs_eager"] < 1e-4  # the child's forward is the eager one
+        assert r["eager"]["median_ms"] > 0 and r["process"]["median_ms"] > 0
+    assert all(r["slowdown"] == {"eager": 1.0, "process": 1.0} for r in rows if r["duty"] == 0.0)
+    assert setup["process_start_s"] > 0
+    with BusyThread(0.5) as busy:
+        deadline = time.perf_counter() + 5
+        while busy.spins == 0 and time.perf_counter() < deadline:
+            time.sleep(0.001)
+    assert busy.spins > 0
+    with pytest.raises(ValueError, match="duty"):
+        BusyThread(1.0)

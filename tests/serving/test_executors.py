@@ -22,6 +22,7 @@ def eager(model, subnet, x):
 # graph on two cores), so it checks one stitched subnet at two buckets.
 CASES = [
     ("eager", {}, SUBNETS, (1, 3, 8)),
+    ("process", {"rows": 2}, SUBNETS, (1, 3, 8)),  # buffers grow from 2 rows to 8
     pytest.param("compiled", {"backend": "aot_eager"}, (0, 20), (1, 3), marks=pytest.mark.slow),
     pytest.param("compiled", {"backend": "inductor"}, (20,), (1, 3), marks=pytest.mark.slow),
 ]
@@ -35,6 +36,7 @@ def test_every_executor_gives_the_eager_outputs(served_model, name, options, sub
             x = torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(b))
             executor.warmup(subnet, b)
             torch.testing.assert_close(executor.run(subnet, x), eager(served_model, subnet, x), atol=1e-4, rtol=1e-4)
+    executor.close()
 
 
 def test_the_compiled_executor_pads_to_buckets_and_compiles_once_per_bucket(served_model):

@@ -1,0 +1,185 @@
+"""contention: each executor's forward alone, and beside a thread that runs Python.
+
+A serving process runs Python besides the forwards: the threads that submit requests, a web
+framework's. An eager forward releases and retakes the interpreter lock at every operator,
+so such a thread slows it down; the process executor runs the forward in a child process
+(`elastic.serving.process_executor`), where the lock is not shared. Here one thread calls
+each executor (as the engine's worker does) while a second thread alternates between
+`busy_ms` of pure Python and `idle_ms` asleep — the share of time it holds the lock is the
+condition's duty. Alone and at each duty, the executors run interleaved, one call per sample;
+the table gives each median, the process executor's ratio to eager (paired per round), and
+how much each slowed down against running alone.
+
+Model: the demo's (`out/demo/model`) when it is there, else its architecture with random
+weights; the fastest, a middle and the slowest subnet of its Pareto front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+import elastic
+
+from .harness import interleaved, markdown_table, paired_ratio, summary, write_results
+from .models import demo_model
+from .onnx import choose_subnets, demo_architecture
+
+log = logging.getLogger(__name__)
+
+CONTENDERS = ("eager", "process")
+BATCH_SIZES = (1, 8)
+DUTIES = (0.0, 0.5, 0.9)  # share of each millisecond the busy thread runs Python
+PERIOD_MS = 1.0
+
+
+class BusyThread:
+    """A thread that runs pure Python for `duty` of every `period_ms`, and sleeps the rest.
+
+    Use as a context manager; `spins` counts its busy spells (so a test can see it ran)."""
+
+    def __init__(self, duty: float, period_ms: float = PERIOD_MS):
+        if not 0 <= duty < 1:
+            raise ValueError(f"duty must be in [0, 1), got {duty}")
+        self.busy_s = duty * period_ms / 1e3
+        self.idle_s = (1 - duty) * period_ms / 1e3
+        self.spins = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="busy-python", daemon=True)
+
+    def _run(self) -> None:
+        clock, busy, idle = time.perf_counter, self.busy_s, self.idle_s
+        while not self._stop.is_set():
+            end = clock() + busy
+            while clock() < end:  # Python bytecode: holds the lock but at switch points
+                pass
+            self.spins += 1
+            time.sleep(idle)
+
+    def __enter__(self) -> BusyThread:
+        if self.busy_s > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def on_worker_thread(fn: Callable[[], dict], threads: int) -> dict:
+    """Run `fn` on a fresh thread with `threads` torch threads, as the engine's worker runs."""
+    out: dict = {}
+
+    def body() -> None:
+        torch.set_num_threads(threads)
+        out["result"] = fn()
+
+    t = threading.Thread(target=body, name="bench-worker")
+    t.start()
+    t.join()
+    return out["result"]
+
+
+def compare(
+    model: elastic.ElasticModel, ids: list[int], repeats: int, duties=DUTIES, threads: int = 1
+) -> tuple[list[dict], dict]:
+    from elastic.serving.executor import EagerExecutor
+    from elastic.serving.process_executor import ProcessExecutor
+
+    t0 = time.perf_counter()
+    process = ProcessExecutor(model, threads=threads, rows=max(BATCH_SIZES))
+    start_s = time.perf_counter() - t0
+    executors = {"eager": EagerExecutor(model), "process": process}
+    rows = []
+    try:
+        for sid in ids:
+            for b in BATCH_SIZES:
+                x = torch.randn(b, *model.input_size(), generator=torch.Generator().manual_seed(sid * 100 + b))
+                with torch.inference_mode():
+                    reference = executors["eager"].run(sid, x)
+                    diff = float((process.run(sid, x) - reference).abs().max())
+                calls = {name: (lambda ex=ex, x=x, sid=sid: ex.run(sid, x)) for name, ex in executors.items()}
+                by_duty = {}
+                for duty in duties:
+                    with BusyThread(duty) as busy:
+                        times = on_worker_thread(lambda c=calls: interleaved(c, repeats=repeats), threads)
+                    if duty > 0 and busy.spins == 0:
+                        raise RuntimeError("the busy thread never ran")
+                    by_duty[duty] = times
+                alone = by_duty[duties[0]]
+                for duty, times in by_duty.items():
+                    rows.append(
+                        {
+                            "subnet": sid,
+                            "batch": b,
+                            "duty": duty,
+                            **{name: summary(times[name]) for name in CONTENDERS},
+                            "process_vs_eager": paired_ratio(times["process"], times["eager"]),
+                            "slowdown": {
+                                name: summary(times[name])["median_ms"] / summary(alone[name])["median_ms"]
+                                for name in CONTENDERS
+                            },
+                            "max_abs_diff_vs_eager": diff,
+                        }
+                    )
+                    log.info("subnet %d batch %d duty %.1f: %s", sid, b, duty, rows[-1]["slowdown"])
+    finally:
+        process.close()
+    return rows, {"process_start_s": start_s}
+
+
+def run(args: argparse.Namespace) -> dict:
+    repeats, most = (15, 2) if args.quick else (40, 3)
+    threads = torch.get_num_threads()  # what `elastic bench --threads` set (default 1)
+    load_before = os.getloadavg()[0]
+    try:
+        model, name = demo_model(args.model), "demo model"
+    except Exception as e:  # the demo model is optional here
+        log.warning("demo model not found (%s): using its architecture with random weights", e)
+        model, name = demo_architecture(), "demo architecture, random weights"
+    ids = choose_subnets(model, most)
+    rows, setup = compare(model, ids, repeats, DUTIES, threads)
+    setup["loadavg_1min"] = [load_before, os.getloadavg()[0]]
+    table = markdown_table(
+        [
+            "subnet",
+            "batch",
+            "busy thread's duty",
+            "eager ms",
+            "process ms",
+            "process/eager",
+            "eager slowdown",
+            "process slowdown",
+        ],
+        [
+            [
+                r["subnet"],
+                r["batch"],
+                f"{round(100 * r['duty'])} %",
+                r["eager"]["median_ms"],
+                r["process"]["median_ms"],
+                r["process_vs_eager"],
+                r["slowdown"]["eager"],
+                r["slowdown"]["process"],
+            ]
+            for r in rows
+        ],
+    )
+    worst = max(r["max_abs_diff_vs_eager"] for r in rows)
+    table += (
+        f"\n\nModel: {name}; subnets {ids}; {threads} torch thread(s), here and in the child; {repeats} interleaved "
+        f"rounds of one call, on a worker thread; the busy thread runs Python for the duty's share of every "
+        f"{PERIOD_MS:g} ms (0 %: no busy thread). Slowdown: median against the same executor's alone. Largest "
+        f"|process - eager| {worst:.1e}; the child took {setup['process_start_s']:.1f} s to start; 1-min load "
+        f"average {setup['loadavg_1min'][0]:.1f} -> {setup['loadavg_1min'][1]:.1f} on {os.cpu_count()} CPUs."
+    )
+    data = {"model": name, "subnets": ids, "threads": threads, "repeats": repeats, "duties": DUTIES, "setup": setup}
+    write_results(args.out, "contention", {**data, "rows": rows}, table, args.command)
+    return {"rows": rows, "table": table}
