@@ -28,8 +28,8 @@ import torch
 import elastic
 
 from .harness import interleaved, markdown_table, paired_ratio, summary, write_results
-from .models import demo_model
-from .onnx import choose_subnets, demo_architecture
+from .models import demo_model_or_architecture
+from .onnx import choose_subnets
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,7 @@ def run(args: argparse.Namespace) -> dict:
     repeats, most = (15, 2) if args.quick else (40, 3)
     threads = torch.get_num_threads()  # what `elastic bench --threads` set (default 1)
     load_before = os.getloadavg()[0]
-    try:
-        model, name = demo_model(args.model), "demo model"
-    except Exception as e:  # the demo model is optional here
-        log.warning("demo model not found (%s): using its architecture with random weights", e)
-        model, name = demo_architecture(), "demo architecture, random weights"
+    model, name = demo_model_or_architecture(args.model)
     ids = choose_subnets(model, most)
     rows, setup = compare(model, ids, repeats, DUTIES, threads)
     setup["loadavg_1min"] = [load_before, os.getloadavg()[0]]

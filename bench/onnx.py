@@ -32,21 +32,12 @@ import elastic
 from elastic.subnet import pareto
 
 from .harness import interleaved, markdown_table, paired_ratio, summary, write_results
-from .models import demo_model
+from .models import demo_model_or_architecture
 
 log = logging.getLogger(__name__)
 
 CONTENDERS = ("eager", "compiled", "onnxruntime", "onnxruntime-opset18")
 BATCH_SIZES = (1, 8)
-
-
-def demo_architecture() -> elastic.StitchedNet:
-    """A StitchedNet of the demo's anchors (`DemoConfig.full()`), random weights."""
-    from elastic.anchors import AnchorFamily
-    from elastic.demo.pipeline import DemoConfig
-
-    torch.manual_seed(0)
-    return elastic.StitchedNet(AnchorFamily.from_timm(DemoConfig.full().anchor_specs())).eval()
 
 
 def choose_subnets(model: elastic.ElasticModel, most: int) -> list[int]:
@@ -165,11 +156,7 @@ def run(args: argparse.Namespace) -> dict:
     repeats, inner, most = (15, 1, 3) if args.quick else (60, 1, 6)
     load_before = os.getloadavg()[0]
     threads = torch.get_num_threads()  # what `elastic bench --threads` set; onnxruntime gets as many
-    try:
-        model, name = demo_model(args.model), "demo model"
-    except Exception as e:  # the demo model is optional here
-        log.warning("demo model not found (%s): using its architecture with random weights", e)
-        model, name = demo_architecture(), "demo architecture, random weights"
+    model, name = demo_model_or_architecture(args.model)
     ids = choose_subnets(model, most)
     rows, setup = compare(model, ids, repeats, inner, threads)
     setup["loadavg_1min"] = [load_before, os.getloadavg()[0]]

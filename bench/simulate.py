@@ -8,11 +8,19 @@ virtual time; only the forward pass is replaced by a draw from the measured prof
 
 The service time of a batch of b requests on subnet s is
 
-    forward ~ LogNormal(median = p50(s, b), 99th percentile = p99(s, b))
+    forward ~ p50(s, b) × LogNormal(median 1, σ)
     busy    = forward + per_batch_ms + per_request_ms × b
 
-where p50 / p99 come from the profile measured on this machine and the two overheads are
-the runtime's own cost as its engine fitted it while serving (`OverheadModel`). The
+where p50 comes from the profile measured on this machine, the two overheads are the
+runtime's own cost as its engine fitted it while serving (`OverheadModel`), and σ is the
+machine's spread, one for every cell: the median over the profile's (subnet, batch) cells
+of ln(p99 / p50) / z₀.₉₉. A cell's own p99 of a few dozen repeats is nearly their maximum,
+so one hiccup during its runs sets it: on the development machine the per-cell
+ln(p99 / p50) of three profiling runs of the demo model correlated only 0.12–0.35 from run
+to run (most cells near 1.1×, a few at 2–2.7× in one run and not the next). Fitted cell by
+cell, such a cell became a subnet with a heavy tail in every simulated forward, and any
+policy that served it paid for a profiling accident (`per_cell_spread=True` keeps that fit,
+for comparison). The
 scheduler is told the forward time and the overhead, as the real engine reports them. A
 request's latency is the end of its batch's service minus its arrival.
 
@@ -27,8 +35,10 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from elastic.errors import BudgetInfeasible, Overloaded
 from elastic.serving.latency_model import OverheadModel
@@ -52,16 +62,30 @@ class ServiceModel:
     profile: LatencyProfile  # measured p50 / p99 per (subnet, batch size)
     per_request_ms: float = 0.0  # the runtime's own cost per request in a batch
     per_batch_ms: float = 0.0  # the runtime's own cost per batch
+    per_cell_spread: bool = False  # fit σ to each cell's own p50 / p99 instead of the shared one
+
+    @cached_property
+    def sigma(self) -> float:
+        """The log-normal's σ shared by every cell: the median over the profile's cells of
+        ln(p99 / p50) / z₀.₉₉ (a cell whose p99 is below its p50 counts as 0)."""
+        profile = self.profile
+        return statistics.median(_cell_sigma(profile, s, b) for s in profile.subnet_ids for b in profile.batch_sizes)
 
     def forward_ms(self, subnet: int, batch: int, rng: random.Random) -> float:
-        """One forward time, drawn from a log-normal fitted to the profile's p50 and p99."""
+        """One forward time: the profiled median times a log-normal draw with median 1."""
         p50 = self.profile.latency_ms(subnet, batch, "p50")
-        p99 = max(p50, self.profile.latency_ms(subnet, batch, "p99"))
-        sigma = math.log(p99 / p50) / Z99 if p50 > 0 else 0.0
+        sigma = _cell_sigma(self.profile, subnet, batch) if self.per_cell_spread else self.sigma
         return p50 * math.exp(sigma * rng.gauss(0.0, 1.0))
 
     def overhead_ms(self, batch: int) -> float:
         return self.per_batch_ms + self.per_request_ms * batch
+
+
+def _cell_sigma(profile: LatencyProfile, subnet: int, batch: int) -> float:
+    """σ of the log-normal whose median and 99th percentile are the cell's p50 and p99."""
+    p50 = profile.latency_ms(subnet, batch, "p50")
+    p99 = profile.latency_ms(subnet, batch, "p99")
+    return math.log(p99 / p50) / Z99 if p99 > p50 > 0 else 0.0
 
 
 def simulate(

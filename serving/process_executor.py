@@ -30,7 +30,6 @@ import logging
 import os
 import select
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -44,13 +43,9 @@ import torch
 from elastic.model import ElasticModel
 
 from .executor import Executor
+from .process_protocol import ERROR, FRAME, REPLY, RESIZE, RUN, STOP, read_exactly, shared_tensor
 
 log = logging.getLogger(__name__)
-
-_FRAME = struct.Struct("<Biii")  # op, subnet, rows, generation of the shared files
-_REPLY = struct.Struct("<BI")  # status, length of the error text that follows
-_RUN, _RESIZE, _STOP = 0, 1, 2
-_OK, _ERROR, _READY = 0, 1, 2
 
 
 class ProcessExecutor(Executor):
@@ -141,7 +136,7 @@ class ProcessExecutor(Executor):
             if n > self._rows:
                 self._grow(max(n, 2 * self._rows))
             self._x[:n].copy_(x)
-            self._send(_RUN, subnet, n)
+            self._send(RUN, subnet, n)
             self._reply(f"subnet {subnet} on {n} rows")
             return self._y[:n].clone()
 
@@ -157,9 +152,9 @@ class ProcessExecutor(Executor):
         """New shared buffers of `rows` rows; the child maps them before the next batch."""
         self._gen += 1
         with torch.inference_mode(False):  # normal tensors: writable in and out of inference mode
-            self._x = _shared(self._dir, f"in-{self._gen}", (rows, *self._in_row), self.dtype)
-            self._y = _shared(self._dir, f"out-{self._gen}", (rows, *self._out_row), self.dtype)
-        self._send(_RESIZE, 0, rows)
+            self._x = shared_tensor(self._dir, f"in-{self._gen}", (rows, *self._in_row), self.dtype, create=True)
+            self._y = shared_tensor(self._dir, f"out-{self._gen}", (rows, *self._out_row), self.dtype, create=True)
+        self._send(RESIZE, 0, rows)
         self._reply(f"mapping {rows}-row buffers")
         for old in (f"in-{self._gen - 1}", f"out-{self._gen - 1}"):
             (self._dir / old).unlink(missing_ok=True)
@@ -167,19 +162,19 @@ class ProcessExecutor(Executor):
 
     def _send(self, op: int, subnet: int, rows: int) -> None:
         try:
-            os.write(self._to_child, _FRAME.pack(op, subnet, rows, self._gen))
+            os.write(self._to_child, FRAME.pack(op, subnet, rows, self._gen))
         except OSError as e:
             self._lost(f"write failed: {e}")
 
     def _reply(self, doing: str) -> None:
-        head = _read_exactly(self._from_child, _REPLY.size)
+        head = read_exactly(self._from_child, REPLY.size)
         if head is None:
             self._lost(f"it exited while {doing}")
-        status, length = _REPLY.unpack(head)
-        text = _read_exactly(self._from_child, length) if length else b""
+        status, length = REPLY.unpack(head)
+        text = read_exactly(self._from_child, length) if length else b""
         if text is None:
             self._lost(f"it exited while {doing}")
-        if status == _ERROR:
+        if status == ERROR:
             raise RuntimeError(f"{doing} failed in the executor process: {text.decode(errors='replace')}")
 
     def _lost(self, why: str) -> None:
@@ -197,32 +192,10 @@ def _shm_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def _shared(folder: Path, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A tensor backed by a file both processes map (created here, zero-filled)."""
-    numel = 1
-    for d in shape:
-        numel *= d
-    path = folder / name
-    path.touch()
-    return torch.from_file(str(path), shared=True, size=numel, dtype=dtype).view(shape)
-
-
-def _read_exactly(fd: int, n: int) -> bytes | None:
-    """`n` bytes from `fd`, or None at end of file (the other side exited)."""
-    chunks, left = [], n
-    while left:
-        chunk = os.read(fd, left)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def _shut_down(proc: subprocess.Popen, to_child: int, from_child: int, folder: str) -> None:
     """Ask the child to stop, then make sure it has; close the pipes; remove the files."""
     with contextlib.suppress(OSError):  # the child may be gone already
-        os.write(to_child, _FRAME.pack(_STOP, 0, 0, 0))
+        os.write(to_child, FRAME.pack(STOP, 0, 0, 0))
     deadline = time.monotonic() + 5.0
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -9,25 +9,12 @@ output buffer. A failed forward is answered with its error text; the child keeps
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from .process_executor import _ERROR, _FRAME, _OK, _READY, _REPLY, _RESIZE, _RUN, _STOP, _read_exactly
-
-
-def _answer(fd: int, status: int, text: str = "") -> None:
-    data = text.encode()
-    os.write(fd, _REPLY.pack(status, len(data)) + data)
-
-
-def _mapped(folder: Path, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    numel = 1
-    for d in shape:
-        numel *= d
-    return torch.from_file(str(folder / name), shared=True, size=numel, dtype=dtype).view(shape)
+from .process_protocol import ERROR, FRAME, OK, READY, RESIZE, RUN, STOP, answer, read_exactly, shared_tensor
 
 
 def serve(config: dict) -> None:
@@ -38,32 +25,32 @@ def serve(config: dict) -> None:
 
         model = elastic.load(config["checkpoint"]).eval()
     except Exception as e:  # noqa: BLE001 - the parent reports it
-        _answer(outbox, _ERROR, f"{type(e).__name__}: {e}")
+        answer(outbox, ERROR, f"{type(e).__name__}: {e}")
         return
-    _answer(outbox, _READY)
+    answer(outbox, READY)
     folder, dtype = Path(config["dir"]), getattr(torch, config["dtype"])
     in_row, out_row = tuple(config["in_row"]), tuple(config["out_row"])
     x = y = None
     with torch.inference_mode():
         while True:
-            frame = _read_exactly(inbox, _FRAME.size)
+            frame = read_exactly(inbox, FRAME.size)
             if frame is None:
                 return  # the parent is gone
-            op, subnet, rows, gen = _FRAME.unpack(frame)
-            if op == _STOP:
+            op, subnet, rows, gen = FRAME.unpack(frame)
+            if op == STOP:
                 return
             try:
-                if op == _RESIZE:
-                    x = _mapped(folder, f"in-{gen}", (rows, *in_row), dtype)
-                    y = _mapped(folder, f"out-{gen}", (rows, *out_row), dtype)
-                elif op == _RUN:
+                if op == RESIZE:
+                    x = shared_tensor(folder, f"in-{gen}", (rows, *in_row), dtype, create=False)
+                    y = shared_tensor(folder, f"out-{gen}", (rows, *out_row), dtype, create=False)
+                elif op == RUN:
                     y[:rows].copy_(model(x[:rows], subnet=subnet))
                 else:
                     raise ValueError(f"unknown operation {op}")
             except Exception as e:  # noqa: BLE001 - the batch fails, the child serves on
-                _answer(outbox, _ERROR, f"{type(e).__name__}: {e}")
+                answer(outbox, ERROR, f"{type(e).__name__}: {e}")
                 continue
-            _answer(outbox, _OK)
+            answer(outbox, OK)
 
 
 if __name__ == "__main__":

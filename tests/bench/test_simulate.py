@@ -1,12 +1,13 @@
 """The load suite's simulator: the real scheduler on a virtual clock (synthetic tables, no model)."""
 
+import math
 import random
 
 import pytest
 
 from elastic.bench.arrivals import poisson
 from elastic.bench.outcomes import ANSWERED, BernoulliJudge, score
-from elastic.bench.simulate import ServiceModel, simulate
+from elastic.bench.simulate import Z99, ServiceModel, simulate
 from elastic.serving import LatencyProfile
 from elastic.subnet import Subnet
 
@@ -104,3 +105,19 @@ def test_forward_draws_follow_the_profiled_median_and_tail():
     assert xs[19800] == pytest.approx(30.0, rel=0.08)
     flat = ServiceModel(LatencyProfile.from_table({0: {1: 5.0}}))
     assert {flat.forward_ms(0, 1, rng) for _ in range(10)} == {5.0}
+
+
+def test_every_cell_draws_with_the_machines_spread_not_its_own_p99():
+    # three cells with p99 = 1.2 x p50 and one whose p99 one hiccup set at 4 x
+    p50 = {0: {1: 10.0, 8: 20.0}, 1: {1: 10.0, 8: 20.0}}
+    p99 = {0: {1: 12.0, 8: 24.0}, 1: {1: 40.0, 8: 24.0}}
+    profile = LatencyProfile.from_table(p50, p99)
+    shared = ServiceModel(profile)
+    assert shared.sigma == pytest.approx(math.log(1.2) / Z99)
+    rng = random.Random(0)
+    xs = sorted(shared.forward_ms(1, 1, rng) for _ in range(20000))
+    assert xs[10000] == pytest.approx(10.0, rel=0.03)
+    assert xs[19800] == pytest.approx(12.0, rel=0.05)  # the machine's tail, not the cell's 40
+    own = ServiceModel(profile, per_cell_spread=True)
+    ys = sorted(own.forward_ms(1, 1, rng) for _ in range(20000))
+    assert ys[19800] == pytest.approx(40.0, rel=0.1)
