@@ -117,8 +117,8 @@ FULL = LoadPlan(
     sim_loads=(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0),
     repeats=5,  # 3 left intervals wider than the gaps they judged (t = 4.3 at 2 degrees of freedom)
     sim_repeats=4,
-    span=Span(2.0, 5.0, 40),
-    sim_span=Span(4.0, 60.0, 400),
+    span=Span(2.0, 5.0, 400),  # DeiT: 5 s at 0.25x, 2 s from 2.3x; the demo: 2 s everywhere
+    sim_span=Span(4.0, 60.0, 4000),
     oracle_extra=2,
     deit_front=6,
 )
