@@ -30,6 +30,7 @@ goodput gauges, the fitted overhead, the latency corrections) are read at scrape
 | elastic_latency_correction | gauge | subnet: candidate ids |
 | elastic_overhead_per_batch_seconds | gauge | (latency model: fitted engine cost per batch) |
 | elastic_overhead_per_request_seconds | gauge | (latency model: fitted engine cost per request) |
+| elastic_latency_resets_total | counter | (stale online corrections dropped) |
 """
 
 from __future__ import annotations
@@ -191,6 +192,12 @@ class ServingMetrics:
             "Latency model: the engine's fitted cost per request in a batch (slicing, answering).",
             registry=r,
         )
+        self.latency_resets = Counter(
+            "elastic_latency_resets",
+            "Times the online latency correction was dropped as stale: an idle engine was about to refuse "
+            "a request on a correction no forward had renewed for stale_s (planning from the profile again).",
+            registry=r,
+        )
         # label children resolved once: the per-request path only increments
         self._outcome = {o: self.requests.labels(o) for o in OUTCOMES}
         self._selected: dict[int, Counter] = {}
@@ -231,6 +238,10 @@ class ServingMetrics:
             self._budget(budget_ms)
         if reason != "invalid":
             self._roll(0.0, False)
+
+    def latency_reset(self) -> None:
+        """The scheduler dropped a stale online correction (`BudgetScheduler.on_forget`)."""
+        self.latency_resets.inc()
 
     def admitted(self, budget_ms: float, n: int = 1) -> None:
         """`n` requests with `budget_ms` admitted (their budget observed once each)."""

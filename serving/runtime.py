@@ -98,6 +98,9 @@ class Runtime:
             `torch.get_num_threads()` at construction).
         batch_wait_ms: longest a partial batch is held back for more arrivals, only while
             every member's slack allows and requests arrive faster than that (0: never).
+        stale_s: the latency model's online correction is dropped when an idle engine is
+            about to refuse a request on it and no forward has renewed it for this many
+            seconds (`BudgetScheduler.stale_s`; counted in `elastic_latency_resets_total`).
         check_outputs: fail a request whose output holds NaN or Inf (`ExecutionError`)
             instead of answering it.
         caller_runs: let a thread that blocks on a result run the next batch itself when
@@ -143,6 +146,7 @@ class Runtime:
         executor_options: dict[str, Any] | None = None,
         worker_threads: int | None = None,
         batch_wait_ms: float = 1.0,
+        stale_s: float = 0.5,
         check_outputs: bool = True,
         caller_runs: bool = True,
         freeze_gc: bool = True,
@@ -160,6 +164,8 @@ class Runtime:
             raise ConfigError(f"ewma_alpha must be a number in (0, 1], got {ewma_alpha!r}")
         if isinstance(batch_wait_ms, bool) or not isinstance(batch_wait_ms, (int, float)) or not batch_wait_ms >= 0:
             raise ConfigError(f"batch_wait_ms must be a number >= 0, got {batch_wait_ms!r}")
+        if isinstance(stale_s, bool) or not isinstance(stale_s, (int, float)) or not stale_s > 0:
+            raise ConfigError(f"stale_s must be a number > 0, got {stale_s!r}")
         if worker_threads is None:
             worker_threads = torch.get_num_threads()
         worker_threads = check_positive_int("worker_threads", worker_threads)
@@ -177,6 +183,7 @@ class Runtime:
         self.quantile = quantile
         self.ewma_alpha = float(ewma_alpha)
         self.batch_wait_ms = float(batch_wait_ms)
+        self.stale_s = float(stale_s)
         self.warm = bool(warm)
         self.model = model.to(self.device).eval()
         first = next(self.model.parameters(), None)
@@ -305,7 +312,9 @@ class Runtime:
                         self.quantile,
                         self.ewma_alpha,
                         batch_wait_ms=self.batch_wait_ms,
+                        stale_s=self.stale_s,
                     )
+                    scheduler.on_forget = self.metrics.latency_reset
                 else:
                     scheduler.set_profile(profile, subnets)
                 self.metrics.set_subnets(scheduler.candidates)

@@ -134,6 +134,7 @@ class BudgetScheduler(SchedulerInterface):
         self.batch_wait_ms = float(batch_wait_ms)
         self.stale_s = float(stale_s)
         self.forgotten = 0  # times the online correction was dropped as stale
+        self.on_forget: Callable[[], None] | None = None  # told each time (the runtime counts it)
         self._observed_at: float | None = None  # when the last forward time was observed
         self.overhead = overhead if overhead is not None else OverheadModel()
         self._subnets = list(subnets)
@@ -433,6 +434,8 @@ class BudgetScheduler(SchedulerInterface):
         )
         forward.forget()
         self.forgotten += 1
+        if self.on_forget is not None:
+            self.on_forget()
         self._fast_any = None
         self._refresh_fronts()
 

@@ -114,6 +114,7 @@ def test_nan_priority_cannot_jump_the_queue_or_evict(served_model, served_profil
         dict(metrics_window=0),
         dict(worker_threads=0),
         dict(batch_wait_ms=-1),
+        dict(stale_s=0),
         dict(executor="bogus"),
     ],
 )
@@ -122,6 +123,15 @@ def test_a_bad_setting_raises_config_error_and_leaves_no_thread(served_model, se
     with pytest.raises(ConfigError):
         Runtime(served_model, profile=served_profile, **kwargs)
     assert engine_threads() == before
+
+
+def test_each_lane_drops_stale_corrections_after_stale_s_and_the_metrics_count_them(served_model, served_profile):
+    with Runtime(served_model, profile=served_profile, lanes=2, stale_s=0.25) as rt:
+        schedulers = [e.scheduler for e in rt._engines]
+        assert [s.stale_s for s in schedulers] == [0.25, 0.25]
+        for s in schedulers:
+            s.on_forget()  # what `BudgetScheduler._forget` calls
+        assert rt.metrics.registry.get_sample_value("elastic_latency_resets_total") == 2.0
 
 
 def test_a_profile_lacking_the_static_subnet_leaves_no_thread(served_model, served_profile):

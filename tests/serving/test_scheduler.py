@@ -273,6 +273,8 @@ def test_a_stale_correction_that_refuses_an_idle_engine_every_request_is_dropped
     # a burst of forwards at 5x the profile: the machine factor and the measured tail put
     # the fastest subnet's batch of one past a 6 ms budget (profile: 2 ms)
     s, c = make("static:0", stale_s=0.1), Clock()
+    told: list[int] = []
+    s.on_forget = lambda: told.append(s.forgotten)
     end = _slow_burst(s, c)
     assert s.predict_ms(0, 1) > 6.0
     # fresh evidence holds: refused, and the correction stays
@@ -281,7 +283,7 @@ def test_a_stale_correction_that_refuses_an_idle_engine_every_request_is_dropped
     assert s.forgotten == 0 and s.predictor.corrected
     # nothing has run for longer than stale_s: the engine would otherwise refuse forever
     s.add_request(c.request(6, at=end + 0.2), now=end + 0.2)
-    assert s.forgotten == 1 and not s.predictor.corrected
+    assert s.forgotten == 1 and not s.predictor.corrected and told == [1]
     assert s.predict_ms(0, 1) == TABLE[0][1]
     # a budget even the profile cannot meet is still refused
     with pytest.raises(BudgetInfeasible):
