@@ -54,6 +54,7 @@ from typing import Any
 import torch
 
 from elastic.serving import Runtime, ServedCapacity, budget_range
+from elastic.serving.executor import Executor
 from elastic.serving.profile import LatencyProfile
 
 from .arrivals import BudgetDistribution, on_off, poisson
@@ -192,31 +193,28 @@ class Calibration:
 
 def calibrate(scenario: Scenario, profile_repeats: int | None = None) -> Calibration:
     """Profile the scenario's model and its baseline, and measure served capacities and overhead."""
-    from elastic.serving.executor import make_executor
     from elastic.serving.profiler import measure_latency
 
     t0 = time.perf_counter()
     model, example = scenario.model, scenario.images[0]
     repeats = profile_repeats or scenario.profile_repeats
     variants = scenario.variants()
-    # through the executor the runtime serves with (eager), as `Runtime.profile` does
+    executor = scenario.executor_for(model)
+    # through the executor the runtime serves with, as `Runtime.profile` does
     profile = measure_latency(
-        model,
-        example,
-        BATCH_SIZES,
-        repeats=repeats,
-        subnets=scenario.profile_subnets,
-        executor=make_executor("eager", model),
+        model, example, BATCH_SIZES, repeats=repeats, subnets=scenario.profile_subnets, executor=executor
     )
     variants_profile = measure_latency(
-        variants, example, BATCH_SIZES, repeats=repeats, executor=make_executor("eager", variants)
+        variants, example, BATCH_SIZES, repeats=repeats, executor=scenario.executor_for(variants)
     )
-    with Runtime(model, max_batch_size=MAX_BATCH, profile=profile) as rt:
+    with Runtime(model, max_batch_size=MAX_BATCH, profile=profile, executor=executor) as rt:
         candidates = rt.candidates
     anchors = scenario.anchors
     smallest, largest = anchors[0], anchors[-1]
     measured = {
-        sid: served_open_loop(model, example, sid, profile, scenario.capacity_burst, scenario.capacity_singles)
+        sid: served_open_loop(
+            model, example, sid, profile, scenario.capacity_burst, scenario.capacity_singles, executor
+        )
         for sid in (largest, smallest)
     }
     (served, over_l), (small, over_s) = measured[largest], measured[smallest]
@@ -262,7 +260,13 @@ def calibrate(scenario: Scenario, profile_repeats: int | None = None) -> Calibra
 
 
 def served_open_loop(
-    model, example: torch.Tensor, subnet: int, profile: LatencyProfile, burst: int, singles: int
+    model,
+    example: torch.Tensor,
+    subnet: int,
+    profile: LatencyProfile,
+    burst: int,
+    singles: int,
+    executor: str | Executor = "eager",
 ) -> tuple[ServedCapacity, tuple[float, float]]:
     """What one static subnet sustains when driven as the load runs drive the runtime.
 
@@ -279,7 +283,12 @@ def served_open_loop(
     with (
         torch.inference_mode(),
         Runtime(
-            model, max_batch_size=MAX_BATCH, policy=f"static:{subnet}", profile=profile, batch_wait_ms=BATCH_WAIT_MS
+            model,
+            max_batch_size=MAX_BATCH,
+            policy=f"static:{subnet}",
+            profile=profile,
+            batch_wait_ms=BATCH_WAIT_MS,
+            executor=executor,
         ) as rt,
     ):
         for _ in range(5):
@@ -361,6 +370,7 @@ def run_one(
                 profile=profile,
                 batch_wait_ms=BATCH_WAIT_MS,
                 lanes=lanes,
+                executor=scenario.executor_for(model),
             ) as rt,
         ):
             lag: list[float] = []
@@ -717,7 +727,22 @@ def run(args: argparse.Namespace) -> dict:
         "deit": lambda: deit_scenario(front_size=plan.deit_front, profile_repeats=5 if args.quick else 8),
     }
     chosen = builders if only == "all" else {only: builders[only]}
+    executor = getattr(args, "executor", None) or "eager"
+    if executor != "eager":
+        chosen = {name: _served_by(build, executor) for name, build in chosen.items()}
     return run_scenarios(chosen, plan, args.out, args.command, args.seed, bool(getattr(args, "simulate", False)))
+
+
+def _served_by(build: Callable[[], Scenario], executor: str) -> Callable[[], Scenario]:
+    """`build`, with the scenario's real runs served through `executor` (and labelled so)."""
+
+    def built() -> Scenario:
+        scenario = build()
+        scenario.executor = executor
+        scenario.label += f"; forwards through the {executor} executor (INFaaS's separate models: eager)"
+        return scenario
+
+    return built
 
 
 def run_scenarios(
@@ -738,47 +763,12 @@ def run_scenarios(
     sim: dict[str, dict[str, Any]] = {}
     for name, build in builders.items():
         scenario = build()
-        calib = calibrate(scenario)
-        common = {
-            "label": scenario.label,
-            "accuracy_source": scenario.accuracy_source,
-            "notes": scenario.notes,
-            "calibration": calib.to_dict(),
-        }
-        t0 = time.perf_counter()
-        sim_runs = sweep(
-            "sim", scenario, calib, plan.patterns, plan.sim_loads, plan.sim_repeats, plan.sim_span, None, seed
-        )
-        sim_points = summarize(sim_runs, calib)
-        sim[name] = {
-            **common,
-            "accuracy_source": scenario.accuracy_source
-            + "; in simulation every answer's correctness is drawn with its subnet's accuracy",
-            "seeds": plan.sim_repeats,
-            "span": vars(plan.sim_span),
-            "seconds": time.perf_counter() - t0,
-            "points": sim_points,
-            "runs": sim_runs,
-        }
-        if sim_only:
-            continue
-        t0 = time.perf_counter()
-        statics_at = shortlist(sim_points, plan, calib)
-        real_runs = sweep(
-            "real", scenario, calib, plan.patterns, plan.real_loads, plan.repeats, plan.span, statics_at, seed
-        )
-        real[name] = {
-            **common,
-            "seeds": plan.repeats,
-            "span": vars(plan.span),
-            "seconds": time.perf_counter() - t0,
-            "oracle_note": (
-                "statics run for real at each point: the smallest and largest anchors plus the "
-                f"{plan.oracle_extra} front subnet(s) the simulation ranked best there (`statics_run`)"
-            ),
-            "points": summarize(real_runs, calib),
-            "runs": real_runs,
-        }
+        try:
+            sim[name], real_runs = _run_scenario(scenario, plan, seed, sim_only)
+        finally:
+            scenario.close()
+        if real_runs is not None:
+            real[name] = real_runs
     method = {
         "repeats": "each (scenario, pattern, load) run on several seeds; every contender on each seed, in a "
         "shuffled order, all before the next seed",
@@ -817,6 +807,53 @@ def run_scenarios(
         result["targets"] = target_summary(real)
     log.info("load suite took %.0f s", time.perf_counter() - t_start)
     return {**result, "sim": sim, "real": real, "table": table}
+
+
+def _run_scenario(
+    scenario: Scenario, plan: LoadPlan, seed: int, sim_only: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Calibrate one scenario, sweep it in simulation and (unless `sim_only`) for real."""
+    calib = calibrate(scenario)
+    common = {
+        "label": scenario.label,
+        "executor": scenario.executor,
+        "accuracy_source": scenario.accuracy_source,
+        "notes": scenario.notes,
+        "calibration": calib.to_dict(),
+    }
+    t0 = time.perf_counter()
+    sim_runs = sweep("sim", scenario, calib, plan.patterns, plan.sim_loads, plan.sim_repeats, plan.sim_span, None, seed)
+    sim_points = summarize(sim_runs, calib)
+    sim_result = {
+        **common,
+        "accuracy_source": scenario.accuracy_source
+        + "; in simulation every answer's correctness is drawn with its subnet's accuracy",
+        "seeds": plan.sim_repeats,
+        "span": vars(plan.sim_span),
+        "seconds": time.perf_counter() - t0,
+        "points": sim_points,
+        "runs": sim_runs,
+    }
+    if sim_only:
+        return sim_result, None
+    t0 = time.perf_counter()
+    statics_at = shortlist(sim_points, plan, calib)
+    real_runs = sweep(
+        "real", scenario, calib, plan.patterns, plan.real_loads, plan.repeats, plan.span, statics_at, seed
+    )
+    real_result = {
+        **common,
+        "seeds": plan.repeats,
+        "span": vars(plan.span),
+        "seconds": time.perf_counter() - t0,
+        "oracle_note": (
+            "statics run for real at each point: the smallest and largest anchors plus the "
+            f"{plan.oracle_extra} front subnet(s) the simulation ranked best there (`statics_run`)"
+        ),
+        "points": summarize(real_runs, calib),
+        "runs": real_runs,
+    }
+    return sim_result, real_result
 
 
 def plot(scenarios: dict[str, dict[str, Any]], path: Path, mode: str) -> None:

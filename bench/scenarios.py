@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from elastic.model import ElasticModel
+from elastic.serving.executor import Executor
 
 from .outcomes import BernoulliJudge, Judge, LabelJudge
 from .variants import AnchorVariants
@@ -56,7 +57,9 @@ class Scenario:
     capacity_burst: int = 256  # requests in the served-capacity burst
     capacity_singles: int = 30  # single requests timed for the served batch-1 latency
     notes: dict[str, Any] = field(default_factory=dict)  # recorded in the results
+    executor: str = "eager"  # how real runs execute the model's forwards (`elastic.serving.EXECUTORS`)
     _variants: AnchorVariants | None = None
+    _executors: dict[int, Executor] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> dict[int, float]:
@@ -71,6 +74,25 @@ class Scenario:
         if self._variants is None:
             self._variants = AnchorVariants(self.model).eval()
         return self._variants
+
+    def executor_for(self, model: ElasticModel) -> Executor:
+        """The one executor every real run of `model` shares (made on first use): a process
+        executor's child starts in seconds, once per scenario rather than once per run. The
+        INFaaS baseline's separate timm models have no checkpoint a child could load, so
+        they always run eagerly."""
+        from elastic.serving.executor import make_executor
+
+        ex = self._executors.get(id(model))
+        if ex is None:
+            spec = "eager" if isinstance(model, AnchorVariants) else self.executor
+            ex = self._executors[id(model)] = make_executor(spec, model)
+        return ex
+
+    def close(self) -> None:
+        """Close the executors made for real runs (a process executor's child ends)."""
+        for ex in self._executors.values():
+            ex.close()
+        self._executors.clear()
 
 
 def demo_scenario(model_dir: str | Path | None, images: int | None = None, profile_repeats: int = 30) -> Scenario:

@@ -25,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--simulate", action="store_true", help="load: only the simulated sweep (virtual clock), no real runs"
     )
     p.add_argument(
+        "--executor",
+        choices=["eager", "process"],
+        default="eager",
+        help="load: how real runs execute forwards (default eager; process: in a child process, off the "
+        "interpreter lock)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,

@@ -201,6 +201,49 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     assert math.isfinite(result["seconds"])
 
 
+@pytest.mark.slow
+def test_a_scenario_served_by_the_process_executor_shares_one_child_and_ends_it(
+    tiny_stitched, tmp_path, one_thread, monkeypatch
+):
+    from elastic.serving.process_executor import ProcessExecutor
+
+    accuracy = {s.id: 0.5 + 0.01 * s.id for s in tiny_stitched.subnets()}
+    tiny_stitched.set_accuracies(accuracy)
+    scenario = Scenario(
+        name="tiny",
+        label="tiny synthetic StitchedNet (tests only)",
+        model=tiny_stitched,
+        images=torch.randn(16, 3, 32, 32),
+        real_judge=lambda seed: BernoulliJudge(accuracy, seed),
+        accuracy_source="synthetic accuracies",
+        profile_repeats=3,
+        capacity_burst=24,
+        capacity_singles=3,
+        executor="process",
+    )
+    made = []
+    executor_for = Scenario.executor_for
+
+    def recording(self, model):
+        ex = executor_for(self, model)
+        made.append(ex)
+        return ex
+
+    monkeypatch.setattr(Scenario, "executor_for", recording)
+    plan = LoadPlan(
+        ("poisson",), (0.5,), (0.5,), 2, 2, Span(0.25, 0.25, 10), Span(0.5, 1.0, 100), oracle_extra=1, deit_front=3
+    )
+    run_scenarios({"tiny": lambda: scenario}, plan, tmp_path, "test command")
+    children = {id(ex): ex for ex in made if isinstance(ex, ProcessExecutor)}
+    assert len(children) == 1  # the model's: one child for calibration and every real run
+    (child,) = children.values()
+    assert child._proc.poll() is not None  # ended with the suite
+    assert all(ex.name == "eager" for ex in made if ex is not child)  # INFaaS's separate models
+    real = json.loads((tmp_path / "load.json").read_text())["scenarios"]["tiny"]
+    assert real["executor"] == "process"
+    assert all(r["failed"] == 0 and r["answered"] > 0 for r in real["runs"])
+
+
 def test_span_aims_for_a_request_count_within_bounds():
     span = Span(2.0, 6.0, 40)
     assert span.seconds(1000.0) == 2.0  # a fast model: the floor
