@@ -137,24 +137,30 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.slow
-def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thread):
-    torch.manual_seed(0)
-    accuracy = {
-        s.id: 0.5 + 0.4 * s.flops / max(t.flops for t in tiny_stitched.subnets()) for s in tiny_stitched.subnets()
-    }
-    tiny_stitched.set_accuracies(accuracy)
-    scenario = Scenario(
+def tiny_scenario(model, accuracy: dict[int, float], **options) -> Scenario:
+    """A scenario over a tiny synthetic model whose answers are judged with `accuracy`."""
+    model.set_accuracies(accuracy)
+    return Scenario(
         name="tiny",
         label="tiny synthetic StitchedNet (tests only)",
-        model=tiny_stitched,
+        model=model,
         images=torch.randn(16, 3, 32, 32),
         real_judge=lambda seed: BernoulliJudge(accuracy, seed),
         accuracy_source="synthetic accuracies",
         profile_repeats=3,
         capacity_burst=24,
         capacity_singles=3,
+        **options,
     )
+
+
+@pytest.mark.slow
+def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thread):
+    torch.manual_seed(0)
+    accuracy = {
+        s.id: 0.5 + 0.4 * s.flops / max(t.flops for t in tiny_stitched.subnets()) for s in tiny_stitched.subnets()
+    }
+    scenario = tiny_scenario(tiny_stitched, accuracy)
     plan = LoadPlan(
         ("poisson",), (0.5,), (0.5, 2.0), 3, 2, Span(0.25, 0.5, 10), Span(0.5, 5.0, 100), oracle_extra=1, deit_front=3
     )
@@ -208,19 +214,7 @@ def test_a_scenario_served_by_the_process_executor_shares_one_child_and_ends_it(
     from elastic.serving.process_executor import ProcessExecutor
 
     accuracy = {s.id: 0.5 + 0.01 * s.id for s in tiny_stitched.subnets()}
-    tiny_stitched.set_accuracies(accuracy)
-    scenario = Scenario(
-        name="tiny",
-        label="tiny synthetic StitchedNet (tests only)",
-        model=tiny_stitched,
-        images=torch.randn(16, 3, 32, 32),
-        real_judge=lambda seed: BernoulliJudge(accuracy, seed),
-        accuracy_source="synthetic accuracies",
-        profile_repeats=3,
-        capacity_burst=24,
-        capacity_singles=3,
-        executor="process",
-    )
+    scenario = tiny_scenario(tiny_stitched, accuracy, executor="process")
     made = []
     executor_for = Scenario.executor_for
 
