@@ -22,8 +22,10 @@ requests served in full batches on the fastest eligible subnet, in order), and t
 most accurate subnet that ends by then and by the batch's own deadline; among batch
 sizes, the most accuracy delivered (rest counted at the fastest subnet's accuracy). A
 request is so moved to a cheaper subnet exactly when the more accurate one would make an
-admitted request miss. Only when no choice keeps everyone on time does it serve the
-largest prefix it can still serve on time.
+admitted request miss. When the quick look-ahead finds no choice that keeps everyone on
+time, it plans the rest exactly (the engine's plan splits batches where deadlines demand);
+when no choice does (a prediction went wrong), the whole head runs on the fastest subnet:
+the worker's best rate, as a static policy serves.
 
 It also prices the busy period (docs/serving.md, "The price of a busy period"): a forward
 cannot be interrupted, so a long batch turns away the tight-budget requests that arrive
@@ -66,7 +68,8 @@ class ElasticPolicy(Policy):
             4 × max batch).
         utilisation: on a scheduler that reports the arrival rate, once more than a full
             batch is queued, a batch of b requests may take at most this share of the
-            b × mean gap in which b more arrive, unless only the fastest subnet makes the
+            b × mean gap in which b more arrive, on average (its expected time, without
+            the tail margin its deadlines are planned with), unless only the fastest subnet makes the
             deadlines: under load the policy moves to cheaper subnets as soon as a backlog
             forms, before deadlines force it.
         blocking_price: weight of the busy-period charge, in units of the fastest
@@ -190,14 +193,15 @@ class _OnFronts:
 
     def pick(self, b: int, f: float, window_ms: float):
         """Most accurate within the window and within the batch's share of time at the
-        arrival rate (b requests arrive every b × gap: a batch that takes longer makes the
-        queue grow); else the fastest that makes the window."""
+        arrival rate (b requests arrive every b × gap: a batch that takes longer on average
+        makes the queue grow; the share bounds its expected time, the window its planned
+        time); else the fastest that makes the window."""
         costs, gap = self.costs, self.gap
         if gap is None or gap * b * self.utilisation >= window_ms:
             return costs.best_within(b, f, window_ms)
-        found = costs.best_within(b, f, gap * b * self.utilisation)
-        if found is not None:
-            return found
+        found = costs.best_within(b, f, gap * b * self.utilisation, expected=True)
+        if found is not None:  # the window's bound binds when it is the tighter one
+            return found if found[1] <= window_ms else costs.best_within(b, f, window_ms)
         fastest = costs.fastest(None if f == _NO_FLOOR else f, b)
         return fastest if fastest is not None and fastest[1] <= window_ms else None
 
@@ -340,10 +344,18 @@ class _OnFronts:
         return Decision(*decision) if decision is not None else None
 
     def fewest_late(self) -> Decision | None:
-        """When the quick look-ahead finds no batch that keeps every planned request on time
-        (it assumes full batches; the engine's plan splits them where deadlines demand):
-        try, per batch size, the most accurate subnet that makes the batch's deadline and
-        the fastest one, plan the rest exactly (`plan_late`), and take the fewest late."""
+        """When the quick look-ahead finds no batch that keeps every planned request on time.
+
+        It assumes full batches, while the engine's plan splits them where deadlines demand:
+        so try, per batch size, the most accurate subnet that makes the batch's deadline and
+        the fastest one, plan the rest exactly (`plan_late`), and take the most accurate
+        choice that leaves nobody late. When every choice leaves someone late, predictions
+        went wrong and the queue holds more than the worker can serve in time: then
+        throughput decides (`throughput`). Taking the fewest late of one plan there chose
+        small batches on a count that swung by ten with a batch size or two, and the lost
+        capacity cost more requests than it saved (simulated demo, on/off bursts at 1.25×:
+        92 shed against 5 for the smallest anchor served statically).
+        """
         queue, now, costs, hard, floors = self.queue, self.now, self.costs, self.hard, self.floors
         floored = max(floors) > _NO_FLOOR
         best: tuple | None = None
@@ -361,10 +373,18 @@ class _OnFronts:
                     continue
                 sid, t = found
                 end = now + t / 1e3
-                late = len(costs.plan_late(hard[b:], floors[b:] if floored else None, end))
-                late += hard_b if end > d else 0
+                if end > d or costs.plan_late(hard[b:], floors[b:] if floored else None, end):
+                    continue  # someone is late
                 acc = costs.accuracy(sid)
-                key = (-late, hard_b * acc, b, acc, -t)
+                key = (hard_b * acc, b, acc, -t)
                 if best is None or key > best:
                     best, decision = key, Decision(sid, b)
-        return decision
+        return decision if decision is not None else self.throughput()
+
+    def throughput(self) -> Decision | None:
+        """The largest batch from the head on the fastest subnet its members' floors allow:
+        the most requests per second of worker time, what a static policy serves."""
+        n = min(len(self.queue), self.max_batch)
+        f = max(self.floors[:n])
+        found = self.costs.fastest(None if f == _NO_FLOOR else f, n)
+        return Decision(found[0], n) if found is not None else None

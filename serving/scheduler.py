@@ -271,24 +271,30 @@ class BudgetScheduler(SchedulerInterface):
         sid = self._front_ids[b][i]
         return sid, self.latency.forward.predict_ms(sid, batch) + self.overhead.ms(batch)
 
-    def best_within(self, batch: int, floor: float, max_ms: float) -> tuple[int, float] | None:
+    def best_within(self, batch: int, floor: float, max_ms: float, expected: bool = False) -> tuple[int, float] | None:
         """(id, service ms) of the most accurate candidate with accuracy >= `floor` whose
-        service time at `batch` is <= `max_ms`; None if there is none. Two binary searches."""
+        service time at `batch` is <= `max_ms`; None if there is none. Two binary searches.
+
+        `expected`: bound the expected service time instead of the planned one — without
+        the measured tail factor, the margin a deadline needs; a rate of batches is paid at
+        the mean. The ms returned is the planned one either way. Until the tail is measured
+        the two are the same."""
         forward = self.latency.forward
         shared, tail = forward.shared, forward.tail
         if tail is None:
             tail = 1.0  # × 1.0 is exact: the products below are `predict_ms`'s, bit for bit
+        bound = 1.0 if expected else tail
         lat = self._front_lat[batch]
         over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
         limit = max_ms - over
-        j = bisect.bisect_right(lat, limit / (shared * tail)) - 1
+        j = bisect.bisect_right(lat, limit / (shared * bound)) - 1
         # the bisect may be one rounding off at the boundary: settle it on the exact products
-        ms = lat[j] * shared * tail if j >= 0 else None
+        ms = lat[j] * shared * bound if j >= 0 else None
         while ms is not None and ms > limit:
             j -= 1
-            ms = lat[j] * shared * tail if j >= 0 else None
+            ms = lat[j] * shared * bound if j >= 0 else None
         while j + 1 < len(lat):
-            after = lat[j + 1] * shared * tail
+            after = lat[j + 1] * shared * bound
             if after > limit:
                 break
             j, ms = j + 1, after
@@ -297,7 +303,7 @@ class BudgetScheduler(SchedulerInterface):
         ids = self._front_ids[batch]
         if floor > _NO_FLOOR and (not self.accuracy_known or self._front_acc[batch][j] < floor):
             return None
-        return ids[j], ms + over
+        return ids[j], (ms if bound == tail else lat[j] * shared * tail) + over
 
     def arrival_gap_ms(self) -> float | None:
         """Mean time between recent arrivals (admitted or not), in ms; None while unknown."""

@@ -112,6 +112,21 @@ def test_batches_a_backlog_when_that_serves_more_requests_accurately():
     )  # 19 ms; subnet 2 alone would cost the others accuracy
 
 
+def test_when_someone_is_late_whatever_runs_the_whole_head_runs_on_the_fastest_subnet():
+    # the worker comes back 0.8 ms late to a queue planned on time (a stall). Now r0 (3 ms
+    # budget) alone, 2 ms, leaves too little time for the seven behind it; all eight at
+    # once, 9 ms, miss r0. Someone is late whatever runs: serving r0 alone first (the
+    # fewest late of one plan, with smaller batches behind it) spends a batch's time on
+    # one request; the head runs at the worker's best rate instead.
+    s, c = make(), Clock()
+    s.add_request(c.request(3.0), 0.0)
+    for _ in range(7):
+        s.add_request(c.request(10.5), 0.0)  # after r0 alone: 2 + 8 ms, on time
+    out = s.schedule(0.0008)
+    assert out.shed == []  # r0 could still make it alone
+    assert (out.batch.subnet, out.batch.size) == (0, 8)  # ends at 9.8 ms: the seven on time, r0 late
+
+
 def test_every_scheduled_batch_meets_all_its_members_deadlines():
     rng = random.Random(0)
     for policy in ("elastic", "slackfit", "static:1"):
@@ -359,6 +374,20 @@ def test_best_within_an_unbounded_window_is_the_most_accurate_with_a_finite_late
     s = BudgetScheduler(subnets(), profile, overhead=OverheadModel(per_batch_ms=0.5, per_request_ms=0.25))
     assert s.best_within(8, -math.inf, math.inf) == (2, pytest.approx(38.0 + 0.5 + 2.0))
     assert s.best_within(1, -math.inf, 1.0) is None
+
+
+def test_best_within_an_expected_bound_leaves_out_the_measured_tail():
+    s = make()
+    forward = s.latency.forward
+    for k in range(64):  # residuals 1.0 and 1.5: the measured tail is 1.5 / the machine factor
+        forward.observe(0, 1, TABLE[0][1] * (1.5 if k % 4 == 0 else 1.0))
+    assert forward.tail is not None and forward.tail > 1.2
+    expected_1 = TABLE[1][1] * forward.shared  # subnet 1 at batch 1, on average
+    planned_1 = s.predict_ms(1, 1)
+    assert planned_1 == pytest.approx(expected_1 * forward.tail)
+    window = (expected_1 + planned_1) / 2  # its mean fits, its planning margin does not
+    assert s.best_within(1, -math.inf, window)[0] == 0
+    assert s.best_within(1, -math.inf, window, expected=True) == (1, planned_1)
 
 
 def test_a_hold_ends_earlier_by_how_late_the_last_holds_woke():
