@@ -130,15 +130,10 @@ class Demand:
     def blocked_curve(self, service_ms: float) -> Callable[[float], float]:
         """`blocked(·, service_ms)` as a function of the busy period, with the rate and the
         sorted sample bound once: what one scheduling decision evaluates many times."""
-        gap = self.busy_gap_ms()
-        if gap is None or gap == math.inf:
+        bound = self._bound(service_ms)
+        if bound is None:
             return _none_blocked
-        if self._stale >= min(self._refresh, len(self._sorted)) or not self._sorted:  # doubling at first
-            self._rebuild()
-        budgets, prefix = self._sorted, self._prefix
-        scale = 1.0 / (len(budgets) * gap)
-        k0 = bisect.bisect_right(budgets, service_ms)  # can never make it: the whole busy period
-        below = prefix[k0]
+        budgets, prefix, k0, below, scale = bound
         right = bisect.bisect_left
 
         def curve(busy_ms: float) -> float:
@@ -150,6 +145,45 @@ class Demand:
 
         return curve
 
+    def charge_curve(self, service_ms: float, sat_weight: float) -> Callable[[float, float, float], float]:
+        """`busy_charge` over `blocked_curve(service_ms)` as one function of (ms, rest_ms,
+        fluid_ms), the same value bit for bit: both curves inlined, since one decision
+        prices many batches and a Python call costs as much as the curve itself."""
+        bound = self._bound(service_ms)
+        if bound is None:
+            return _no_charge
+        budgets, prefix, k0, below, scale = bound
+        right = bisect.bisect_left
+
+        def charge(ms: float, rest_ms: float, fluid_ms: float) -> float:
+            sat = 0.0
+            busy = ms + fluid_ms
+            if sat_weight and busy > 0:
+                end = busy + service_ms
+                k1 = right(budgets, end, k0)
+                sat = sat_weight * ((k0 * busy + (k1 - k0) * end - (prefix[k1] - below)) * scale)
+            busy = ms + rest_ms
+            if busy <= 0:
+                return 0.0 + sat
+            end = busy + service_ms
+            k1 = right(budgets, end, k0)
+            return (k0 * busy + (k1 - k0) * end - (prefix[k1] - below)) * scale + sat
+
+        return charge
+
+    def _bound(self, service_ms: float) -> tuple[list[float], list[float], int, float, float] | None:
+        """What the blocked curve at `service_ms` reads: (sorted budgets, their prefix sums,
+        k0 = how many can never make it, their sum, 1 / (count × busy-time gap)); None while
+        the rate is unknown or nothing arrives during busy periods."""
+        gap = self.busy_gap_ms()
+        if gap is None or gap == math.inf:
+            return None
+        if self._stale >= min(self._refresh, len(self._sorted)) or not self._sorted:  # doubling at first
+            self._rebuild()
+        budgets, prefix = self._sorted, self._prefix
+        k0 = bisect.bisect_right(budgets, service_ms)  # can never make it: the whole busy period
+        return budgets, prefix, k0, prefix[k0], 1.0 / (len(budgets) * gap)
+
     def _rebuild(self) -> None:
         self._sorted = sorted(self._budgets)
         self._prefix = [0.0, *accumulate(b if b < float("inf") else 0.0 for b in self._sorted)]
@@ -157,6 +191,10 @@ class Demand:
 
 
 def _none_blocked(busy_ms: float) -> float:
+    return 0.0
+
+
+def _no_charge(ms: float, rest_ms: float, fluid_ms: float) -> float:
     return 0.0
 
 

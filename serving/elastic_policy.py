@@ -49,11 +49,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
-from functools import partial
 from itertools import accumulate
 
 from .decision import CostView, Decision, Policy, prefixes
-from .demand import busy_charge
 from .request import Request
 
 _INF = math.inf
@@ -163,7 +161,8 @@ class _OnFronts:
         self.fast_at = (
             row if len(row) > max_batch else [None, *(costs.fastest(None, b) for b in range(1, max_batch + 1))]
         )
-        self.acc_fast = costs.accuracy(fast[0])
+        self.acc_of = costs.accuracies()  # id -> accuracy, read many times per decision
+        self.acc_fast = self.acc_of[fast[0]]
         self.n_hard = h - window.count(_INF)
         # the busy period's price: what the arrivals it turns away would have delivered
         price = policy.blocking_price * self.acc_fast if hasattr(costs, "blocked_curve") else 0.0
@@ -173,9 +172,9 @@ class _OnFronts:
         self.price = price
         # in saturation worker time is the scarce resource: each ms displaces answers
         self.theta = costs.displaced_per_ms() if price else 0.0
-        self.blocked = costs.blocked_curve() if price else None  # bound once for this decision
         self.sat_weight = costs.saturation_weight(self.theta) if price else 0.0
-        self.charge = partial(busy_charge, self.blocked, self.sat_weight)  # (ms, rest_ms, fluid_ms) -> arrivals
+        # (ms, rest_ms, fluid_ms) -> arrivals (`busy_charge`), bound once for this decision
+        self.charge = costs.charge_curve(self.sat_weight) if price else None
         self.gap = self._backlog_gap()
 
     def _backlog_gap(self) -> float | None:
@@ -205,57 +204,44 @@ class _OnFronts:
         fastest = costs.fastest(None if f == _NO_FLOOR else f, b)
         return fastest if fastest is not None and fastest[1] <= window_ms else None
 
-    def latest_end(self, b: int) -> float:
-        """Latest end of a batch of the first b that keeps the planned rest on time."""
-        latest = _INF
-        h, suffix_min, window = self.h, self.suffix_min, self.window
-        if self.f_rest == _NO_FLOOR:  # every rest batch full, on the fastest subnet
-            k, c = b, self.t_full
+    def latest_ends(self) -> list[float]:
+        """[b] = latest end of a batch of the first b that keeps the planned rest on time
+        (b = 1 .. n; [0] unused): the rest from position b on, in batches of max_batch on
+        the fastest subnet its floors allow, must each end by their earliest deadline."""
+        h, n, max_batch, window = self.h, self.n, self.max_batch, self.window
+        if self.f_rest == _NO_FLOOR:  # every rest batch full on the fastest subnet: one pass from the back
+            suffix_min, t_full = self.suffix_min, self.t_full
+            ends = [_INF] * (h + max_batch)
+            for k in range(h - 1, 0, -1):
+                later = ends[k + max_batch]
+                ends[k] = (suffix_min[k] if suffix_min[k] < later else later) - t_full
+            return ends[: n + 1]
+        floors, costs = self.floors, self.costs
+        ends = [_INF]
+        for b in range(1, n + 1):
+            latest, k, c = _INF, b, 0.0
             while k < h:
-                v = suffix_min[k] - c
+                m = min(max_batch, h - k)
+                ff = max(floors[k : k + m])
+                found = costs.fastest(None if ff == _NO_FLOOR else ff, m)
+                c += found[1] / 1e3 if found is not None else _INF
+                v = min(window[k : k + m]) - c
                 if v < latest:
                     latest = v
-                k += self.max_batch
-                c += self.t_full
-            return latest
-        floors, costs = self.floors, self.costs  # accuracy floors: each rest batch on the fastest it allows
-        k, c = b, 0.0
-        while k < h:
-            m = min(self.max_batch, h - k)
-            ff = max(floors[k : k + m])
-            found = costs.fastest(None if ff == _NO_FLOOR else ff, m)
-            c += found[1] / 1e3 if found is not None else _INF
-            v = min(window[k : k + m]) - c
-            if v < latest:
-                latest = v
-            k += m
-        return latest
+                k += m
+            ends.append(latest)
+        return ends
 
-    def rest_ms(self, b: int) -> tuple[float, float]:
-        """The queue behind a batch of b keeps the worker busy after it: (ms in full batches
-        on the fastest subnet and a partial one, ms as its share of full batches)."""
-        if not self.price:
-            return 0.0, 0.0
-        queued, max_batch, fast = len(self.queue), self.max_batch, self.fast
-        full, part = divmod(queued - b, max_batch)
-        rest = full * fast[1] + (self.fast_at[part][1] if part else 0.0)
-        return rest, (queued - b) / max_batch * fast[1]
-
-    def value(
-        self, members: int, sid: int, acc: float, t: float, b: int, f: float, rest_ms: float, fluid_ms: float
-    ) -> float:
-        """Accuracy `members` on-time requests get on `sid` (accuracy `acc`, t ms), minus the
-        busy-period and saturation charges with `rest_ms` / `fluid_ms` of queue behind the
-        batch; in saturation the fastest subnet at b may be worth more. Only with a price."""
-        price, charge = self.price, self.charge
-        value = members * acc - price * charge(t, rest_ms, fluid_ms)
-        alt = self.fast_at[b] if f == _NO_FLOOR else self.costs.fastest(f, b)
-        if alt is None or alt[0] == sid:  # `sid` stays the top of the range `best_priced` searches
-            return value
-        alt_acc = members * self.costs.accuracy(alt[0])
-        if alt_acc <= value:  # a charge is never negative: the fastest cannot do better
-            return value
-        return max(value, alt_acc - price * charge(alt[1], rest_ms, fluid_ms))
+    def rests_ms(self) -> list[tuple[float, float]]:
+        """[b] = how long the queue behind a batch of b keeps the worker busy after it: (ms
+        in full batches on the fastest subnet and a partial one, ms as its share of full
+        batches), b = 1 .. n ([0] unused)."""
+        queued, max_batch, fast_ms, fast_at = len(self.queue), self.max_batch, self.fast[1], self.fast_at
+        rests = [(0.0, 0.0)]
+        for b in range(1, self.n + 1):
+            full, part = divmod(queued - b, max_batch)
+            rests.append((full * fast_ms + (fast_at[part][1] if part else 0.0), (queued - b) / max_batch * fast_ms))
+        return rests
 
     def choose(self) -> Decision | None:
         """The best (subnet, batch size) by the key (on time?, value, size, accuracy, speed).
@@ -270,30 +256,32 @@ class _OnFronts:
         hard, floors = self.hard, self.floors
         prefix_deadline = list(accumulate(hard[: self.n], min))
         prefix_floor = list(accumulate(floors[: self.n], max))
-        acc_fast, n_hard, price = self.acc_fast, self.n_hard, self.price
+        acc_fast, n_hard, price, acc_of = self.acc_fast, self.n_hard, self.price, self.acc_of
         best: tuple | None = None
         decision = priced = None
         deferred: list[tuple] = []  # (upper bound of the key, subnet, members, floor, the rest's share): priced last
         hard_b = soft_b = 0
         soft_d = _INF  # earliest deadline of the best-effort members (they never bind)
+        latest_ends = self.latest_ends()
+        pick = self.pick if self.gap is not None else costs.best_within  # no backlog rate: the window alone
         for b in range(1, self.n + 1):
             if hard[b - 1] < _INF or not queue[b - 1].best_effort:
                 hard_b += 1  # an unbounded budget (deadline inf) is served on time by any subnet
             else:
                 soft_b += 1
                 soft_d = min(soft_d, queue[b - 1].deadline)
-            latest = self.latest_end(b)
+            latest = latest_ends[b]
             d = prefix_deadline[b - 1]
             f = prefix_floor[b - 1]
             limit = d if d < latest else latest
-            found = self.pick(b, f, (min(limit, soft_d) - now) * 1e3) if soft_b else None
+            found = pick(b, f, (min(limit, soft_d) - now) * 1e3) if soft_b else None
             members = hard_b + soft_b
             if found is None and hard_b:
-                found = self.pick(b, f, (limit - now) * 1e3)
+                found = pick(b, f, (limit - now) * 1e3)
                 members = hard_b
             if found is not None:  # everyone in the batch on time (best-effort members count like the rest)
                 sid, t = found
-                acc = costs.accuracy(sid)
+                acc = acc_of[sid]
                 rest_on_fast = (n_hard - hard_b) * acc_fast
                 if price and members:
                     deferred.append(((1, members * acc + rest_on_fast, b, acc, -t), sid, members, f, rest_on_fast))
@@ -316,17 +304,27 @@ class _OnFronts:
                     if found is None:
                         continue
                 sid, t = found
-                key = (0, hard_b, b, costs.accuracy(sid) if hard_b else -t, -t)
+                key = (0, hard_b, b, acc_of[sid] if hard_b else -t, -t)
             if best is None or key > best:
                 best, decision = key, (sid, b)
         if deferred:
-            deferred.sort(reverse=True, key=lambda entry: entry[0])
+            deferred.sort(reverse=True)  # by bound: the bounds differ in b, so nothing after them is compared
+            rests, charge, fast_at = self.rests_ms(), self.charge, self.fast_at
             for bound, sid, members, f, rest_on_fast in deferred:
                 if self.prune and best is not None and bound <= best:
                     break  # neither this size nor any after it can win
                 b, acc, neg_t = bound[2:]
-                rest_ms, fluid_ms = self.rest_ms(b)
-                key = (1, self.value(members, sid, acc, -neg_t, b, f, rest_ms, fluid_ms) + rest_on_fast, b, acc, neg_t)
+                rest_ms, fluid_ms = rests[b]
+                # the accuracy delivered less the busy-period and saturation charges; in
+                # saturation the fastest subnet at b may be worth more (`sid` stays the top of
+                # the range `best_priced` searches)
+                value = members * acc - price * charge(-neg_t, rest_ms, fluid_ms)
+                alt = fast_at[b] if f == _NO_FLOOR else costs.fastest(f, b)
+                if alt is not None and alt[0] != sid:
+                    alt_acc = members * acc_of[alt[0]]
+                    if alt_acc > value:  # a charge is never negative: else the fastest cannot do better
+                        value = max(value, alt_acc - price * charge(alt[1], rest_ms, fluid_ms))
+                key = (1, value + rest_on_fast, b, acc, neg_t)
                 if best is None or key > best:
                     best, decision = key, (sid, b)
                     priced = (b, f, sid, members, rest_ms, fluid_ms)

@@ -39,7 +39,7 @@ import heapq
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import accumulate
 from numbers import Integral
 
@@ -236,6 +236,11 @@ class BudgetScheduler(SchedulerInterface):
     def accuracy(self, subnet: int) -> float:
         return self._value[subnet]
 
+    def accuracies(self) -> Mapping[int, float]:
+        """`accuracy` of every candidate by id, read-only: for a decision that reads many
+        (a lookup instead of a call each)."""
+        return self._value
+
     def real_accuracy(self, subnet: int) -> float | None:
         """The measured accuracy of `subnet`, None when unknown (no FLOPs stand-in)."""
         return self._real_accuracy.get(subnet)
@@ -319,6 +324,11 @@ class BudgetScheduler(SchedulerInterface):
         function of `busy_ms` bound to the current rate and budgets: one decision asks many
         times (`Demand.blocked_curve`)."""
         return self.demand.blocked_curve(self._service_at(1, _NO_FLOOR))
+
+    def charge_curve(self, sat_weight: float) -> Callable[[float, float, float], float]:
+        """`busy_charge` over `blocked_curve()` with `sat_weight`, as one function of (ms,
+        rest_ms, fluid_ms) (`Demand.charge_curve`)."""
+        return self.demand.charge_curve(self._service_at(1, _NO_FLOOR), sat_weight)
 
     def displaced_per_ms(self) -> float:
         """Answers a ms of worker time displaces when the worker is the bottleneck: the

@@ -64,18 +64,18 @@ def test_scheduler_suite_times_the_priced_path(monkeypatch):
     from elastic.serving.demand import Demand
 
     busy, priced = [], []
-    record, curve = Demand.record, BudgetScheduler.blocked_curve
+    record, curve = Demand.record, BudgetScheduler.charge_curve
 
     def spy_record(self, now, budget_ms, is_busy=False):
         busy.append(is_busy)
         record(self, now, budget_ms, is_busy)
 
-    def spy_curve(self):
+    def spy_curve(self, sat_weight):
         priced.append(True)
-        return curve(self)
+        return curve(self, sat_weight)
 
     monkeypatch.setattr(Demand, "record", spy_record)
-    monkeypatch.setattr(BudgetScheduler, "blocked_curve", spy_curve)
+    monkeypatch.setattr(BudgetScheduler, "charge_curve", spy_curve)
     decision_time(20, "elastic", depth=4, requests=50)
     assert sum(busy) > len(busy) / 2  # most arrivals come while a batch runs
     assert priced  # and the policy charged for it

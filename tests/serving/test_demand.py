@@ -253,6 +253,24 @@ def test_in_saturation_worker_time_is_priced_by_the_answers_it_displaces():
     assert busy_charge(blocked, 0.0, 5.0, 1.0, 3.0) == pytest.approx(s.demand.blocked(6.0, after))
 
 
+def test_the_charge_curve_is_busy_charge_over_the_blocked_curve_bit_for_bit():
+    # the policy prices batches with `charge_curve` (both curves in one call); it must be
+    # the same number as `busy_charge` over `blocked_curve`, or decisions could differ
+    s = BudgetScheduler(*two_subnets(), ElasticPolicy())
+    rng = random.Random(3)
+    for k in range(64):
+        s.demand.record(k * 1e-4, rng.uniform(0.5, 12.0), busy=True)
+        s.demand.busy_ended(0.1)
+    blocked = s.blocked_curve()
+    for weight in (0.0, 0.37, 2.5):
+        charge = s.charge_curve(weight)
+        for _ in range(500):
+            ms, rest, fluid = rng.uniform(-1.0, 8.0), rng.uniform(-2.0, 20.0), rng.uniform(-2.0, 20.0)
+            assert charge(ms, rest, fluid) == busy_charge(blocked, weight, ms, rest, fluid)
+    fresh = BudgetScheduler(*two_subnets(), ElasticPolicy())  # no rate known yet: no charge
+    assert fresh.charge_curve(1.0)(5.0, 1.0, 3.0) == 0.0
+
+
 @pytest.mark.parametrize("depth", [8, 40])
 def test_pricing_only_the_batch_sizes_that_can_win_gives_the_same_decisions(monkeypatch, depth):
     # the policy prices batch sizes from the highest bound (members × accuracy: charges are
