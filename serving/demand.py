@@ -185,8 +185,10 @@ class Demand:
         return budgets, prefix, k0, prefix[k0], 1.0 / (len(budgets) * gap)
 
     def _rebuild(self) -> None:
-        self._sorted = sorted(self._budgets)
-        self._prefix = [0.0, *accumulate(b if b < float("inf") else 0.0 for b in self._sorted)]
+        budgets = self._sorted = sorted(self._budgets)
+        finite = bisect.bisect_left(budgets, math.inf)  # best effort (inf) sorts last and adds nothing
+        prefix = [0.0, *accumulate(budgets[:finite])]
+        self._prefix = prefix + [prefix[-1]] * (len(budgets) - finite)
         self._stale = 0
 
 

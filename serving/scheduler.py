@@ -544,7 +544,7 @@ class BudgetScheduler(SchedulerInterface):
             if r.min_accuracy is not None:
                 self._n_floored -= 1
         self._busy_until = now + predicted / 1e3
-        out.batch = ScheduledBatch(decision.subnet, tuple(r.id for r in members), predicted, now, self.policy.name)
+        out.batch = ScheduledBatch(decision.subnet, tuple([r.id for r in members]), predicted, now, self.policy.name)
         return out
 
     def update_from_output(
