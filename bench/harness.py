@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import statistics
 import time
@@ -95,7 +96,30 @@ def environment() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        **cpu_info(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+
+
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU the numbers were measured on: its model name, logical cores, and which of the
+    vector extensions torch's CPU kernels pick from it has (results from two machines
+    differ by more than their noise: the same scheduler code took 19 µs a decision on one
+    and 37-60 on another). Empty where `cpuinfo` cannot be read (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:  # the first core's
+            fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu_model": fields.get("model name", "unknown"),
+        "cpu_count": os.cpu_count(),
+        "cpu_vector": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
     }
 
 
@@ -132,7 +156,8 @@ def write_results(out_dir: str | Path, suite: str, data: dict[str, Any], table: 
     data = {"suite": suite, "command": command, "commit": commit, "date": env["date"], "environment": env, **data}
     data = json.loads(json.dumps(data, default=_jsonable))
     atomic_write_json(out / f"{suite}.json", data)
-    md = f"# {suite}\n\n`{command}` — commit {commit}, {env['date']}\n\n{table}\n"
+    cpu = f", {env['cpu_model']} ({env['cpu_count']} cores)" if "cpu_model" in env else ""
+    md = f"# {suite}\n\n`{command}` — commit {commit}, {env['date']}{cpu}\n\n{table}\n"
     atomic_write(out / f"{suite}.md", md.encode())
     log.info("wrote %s", out / f"{suite}.json")
     return out / f"{suite}.json"

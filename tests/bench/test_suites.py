@@ -132,6 +132,21 @@ def test_results_record_command_commit_and_date(tmp_path):
     assert doc["commit"] in (tmp_path / "x.md").read_text()
 
 
+def test_results_name_the_cpu_they_were_measured_on(tmp_path):
+    from elastic.bench.harness import cpu_info
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+        "processor\t: 1\nmodel name\t: other\nflags\t\t: avx512f\n"
+    )
+    info = cpu_info(cpuinfo)
+    assert info["cpu_model"] == "AMD EPYC 7B13"  # the first core's
+    assert info["cpu_vector"] == ["avx2"]
+    assert info["cpu_count"] >= 1
+    assert cpu_info(tmp_path / "missing") == {}
+
+
 def test_lanes_pools_attainment_over_seeds_by_admitted_count():
     from elastic.bench.lanes import _pooled_attainment
 
