@@ -105,7 +105,7 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     """The CPU the numbers were measured on: its model name, logical cores, and which of the
     vector extensions torch's CPU kernels pick from it has (results from two machines
     differ by more than their noise: the same scheduler code took 19 µs a decision on one
-    and 37-60 on another). Empty where `cpuinfo` cannot be read (not Linux)."""
+    and 38-68 on another). Empty where `cpuinfo` cannot be read (not Linux)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:

@@ -110,6 +110,13 @@ def test_middle_range_comes_from_served_capacities():
     assert calib.statics() == [0, 1, 2, 3]  # the front plus the largest anchor, fastest first
 
 
+def test_real_loads_gain_the_middle_of_the_middle_range_when_the_grid_misses_it():
+    grid = (0.25, 1.0, 1.5, 2.0, 3.0)
+    assert calibration(capacity=100.0, smallest_capacity=250.0).real_loads(grid) == list(grid)  # 1.5 lies in it
+    assert calibration(capacity=100.0, smallest_capacity=130.0).real_loads(grid) == [0.25, 1.0, 1.15, 1.5, 2.0, 3.0]
+    assert calibration(capacity=100.0, smallest_capacity=90.0).real_loads(grid) == list(grid)  # no middle range
+
+
 def test_shortlist_takes_both_anchors_and_the_simulations_best():
     calib = calibration()
     plan = LoadPlan(("poisson",), (1.0,), (0.5, 1.25), 3, 3, Span(1, 1, 1), Span(1, 1, 1), oracle_extra=1, deit_front=3)
@@ -125,7 +132,8 @@ def test_shortlist_takes_both_anchors_and_the_simulations_best():
         point(0.5, {"static:0": 0.5, "static:1": 0.6, "static:3": 0.9}),
         point(1.25, {"static:0": 0.5, "static:1": 0.8, "static:3": 0.2, "elastic": 0.99}),
     ]
-    assert shortlist(sim_points, plan, calib) == {("poisson", 1.0): [0, 1, 2]}  # nearest point: 1.25
+    # 1.75: the middle of the middle range (1x-2.5x), which the grid misses; nearest point: 1.25
+    assert shortlist(sim_points, plan, calib) == {("poisson", 1.0): [0, 1, 2], ("poisson", 1.75): [0, 1, 2]}
 
 
 @pytest.fixture
@@ -170,16 +178,23 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     assert real["mode"] == "real" and sim["mode"] == "simulated"
     for doc in (real, sim):
         assert doc["command"] == "test command" and doc["commit"] and doc["date"]
-    (point,) = real["scenarios"]["tiny"]["points"]
-    policies = set(point["contenders"])
     calib = real["scenarios"]["tiny"]["calibration"]
+    lo, hi = calib["middle_range"]
+    points = real["scenarios"]["tiny"]["points"]
+    # the grid's 0.5x, and the middle of the measured middle range when 0.5x is not in it
+    assert [p["load"] for p in points] == (
+        [0.5] if not hi > lo or lo < 0.5 <= hi else sorted([0.5, round((lo + hi) / 2, 2)])
+    )
+    point = points[0]
+    policies = set(point["contenders"])
     assert {"elastic", "slackfit", "infaas", f"static:{calib['smallest_anchor']}"} <= policies
     assert f"static:{calib['largest_anchor']}" in policies
     assert point["contenders"]["elastic"]["seeds"] == 3
     runs = real["scenarios"]["tiny"]["runs"]
-    # interleaving: every contender runs on seed r before any runs on seed r + 1
-    order = [r["repeat"] for r in runs]
-    assert order == sorted(order)
+    # interleaving: at each load every contender runs on seed r before any runs on seed r + 1
+    for load in {r["load"] for r in runs}:
+        order = [r["repeat"] for r in runs if r["load"] == load]
+        assert order == sorted(order)
     assert all(r["requests"] > 0 and 0.25 <= r["duration_s"] <= 0.5 for r in runs)
     assert all(r["submit_lag_ms"]["max"] >= r["submit_lag_ms"]["p50"] >= 0 for r in runs)
     answered = [r for r in runs if r["answered"]]

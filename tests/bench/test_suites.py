@@ -173,3 +173,24 @@ def test_contention_times_both_executors_alone_and_beside_a_busy_thread(tiny_sti
     assert busy.spins > 0
     with pytest.raises(ValueError, match="duty"):
         BusyThread(1.0)
+
+
+def test_goodput_bisection_sizes_each_run_by_its_arrivals(monkeypatch):
+    from bench import ray_load
+
+    calls = []
+
+    def fake_point(client, rate, span_s, budgets, seed, images, judge):
+        calls.append((rate, span_s))
+        return {"requests": round(rate * span_s), "slo_attainment": 1.0 if rate <= 30.0 else 0.5}
+
+    monkeypatch.setattr(ray_load, "run_point", fake_point)
+    monkeypatch.setattr(ray_load.time, "sleep", lambda s: None)
+    cap, probes = ray_load.goodput_capacity(None, None, None, None, 200.0, requests=200)
+    assert len(probes) == ray_load.GOODPUT_PROBES and 20.0 < cap <= 30.0
+    # a run lasts 3 s or as long as ~200 arrivals take, whichever is longer
+    assert all(s == max(3.0, 200 / r) and round(r * s) >= 200 for r, s in calls)
+    assert [p["requests"] for p in probes] == [round(r * s) for r, s in calls]
+    assert (
+        "~200 arrivals" in ray_load._probe_sizes(probes) and ray_load._probe_sizes([{"rate_per_s": 1.0}]) == "3 s each"
+    )
