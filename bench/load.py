@@ -7,8 +7,10 @@ served capacity of the largest and of the smallest anchor — the throughput of 
 subnet through the runtime under a burst, driven as the load runs drive it
 (`served_open_loop`) — with the runtime's own per-request / per-batch cost as its engine
 fitted it. Offered loads are multiples of the largest anchor's served capacity; budgets are
-drawn per request, log-uniform between 2× the smallest anchor's served batch-1 latency and
-4× the time the largest anchor needs to serve a full batch (`elastic.serving.budget_range`).
+drawn per request, log-uniform between 2× a lone request's service on the smallest anchor
+and 4× a full batch's on the largest, each the profile's median forward plus the fitted
+cost (`elastic.serving.budget_range`): the profile's medians move by a few per cent between
+runs, where the served batch-1 median they replaced moved the tightest budget by 20–30 %.
 Arrivals are open-loop Poisson or bursty on/off (`bench/arrivals.py`).
 
 Contenders, all through the same `Runtime` (max batch 8): `elastic`; `slackfit` (SuperServe's
@@ -232,10 +234,10 @@ def calibrate(scenario: Scenario, profile_repeats: int | None = None) -> Calibra
         )
         for sid in (largest, smallest)
     }
-    (served, over_l), (small, over_s) = measured[largest], measured[smallest]
-    per_request = (over_l[0] + over_s[0]) / 2
-    per_batch = (over_l[1] + over_s[1]) / 2
-    budgets = BudgetDistribution(*budget_range(small, served, MAX_BATCH))
+    served, small = measured[largest], measured[smallest]
+    per_request = (served.per_request_ms + small.per_request_ms) / 2
+    per_batch = (served.per_batch_ms + small.per_batch_ms) / 2
+    budgets = BudgetDistribution(*budget_range(profile, smallest, largest, per_request, per_batch, MAX_BATCH))
     calib = Calibration(
         profile=profile,
         candidates=list(candidates),
@@ -247,10 +249,7 @@ def calibrate(scenario: Scenario, profile_repeats: int | None = None) -> Calibra
         budgets=budgets,
         service=ServiceModel(profile, per_request, per_batch),
         variants_service=ServiceModel(variants_profile, per_request, per_batch),
-        served={
-            str(sid): {**vars(m), "overhead_ms": {"per_request": o[0], "per_batch": o[1]}}
-            for sid, (m, o) in measured.items()
-        },
+        served={str(sid): vars(m) for sid, m in measured.items()},
         seconds=time.perf_counter() - t0,
     )
     alone_ms = {  # a request alone: batch-1 p99 forward plus the runtime's own cost
@@ -282,7 +281,7 @@ def served_open_loop(
     burst: int,
     singles: int,
     executor: str | Executor = "eager",
-) -> tuple[ServedCapacity, tuple[float, float]]:
+) -> ServedCapacity:
     """What one static subnet sustains when driven as the load runs drive the runtime.
 
     The load runs submit from one thread and never block on a result until the end, so the
@@ -291,9 +290,6 @@ def served_open_loop(
     a time (submit, then wait without `result()`) give the batch-1 latency; a burst of
     `burst` submitted at once and waited for gives the throughput; the engine's own fitted
     overhead model is read at the end.
-
-    Returns:
-        (the `ServedCapacity`, (per_request_ms, per_batch_ms) as the engine fitted them).
     """
     with (
         torch.inference_mode(),
@@ -324,9 +320,14 @@ def served_open_loop(
         overhead = rt.scheduler.overhead
         if overhead.observations == 0:
             raise RuntimeError("the runtime reported no overhead observations")
-        fitted = (overhead.per_request_ms, overhead.per_batch_ms)
-    served = ServedCapacity(subnet, rounds * burst / elapsed, statistics.median(latencies), statistics.fmean(sizes))
-    return served, fitted
+    return ServedCapacity(
+        subnet,
+        rounds * burst / elapsed,
+        statistics.median(latencies),
+        statistics.fmean(sizes),
+        overhead.per_request_ms,
+        overhead.per_batch_ms,
+    )
 
 
 def workload(

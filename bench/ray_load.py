@@ -318,7 +318,7 @@ def _ci(entry: dict[str, float]) -> str:
 
 
 def _probe_sizes(probes: list[dict[str, float]]) -> str:
-    """'each ≥ 3 s and 200 arrivals: 181-214 requests', or '3 s each' for results from before
+    """'each ≥ 3 s and ~200 arrivals: 181-214 requests', or '3 s each' for results from before
     the runs were sized by their arrivals."""
     if not probes or "requests" not in probes[0]:
         return "3 s each"

@@ -30,6 +30,8 @@ class ServedCapacity:
     throughput_per_s: float  # requests per second under a saturating burst
     batch1_ms: float  # median end-to-end latency of one request alone
     mean_batch: float  # batch size the runtime formed under the burst
+    per_request_ms: float = 0.0  # the runtime's own cost per request, as its engine fitted it
+    per_batch_ms: float = 0.0  # the runtime's own cost per batch, likewise
 
 
 def served_capacity(
@@ -59,13 +61,36 @@ def served_capacity(
         futures = [rt.submit(example, math.inf) for _ in range(burst)]
         results = [f.result() for f in futures]
         elapsed = time.perf_counter() - t0
+        overhead = rt.scheduler.overhead
     return ServedCapacity(
-        subnet, burst / elapsed, statistics.median(single), statistics.fmean(r.batch_size for r in results)
+        subnet,
+        burst / elapsed,
+        statistics.median(single),
+        statistics.fmean(r.batch_size for r in results),
+        overhead.per_request_ms,
+        overhead.per_batch_ms,
     )
 
 
-def budget_range(fastest: ServedCapacity, largest: ServedCapacity, max_batch_size: int = 8) -> tuple[float, float]:
-    """Budgets from barely feasible to relaxed, in ms: 2× the fastest subnet's served batch-1
-    latency, to 4× the time the largest subnet takes to serve a full batch."""
-    lo = 2.0 * fastest.batch1_ms
-    return lo, max(2.0 * lo, 4.0 * max_batch_size * 1e3 / largest.throughput_per_s)
+def budget_range(
+    profile: LatencyProfile,
+    fastest: int,
+    largest: int,
+    per_request_ms: float = 0.0,
+    per_batch_ms: float = 0.0,
+    max_batch_size: int = 8,
+) -> tuple[float, float]:
+    """Budgets from barely feasible to relaxed, in ms: 2× a lone request's service on the
+    `fastest` subnet, to 4× a full batch's service on the `largest` (and at least 2× the
+    lower end). A service is the profile's median forward plus the runtime's own cost around
+    it (`per_batch_ms + per_request_ms × batch`, as the engine fits it).
+
+    Raises:
+        KeyError: a subnet the profile does not hold.
+    """
+
+    def service_ms(subnet: int, batch: int) -> float:
+        return profile.latency_ms(subnet, batch, "p50") + per_batch_ms + per_request_ms * batch
+
+    lo = 2.0 * service_ms(fastest, 1)
+    return lo, max(2.0 * lo, 4.0 * service_ms(largest, max_batch_size))

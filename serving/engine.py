@@ -218,6 +218,8 @@ class EngineCore:
             if scheduler is None:
                 raise RuntimeError("no latency profile: call Runtime.profile() first")
             request = Request(next(self._ids), arrival, budget_ms, min_accuracy, priority, best_effort)
+            if self._overhead is not None:  # now, not at the next schedule: one `fastest_at` rebuild, not two
+                self._fold_overhead()
             now = self.clock()
             try:
                 evicted = scheduler.add_request(request, now)
@@ -288,6 +290,8 @@ class EngineCore:
             scheduler = self.scheduler
             if scheduler is None:
                 raise RuntimeError("no latency profile: call Runtime.profile() first")
+            if self._overhead is not None:
+                self._fold_overhead()
             now = self.clock()
             admitted = 0
             for i, future in enumerate(futures):

@@ -120,8 +120,7 @@ def default_load(model, example, profile, candidates: list[int], max_batch: int)
     accurate = max(candidates, key=lambda s: (model.subnets()[s].accuracy or 0.0, s))
     fastest = min(candidates, key=lambda s: profile.latency_ms(s, 1, "p50"))
     top = served_capacity(model, example, accurate, profile, max_batch)
-    fast = served_capacity(model, example, fastest, profile, max_batch)
-    lo, hi = budget_range(fast, top, max_batch)
+    lo, hi = budget_range(profile, fastest, accurate, top.per_request_ms, top.per_batch_ms, max_batch)
     return [round(lo * (hi / lo) ** (k / 5), 3) for k in range(6)], 0.5 * top.throughput_per_s
 
 

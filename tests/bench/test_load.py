@@ -179,6 +179,12 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     for doc in (real, sim):
         assert doc["command"] == "test command" and doc["commit"] and doc["date"]
     calib = real["scenarios"]["tiny"]["calibration"]
+    # the tightest budget is twice the engine's own prediction for a lone request on the
+    # smallest anchor (the profile's median forward plus the fitted overhead), not a served median
+    over = calib["overhead_ms"]
+    alone_ms = calib["profile_p50_ms"][str(calib["smallest_anchor"])]["1"] + over["per_batch"] + over["per_request"]
+    assert calib["budget_bounds_ms"][0] == pytest.approx(2 * alone_ms)
+    assert set(calib["served"][str(calib["largest_anchor"])]) >= {"batch1_ms", "per_request_ms", "per_batch_ms"}
     lo, hi = calib["middle_range"]
     points = real["scenarios"]["tiny"]["points"]
     # the grid's 0.5x, and the middle of the measured middle range when 0.5x is not in it
