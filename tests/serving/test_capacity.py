@@ -35,6 +35,5 @@ def test_served_capacity_reports_the_engines_fitted_overhead(tiny_stitched):
     profile = measure_latency(tiny_stitched, example, (1, 8), repeats=2, subnets=[0])
     served = served_capacity(tiny_stitched, example, 0, profile, max_batch_size=8, burst=32, singles=3)
     assert served.subnet == 0 and served.throughput_per_s > 0 and served.batch1_ms > 0
-    assert 1.0 <= served.mean_batch <= 8.0
     # the runtime timed its own work around each forward: a batch cost something
     assert served.per_batch_ms + 8 * served.per_request_ms > 0
