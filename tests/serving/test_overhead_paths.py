@@ -4,26 +4,21 @@
   observation) is always what a fresh predictor with the same history says, and the
   documented formula: profiled ms × correction (× measured tail); `predict_row` gives the
   same values a row at a time;
-- `_observe_all` (one bucket increment for a batch whose values share a bucket) equals
-  observing each value;
 - a request's future (`_HelpingFuture`) skips the notify and callback pass only when nobody
   waits: threads blocked in `result()`, `concurrent.futures.wait`, `as_completed` and done
   callbacks all still see the answer, and answering twice is still an error;
 - a `submit_many` row is sliced only when it runs alone, as the same row.
 """
 
-import math
 import random
 import threading
 from concurrent.futures import InvalidStateError, as_completed, wait
 
 import pytest
 import torch
-from prometheus_client import CollectorRegistry, Histogram
 
 from elastic.serving import LatencyProfile
 from elastic.serving.engine import EngineCore, Pending, _HelpingFuture
-from elastic.serving.metrics import LATENCY_BUCKETS, _observe_all
 from elastic.serving.predictor import COLD_TAIL_CAP, LatencyPredictor
 
 
@@ -61,37 +56,6 @@ def test_predictions_follow_every_observation(quantile):
         h = (rng.choice([0, 1]), rng.choice([1, 2, 4, 8]), rng.uniform(0.5, 12.0))
         history.append(h)
         memo.observe(*h)
-
-
-@pytest.mark.parametrize(
-    "values",
-    [
-        [0.0031, 0.0032, 0.0049],  # one bucket
-        [0.005, 0.005],  # on a bound
-        [0.0002, 0.0001],  # the first bucket
-        [20.0, math.inf, 11.0],  # the +Inf bucket
-        [0.003, 20.0],  # two buckets, one of them +Inf
-        [0.001, 0.0011],  # a bound and just past it
-        [0.0, 0.001, 0.005, 0.0051, 0.7, 3.0, 1e9, math.inf],  # many buckets: on bounds, between, past the last
-    ],
-)
-def test_observing_a_batch_in_one_bucket_counts_as_observing_each(values):
-    one, many = CollectorRegistry(), CollectorRegistry()
-    h_one = Histogram("x_seconds", "doc", buckets=LATENCY_BUCKETS, registry=one)
-    h_many = Histogram("x_seconds", "doc", buckets=LATENCY_BUCKETS, registry=many)
-    for v in values:
-        h_one.observe(v)
-    _observe_all(h_many, values)
-
-    def samples(registry):  # buckets, count and sum; not the creation time
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for m in registry.collect()
-            for s in m.samples
-            if not s.name.endswith("_created")
-        }
-
-    assert samples(many) == samples(one)
 
 
 class _Idle:
