@@ -18,8 +18,8 @@ Calibration, measured first through Ray on the 1-replica app: the served capacit
 replica (the median of 3 bursts of requests with no deadline, answered per second), and the
 hop (round trip minus the replica's own latency) as the load runs see it — the median round
 trip of a Poisson stream at the lowest offered load × that capacity, with no deadline. Under
-concurrent requests that is longer than a lone request's round trip (recorded too; 1.2-2× in
-the runs so far): budgets derived from the lone one sat below what the lowest load could answer. Budgets span from
+concurrent requests that can be longer than a lone request's round trip (both are recorded):
+budgets derived from the lone one sat below what the lowest load could answer. Budgets span from
 2 × (hop + fastest subnet's batch-1 service) to 4 × the largest candidate's full-batch time
 (as `budget_range`). Offered loads are multiples of the replica's goodput under those
 budgets (`goodput_capacity`: the highest Poisson rate it answers 90 % of in budget, by
