@@ -175,6 +175,11 @@ class _OnFronts:
         self.sat_weight = costs.saturation_weight(self.theta) if price else 0.0
         # (ms, rest_ms, fluid_ms) -> arrivals (`busy_charge`), bound once for this decision
         self.charge = costs.charge_curve(self.sat_weight) if price else None
+        # with preemption a tight arrival waits for one stage of a batch, not all of it
+        self.block = costs.block_fraction() if price and hasattr(costs, "block_fraction") else 1.0
+        self.fast1 = self.fast_at[1][1]
+        # and a batch pauses only with room for an urgent one: plan each with that room first
+        self.reserve = self.fast1 if self.block < 1.0 else 0.0
         self.gap = self._backlog_gap()
 
     def _backlog_gap(self) -> float | None:
@@ -232,6 +237,27 @@ class _OnFronts:
             ends.append(latest)
         return ends
 
+    def with_room(self, pick: Callable) -> Callable:
+        """`pick` within the window less the room an urgent batch needs (`reserve`), so that the
+        batch can pause for one; else within the whole window."""
+        reserve = self.reserve
+
+        def picked(b: int, f: float, window_ms: float):
+            found = pick(b, f, window_ms - reserve)
+            return found if found is not None else pick(b, f, window_ms)
+
+        return picked
+
+    def charged(self, ms: float, window_ms: float, rest_ms: float, fluid_ms: float) -> float:
+        """Arrivals a batch of `ms` that must end within `window_ms` costs (`charge`). With
+        preemption, a batch with room in its window for an urgent batch of one makes a
+        tight arrival wait for one stage of it (`block`), not all of it; its work still
+        displaces arrivals in saturation all the same."""
+        if self.block < 1.0 and window_ms - ms >= self.fast1:
+            wait = ms * self.block
+            return self.charge(wait, rest_ms, fluid_ms + ms - wait)
+        return self.charge(ms, rest_ms, fluid_ms)
+
     def rests_ms(self) -> list[tuple[float, float]]:
         """[b] = how long the queue behind a batch of b keeps the worker busy after it: (ms
         in full batches on the fastest subnet and a partial one, ms as its share of full
@@ -259,11 +285,13 @@ class _OnFronts:
         acc_fast, n_hard, price, acc_of = self.acc_fast, self.n_hard, self.price, self.acc_of
         best: tuple | None = None
         decision = priced = None
-        deferred: list[tuple] = []  # (upper bound of the key, subnet, members, floor, the rest's share): priced last
+        deferred: list[tuple] = []  # (upper bound of the key, subnet, members, floor, the rest's share, window ms)
         hard_b = soft_b = 0
         soft_d = _INF  # earliest deadline of the best-effort members (they never bind)
         latest_ends = self.latest_ends()
         pick = self.pick if self.gap is not None else costs.best_within  # no backlog rate: the window alone
+        if self.reserve:
+            pick = self.with_room(pick)
         for b in range(1, self.n + 1):
             if hard[b - 1] < _INF or not queue[b - 1].best_effort:
                 hard_b += 1  # an unbounded budget (deadline inf) is served on time by any subnet
@@ -274,17 +302,21 @@ class _OnFronts:
             d = prefix_deadline[b - 1]
             f = prefix_floor[b - 1]
             limit = d if d < latest else latest
-            found = pick(b, f, (min(limit, soft_d) - now) * 1e3) if soft_b else None
+            window = (min(limit, soft_d) - now) * 1e3
+            found = pick(b, f, window) if soft_b else None
             members = hard_b + soft_b
             if found is None and hard_b:
-                found = pick(b, f, (limit - now) * 1e3)
+                window = (limit - now) * 1e3
+                found = pick(b, f, window)
                 members = hard_b
             if found is not None:  # everyone in the batch on time (best-effort members count like the rest)
                 sid, t = found
                 acc = acc_of[sid]
                 rest_on_fast = (n_hard - hard_b) * acc_fast
                 if price and members:
-                    deferred.append(((1, members * acc + rest_on_fast, b, acc, -t), sid, members, f, rest_on_fast))
+                    deferred.append(
+                        ((1, members * acc + rest_on_fast, b, acc, -t), sid, members, f, rest_on_fast, window)
+                    )
                     continue
                 key = (1, members * acc + rest_on_fast, b, acc, -t)
             elif not hard_b:  # only late best-effort members: the fastest subnet that keeps the rest on time
@@ -310,7 +342,9 @@ class _OnFronts:
         if deferred:
             deferred.sort(reverse=True)  # by bound: the bounds differ in b, so nothing after them is compared
             rests, charge, fast_at = self.rests_ms(), self.charge, self.fast_at
-            for bound, sid, members, f, rest_on_fast in deferred:
+            if self.block < 1.0:
+                charge = None  # `charged` instead: the window decides whether the batch can pause
+            for bound, sid, members, f, rest_on_fast, window in deferred:
                 if self.prune and best is not None and bound <= best:
                     break  # neither this size nor any after it can win
                 b, acc, neg_t = bound[2:]
@@ -318,16 +352,22 @@ class _OnFronts:
                 # the accuracy delivered less the busy-period and saturation charges; in
                 # saturation the fastest subnet at b may be worth more (`sid` stays the top of
                 # the range `best_priced` searches)
-                value = members * acc - price * charge(-neg_t, rest_ms, fluid_ms)
+                cost = charge(-neg_t, rest_ms, fluid_ms) if charge else self.charged(-neg_t, window, rest_ms, fluid_ms)
+                value = members * acc - price * cost
                 alt = fast_at[b] if f == _NO_FLOOR else costs.fastest(f, b)
                 if alt is not None and alt[0] != sid:
                     alt_acc = members * acc_of[alt[0]]
                     if alt_acc > value:  # a charge is never negative: else the fastest cannot do better
-                        value = max(value, alt_acc - price * charge(alt[1], rest_ms, fluid_ms))
+                        cost = (
+                            charge(alt[1], rest_ms, fluid_ms)
+                            if charge
+                            else self.charged(alt[1], window, rest_ms, fluid_ms)
+                        )
+                        value = max(value, alt_acc - price * cost)
                 key = (1, value + rest_on_fast, b, acc, neg_t)
                 if best is None or key > best:
                     best, decision = key, (sid, b)
-                    priced = (b, f, sid, members, rest_ms, fluid_ms)
+                    priced = (b, f, sid, members, rest_ms, fluid_ms, window)
         if (best is None or best[0] == 0) and hasattr(costs, "plan_late"):
             exact = self.fewest_late()
             if exact is not None:
@@ -335,9 +375,12 @@ class _OnFronts:
         if priced is not None:
             # the batch's busy period turns away arrivals with tight budgets: a cheaper subnet
             # of the same batch wins when its accuracy loss is smaller than what they would lose
-            b, f, sid, members, rest_ms, fluid_ms = priced
-            charge = self.charge
-            found = costs.best_priced(b, f, sid, members, price, lambda ms: charge(ms, rest_ms, fluid_ms))
+            b, f, sid, members, rest_ms, fluid_ms, window = priced
+            charge, charged = self.charge, self.charged
+            if self.block < 1.0:
+                found = costs.best_priced(b, f, sid, members, price, lambda ms: charged(ms, window, rest_ms, fluid_ms))
+            else:
+                found = costs.best_priced(b, f, sid, members, price, lambda ms: charge(ms, rest_ms, fluid_ms))
             decision = (found[0], b)
         return Decision(*decision) if decision is not None else None
 

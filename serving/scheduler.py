@@ -51,6 +51,7 @@ from .interface import SchedulerInterface
 from .latency_model import LatencyModel, OverheadModel
 from .output import ScheduledBatch, SchedulerOutput, ShedRequest
 from .policies import Decision, Policy, make_policy
+from .preemption import Preemption
 from .profile import QUANTILES, LatencyProfile
 from .request import Request
 
@@ -99,6 +100,11 @@ class BudgetScheduler(SchedulerInterface):
             every member's slack allows and requests are arriving faster than that (0: never).
         stale_s: an online correction no forward has renewed for this long is dropped
             when it alone makes an idle engine refuse a request (`add_request`).
+        stages: subnet id -> the share of its forward done at each stage boundary where
+            it can pause (`ElasticModel.stage_fractions`); given, a request the running
+            batch would make late runs inside it at its next boundary when that keeps
+            everyone on time (`serving/preemption.py`), and the worker must call
+            `interrupt` at every boundary. None: batches never pause.
 
     Raises:
         ConfigError: a bad setting (also a `ValueError`).
@@ -117,6 +123,7 @@ class BudgetScheduler(SchedulerInterface):
         overhead: OverheadModel | None = None,
         batch_wait_ms: float = 0.0,
         stale_s: float = 0.5,
+        stages: Mapping[int, Sequence[float]] | None = None,
     ):
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
         self.max_queue = check_positive_int("max_queue", max_queue)
@@ -158,6 +165,7 @@ class BudgetScheduler(SchedulerInterface):
         self._since_hold = 0  # decisions since the last hold (to probe again now and then)
         self._eligible_cache: dict[float | None, list[int]] = {}
         self._fast_any: list[tuple[int, float] | None] | None = None  # `fastest_at()`, until a prediction changes
+        self._preempt = Preemption(stages) if stages is not None else None
         self.set_profile(profile)
 
     # ---- cost table --------------------------------------------------------------------
@@ -478,6 +486,8 @@ class BudgetScheduler(SchedulerInterface):
             if now + fastest / 1e3 > deadline:
                 raise BudgetInfeasible(f"budget {budget:.3g} ms < {fastest:.3g} ms predicted for the fastest subnet")
             if start + fastest / 1e3 > deadline:
+                if self._admit_urgent(request, now, start):
+                    return self._admitted(request, now, deadline - fastest / 1e3)
                 raise BudgetInfeasible(
                     f"budget {budget:.3g} ms < {fastest:.3g} ms predicted for the fastest subnet"
                     f" + {(start - now) * 1e3:.3g} ms until the running batch ends"
@@ -492,6 +502,8 @@ class BudgetScheduler(SchedulerInterface):
         if hard and self._reqs:
             why = self._admission_check(p, deadline, _NO_FLOOR if floor is None else floor, start)
             if why is not None:
+                if self._admit_urgent(request, now, start):
+                    return self._admitted(request, now, deadline - fastest / 1e3)
                 raise Overloaded(why)
         evicted: list[ShedRequest] = []
         if victim is not None:
@@ -501,19 +513,103 @@ class BudgetScheduler(SchedulerInterface):
             )
             p = bisect.bisect_left(self._keys, key)
         self._insert(p, key, request, deadline if hard else _INF, _NO_FLOOR if floor is None else floor)
-        if hard and deadline < _INF:
-            heapq.heappush(self._expiry, (deadline - fastest / 1e3, request.id))
+        return self._admitted(request, now, deadline - fastest / 1e3 if hard else _INF, evicted)
+
+    def _admitted(
+        self, request: Request, now: float, latest_start: float, evicted: list[ShedRequest] | None = None
+    ) -> list[ShedRequest]:
+        """Book-keeping of an admitted request (queued or urgent): its expiry, the arrival gap."""
+        if latest_start < _INF:
+            heapq.heappush(self._expiry, (latest_start, request.id))
         if self._last_arrival is not None:
             gap = max(0.0, now - self._last_arrival)
             self._gap_s = gap if self._gap_s is None else self._gap_s + 0.2 * (gap - self._gap_s)
         self._last_arrival = now
         self._arrivals += 1
-        return evicted
+        return evicted if evicted is not None else []
+
+    # ---- preemption --------------------------------------------------------------------
+    def _urgent_service(self, urgent: Sequence[Request]) -> tuple[int, float] | None:
+        """(id, service ms) of the batch `urgent` runs as: the fastest subnet their floors allow."""
+        floors = [r.min_accuracy for r in urgent if r.min_accuracy is not None]
+        return self.fastest(max(floors) if floors else None, len(urgent))
+
+    def _admit_urgent(self, request: Request, now: float, start: float) -> bool:
+        """Admit a hard `request` the running batch would make late as urgent, to run at its
+        next boundary, if that keeps it, the running batch and the queue's plan on time
+        (`serving/preemption.py`); False (nothing changed) otherwise."""
+        pre = self._preempt
+        if pre is None:
+            return False
+        at = pre.next_boundary(now)
+        if at is None or len(pre.urgent) >= self.max_batch_size:
+            return False
+        urgent = sorted([*pre.urgent, request], key=Request.order_key)
+        found = self._urgent_service(urgent)
+        if found is None:
+            return False
+        delay = (found[1] - pre.urgent_ms) / 1e3  # what the running batch and the queue wait more
+        if at + found[1] / 1e3 > min(r.deadline for r in urgent) or start + delay > pre.deadline:
+            return False
+        if self._reqs:
+            floors = self._floor if self._n_floored else None
+            late = self._plan_late(self._hard, floors, start + delay)
+            if late and len(late) > len(self._plan_late(self._hard, floors, start)):
+                return False
+        pre.urgent, pre.urgent_ms = urgent, found[1]
+        self._busy_until += delay
+        self._queued[request.id] = request
+        return True
+
+    def interrupt(self, now: float, stage: int) -> SchedulerOutput:
+        """The running batch reached its stage boundary `stage` (0-based, as in its subnet's
+        `stages`) at `now`: shed what can no longer make it, then the urgent batch to run
+        before the paused one resumes (no batch: resume at once). The worker reports the
+        urgent batch with `update_from_output` as any other."""
+        out = SchedulerOutput(shed=self.shed_expired(now))
+        pre = self._preempt
+        if pre is None or pre.running is None or pre.inner is not None:
+            return out
+        pre.reached(stage, now)
+        if pre.urgent:
+            out.batch = pre.inner = self._dispatch_urgent(now)
+            pre.resumed = now + out.batch.predicted_ms / 1e3  # the paused batch goes on after it
+        return out
+
+    def _dispatch_urgent(self, now: float) -> ScheduledBatch:
+        """The urgent requests as one batch starting `now`, on the fastest subnet their floors
+        allow; the predicted end of the work ahead of the queue moves by its new prediction."""
+        pre = self._preempt
+        planned = pre.urgent_ms
+        urgent = pre.clear()
+        sid, ms = self._urgent_service(urgent)
+        for r in urgent:
+            del self._queued[r.id]
+        if self._busy_until is not None:
+            self._busy_until += (ms - planned) / 1e3
+        return ScheduledBatch(sid, tuple(r.id for r in urgent), ms, now, self.policy.name)
+
+    def stages_of(self, batch: ScheduledBatch) -> tuple[float, ...]:
+        """Where the worker calls `interrupt` while `batch` runs (shares of its forward): its
+        subnet's stage boundaries when it is the batch that may pause, else none."""
+        pre = self._preempt
+        return pre.stages.get(batch.subnet, ()) if pre is not None and pre.running is batch else ()
+
+    def block_fraction(self) -> float:
+        """The largest share of a batch on a candidate that a tight arrival may have to wait
+        for: one stage with preemption, the whole batch (1.0) without."""
+        return self._preempt.block_fraction(self.candidates) if self._preempt is not None else 1.0
 
     def schedule(self, now: float, hold: bool = True) -> SchedulerOutput:
         """Shed what can no longer make it, then pick the next batch; `hold=False` never
         holds a partial batch back (a caller-runs step: the caller is waiting anyway)."""
         out = SchedulerOutput(shed=self.shed_expired(now))
+        pre = self._preempt
+        if pre is not None and pre.urgent:  # the batch they were to interrupt ended first
+            out.batch = batch = self._dispatch_urgent(now)
+            self._busy_until = now + batch.predicted_ms / 1e3
+            pre.running = None
+            return out
         queue = self._reqs
         if not queue:
             return out
@@ -538,6 +634,7 @@ class BudgetScheduler(SchedulerInterface):
                 out.wait_until = wait_until
                 return out
         members = queue[:size]
+        binding = min(self._hard[:size])
         del self._keys[:size], self._reqs[:size], self._hard[:size], self._floor[:size]
         for r in members:
             del self._queued[r.id]
@@ -545,6 +642,8 @@ class BudgetScheduler(SchedulerInterface):
                 self._n_floored -= 1
         self._busy_until = now + predicted / 1e3
         out.batch = ScheduledBatch(decision.subnet, tuple([r.id for r in members]), predicted, now, self.policy.name)
+        if pre is not None:
+            pre.start(out.batch, binding, now)
         return out
 
     def update_from_output(
@@ -552,13 +651,24 @@ class BudgetScheduler(SchedulerInterface):
     ) -> float | None:
         """Report a finished batch's forward time (None: it failed) at `now` (default: its
         start + forward + predicted overhead); returns observed over predicted forward time
-        (the overhead is reported apart, `observe_overhead`)."""
-        self._busy_until = None
+        (the overhead is reported apart, `observe_overhead`). An urgent batch that ran inside
+        a paused one leaves that one running, its predicted end moved by the urgent one's
+        misprediction."""
         if now is not None:
             busy_ms = 1e3 * (now - batch.start)
         else:
             busy_ms = batch.predicted_ms if exec_ms is None else exec_ms + self.overhead_ms(batch.size)
-        self.demand.busy_ended(busy_ms)
+        pre = self._preempt
+        if pre is not None and batch is pre.inner:
+            pre.inner = None
+            pre.resumed = batch.start + busy_ms / 1e3
+            if self._busy_until is not None:
+                self._busy_until += (busy_ms - batch.predicted_ms) / 1e3
+        else:
+            self._busy_until = None
+            if pre is not None:
+                pre.running = None
+            self.demand.busy_ended(busy_ms)
         if exec_ms is None:
             return None
         forward = self.latency.forward
@@ -576,7 +686,8 @@ class BudgetScheduler(SchedulerInterface):
         self._fast_any = None
 
     def abort_all(self, reason: str = "closed") -> list[ShedRequest]:
-        shed = [ShedRequest(r.id, reason, "the runtime closed without draining its queue") for r in self._reqs]
+        urgent = self._preempt.clear() if self._preempt is not None else []
+        shed = [ShedRequest(r.id, reason, "the runtime closed without draining its queue") for r in urgent + self._reqs]
         self._keys.clear()
         self._reqs.clear()
         self._hard.clear()
@@ -587,10 +698,10 @@ class BudgetScheduler(SchedulerInterface):
         return shed
 
     def get_num_waiting(self) -> int:
-        return len(self._reqs)
+        return len(self._queued)
 
     def has_waiting(self) -> bool:
-        return bool(self._reqs)
+        return bool(self._queued)
 
     # ---- deadlines ---------------------------------------------------------------------
     def next_expiry(self) -> float | None:
@@ -630,8 +741,8 @@ class BudgetScheduler(SchedulerInterface):
 
     # ---- helpers -----------------------------------------------------------------------
     def waiting(self) -> list[Request]:
-        """The queue in scheduling order (a copy)."""
-        return list(self._reqs)
+        """The queue in scheduling order (a copy), urgent requests first."""
+        return [*self._preempt.urgent, *self._reqs] if self._preempt is not None else list(self._reqs)
 
     def remove(self, request_id: int) -> bool:
         """Take a queued request out (a caller gave up on it); False if it is not queued."""
@@ -651,6 +762,15 @@ class BudgetScheduler(SchedulerInterface):
             self._n_floored += 1
 
     def _remove(self, request: Request) -> None:
+        pre = self._preempt
+        if pre is not None and pre.remove(request.id) is not None:  # urgent: its batch shrinks
+            del self._queued[request.id]
+            found = self._urgent_service(pre.urgent) if pre.urgent else None
+            ms = found[1] if found is not None else 0.0
+            if self._busy_until is not None:
+                self._busy_until += (ms - pre.urgent_ms) / 1e3
+            pre.urgent_ms = ms
+            return
         p = bisect.bisect_left(self._keys, request.order_key())
         del self._keys[p], self._reqs[p], self._hard[p], self._floor[p]
         del self._queued[request.id]
