@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -142,6 +142,23 @@ class ElasticModel(nn.Module):
         if policy == "sandwich":
             return sandwich_middle(subnets, rng)
         raise ValueError(f"unknown sampling policy {policy!r}; use 'uniform', 'flops' or 'sandwich'")
+
+    def stage_fractions(self, subnet: int | Subnet) -> tuple[float, ...]:
+        """Where a forward of `subnet` can pause: the share of its work done at each stage
+        boundary, strictly increasing in (0, 1); empty (the default) when it cannot pause.
+        A preemptive scheduler (`BudgetScheduler(stages=...)`) plans with these."""
+        return ()
+
+    def forward_stages(self, x: torch.Tensor, subnet: int | Subnet = 0) -> Generator[None, None, torch.Tensor]:
+        """`forward`, as a generator that yields at each boundary of `stage_fractions(subnet)`
+        and returns the logits: the caller may run other work between two stages. The
+        default cannot pause: it yields nothing.
+
+        Shape:
+            x: (B, C, H, W) -> (B, num_classes)
+        """
+        return self(x, subnet=subnet)
+        yield  # unreachable: makes this a generator
 
     # ---- inputs ------------------------------------------------------------------------
     def input_size(self) -> tuple[int, int, int]:

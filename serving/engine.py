@@ -536,15 +536,25 @@ class EngineCore:
         members: list[Pending],
         t_sched: float,
         woken_at: float | None,
+        inner: bool = False,
     ) -> None:
-        """One forward for the batch; answer each member with its row, or fail them."""
+        """One forward for the batch; answer each member with its row, or fail them.
+
+        A batch the scheduler lets pause (`stages_of`) runs stage by stage, with the urgent
+        batches the scheduler hands out at its boundaries run in between (`inner`: such a
+        batch, run while another is paused); its forward time excludes theirs."""
         clock = self.clock
         error: Exception | None = None
         bad: set[int] = set()
         start = clock()
+        paused = 0.0  # seconds the batch spent paused for urgent batches
         try:
             x = members[0].sample() if len(members) == 1 else _stack(members)
-            y = self.executor.run(batch.subnet, x)
+            stages = scheduler.stages_of(batch) if self.executor.pausable else ()
+            if stages:
+                y, paused = self._run_pausing(scheduler, batch, x)
+            else:
+                y = self.executor.run(batch.subnet, x)
             if y.device.type != "cpu":
                 y = y.to("cpu")  # on CUDA, also waits
             if y.requires_grad:  # not in inference mode (a custom executor): hand out no graph
@@ -556,10 +566,11 @@ class EngineCore:
         except Exception as e:
             error = e
         end = clock()
-        exec_ms = 1e3 * (end - start)
+        exec_ms = 1e3 * (end - start - paused)
         with self._lock:
             ratio = scheduler.update_from_output(batch, None if error else exec_ms, end)
-            self._running = None
+            if not inner:
+                self._running = None
         metrics = self.metrics
         if error is not None:
             log.warning("forward of subnet %d on %d requests failed: %r", batch.subnet, batch.size, error)
@@ -595,10 +606,49 @@ class EngineCore:
                 metrics.answered_batch(subnet, accuracy, rows)  # counted before anyone is told
             for future, result in answers:
                 future.set_result(result)
-        overhead_ms = 1e3 * (clock() - t_sched) - exec_ms
+        overhead_ms = 1e3 * (clock() - t_sched - paused) - exec_ms
         if woken_at is not None and t_sched > woken_at:
             overhead_ms += 1e3 * (t_sched - woken_at)
-        self._overhead = (batch.size, overhead_ms, batch.subnet)
+        if inner:  # the paused batch's own overhead is stashed after this one's: fold this one now
+            with self._lock:
+                scheduler.observe_overhead(batch.size, overhead_ms)
+        else:
+            self._overhead = (batch.size, overhead_ms, batch.subnet)
+
+    def _run_pausing(
+        self, scheduler: BudgetScheduler, batch: ScheduledBatch, x: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
+        """Run `batch` stage by stage (`Executor.run_stages`); at each boundary ask the
+        scheduler for an urgent batch (`interrupt`), shed what it sheds, and run the urgent
+        batch to its end before going on. Returns the logits and the seconds spent paused."""
+        clock = self.clock
+        stages = self.executor.run_stages(batch.subnet, x)
+        paused, k = 0.0, 0
+        with torch.inference_mode():
+            while True:
+                try:
+                    next(stages)
+                except StopIteration as stop:
+                    return stop.value, paused
+                with self._lock:
+                    t = clock()
+                    out = scheduler.interrupt(t, k)
+                    shed = [(self._pending.pop(s.request_id), s) for s in out.shed]
+                    urgent = out.batch
+                    members = [self._pending.pop(rid) for rid in urgent.request_ids] if urgent is not None else []
+                k += 1
+                if shed:
+                    self._shed(shed)
+                if urgent is not None:
+                    try:
+                        self._execute(scheduler, urgent, members, t, None, inner=True)
+                    except Exception as e:  # metrics or result assembly: still answer everyone
+                        log.exception("finishing urgent batch %s failed", urgent)
+                        left = [m for m in members if not m.future.done()]
+                        for m in left:
+                            _fail(m.future, _execution_error(urgent, e))
+                        self.metrics.failed(len(left))
+                    paused += clock() - t
 
     def _fold_overhead(self) -> None:
         """Fold the last batch's overhead into the latency model (under the lock)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Generator
 from typing import Any
 
 import torch
@@ -41,6 +42,20 @@ class Executor(ABC):
             x: (B, C, H, W) -> (B, num_classes)
         """
 
+    pausable: bool = False  # `run_stages` pauses at the model's stage boundaries
+
+    def run_stages(self, subnet: int, x: torch.Tensor) -> Generator[None, None, torch.Tensor]:
+        """`run`, as a generator that yields at each stage boundary of the subnet
+        (`ElasticModel.stage_fractions`) when the executor is `pausable`, and returns the
+        logits. The caller enters inference mode around the whole loop. This default
+        cannot pause: it yields nothing.
+
+        Shape:
+            x: (B, C, H, W) -> (B, num_classes)
+        """
+        return self.run(subnet, x)
+        yield  # unreachable: makes this a generator
+
     def warmup(self, subnet: int, batch: int) -> None:
         """Prepare (compile, capture, load) and run once for this (subnet, batch size)."""
         x = torch.zeros(batch, *self.model.input_size(), device=self.device)
@@ -69,6 +84,13 @@ class EagerExecutor(Executor):
             return self.model(x, subnet=subnet)
         with torch.inference_mode():
             return self.model(x, subnet=subnet)
+
+    pausable = True
+
+    def run_stages(self, subnet: int, x: torch.Tensor) -> Generator[None, None, torch.Tensor]:
+        if x.device != self.device:
+            x = x.to(self.device, non_blocking=True)
+        return (yield from self.model.forward_stages(x, subnet=subnet))
 
 
 # executor name -> "module:Class"; a module registers more by adding to this table

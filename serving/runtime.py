@@ -125,6 +125,13 @@ class Runtime:
             first requests, planned with the profile's latencies, would pay for it. A
             profile measured by `profile()` was measured on the worker: nothing to warm.
 
+        preempt: let a running batch pause between two blocks for a request it would
+            otherwise make late (`serving/preemption.py`): admitted as urgent, that request
+            runs at the batch's next block boundary when the batch, the queue and it all stay
+            on time; the scheduler prices a batch's busy period by one block instead of the
+            whole batch. Needs a pausable executor ("eager") and a model whose subnets have
+            stage boundaries (`ElasticModel.stage_fractions`; a `StitchedNet`'s blocks).
+
     Raises:
         ConfigError: a bad setting; no thread is left running.
     """
@@ -153,6 +160,7 @@ class Runtime:
         lanes: int = 1,
         lane_split_ms: float | None = None,
         warm: bool = True,
+        preempt: bool = False,
     ):
         # every check first: a failure here leaves no thread behind
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
@@ -193,6 +201,13 @@ class Runtime:
         except ValueError as e:
             raise ConfigError(str(e)) from e
         self._owns_executor = not isinstance(executor, Executor)  # made here: closed here
+        self._stages = None  # subnet id -> stage boundaries, with preemption
+        if preempt:
+            if not self.executor.pausable:
+                if self._owns_executor:
+                    self.executor.close()
+                raise ConfigError(f"preempt=True needs an executor that can pause; {self.executor.name!r} cannot")
+            self._stages = {s.id: self.model.stage_fractions(s.id) for s in self.model.subnets()}
         self._check_sample = SampleCheck(self.model, self.dtype)
         self._clock = clock
         self.metrics = ServingMetrics(window=metrics_window)
@@ -313,6 +328,7 @@ class Runtime:
                         self.ewma_alpha,
                         batch_wait_ms=self.batch_wait_ms,
                         stale_s=self.stale_s,
+                        stages=self._stages,
                     )
                     scheduler.on_forget = self.metrics.latency_reset
                 else:

@@ -22,6 +22,7 @@ always runs its own forward (norm included), equal to timm's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from typing import Any
 
 import torch
@@ -182,6 +183,28 @@ class StitchedNet(ElasticModel):
             subnets.append(Subnet(sid, "stitch", self.describe(path), flops, params))
         return subnets
 
+    def stage_fractions(self, subnet: int | Subnet) -> tuple[float, ...]:
+        """The share of the subnet's FLOPs done after each of its blocks but the last: its
+        forward is a loop over blocks (`forward_path`), and it can pause between two. FLOPs
+        stand in for time; a stitching layer's few are left out."""
+        sid = self.subnet(subnet).id
+        costs = self.family.costs
+        path = self.paths[sid]
+        if path is None:
+            c = costs[sid]
+            stem, blocks, head = c.stem_flops, list(c.block_flops), c.head_flops
+        else:
+            stem, head = costs[path.front].stem_flops, costs[path.back].head_flops
+            blocks = [
+                f for a, (lo, hi) in zip(path.anchors, path.segments, strict=True) for f in costs[a].block_flops[lo:hi]
+            ]
+        total = stem + sum(blocks) + head
+        done, fractions = stem, []
+        for f in blocks[:-1]:
+            done += f
+            fractions.append(done / total)
+        return tuple(fractions)
+
     def describe(self, path: StitchPath) -> str:
         """E.g. "deit_tiny[0:8] -> deit_small[7:12]": blocks [start:stop] of each anchor."""
         return " -> ".join(
@@ -227,6 +250,37 @@ class StitchedNet(ElasticModel):
         if path is None:
             return self.family[sid](x)
         return self.forward_path(self.family[path.front].stem(x), path)
+
+    def forward_stages(self, x: torch.Tensor, subnet: int | Subnet = 0) -> Generator[None, None, torch.Tensor]:
+        """`forward`, pausing (a `yield`) between two blocks: the same operations in the same
+        order, so the same logits, with `len(stage_fractions(subnet))` pauses.
+
+        Shape:
+            x: (B, C, H, W) -> (B, num_classes)
+        """
+        sid = self.subnet(subnet).id
+        self.check_input(x)
+        path = self.paths[sid]
+        if path is None:
+            anchor = self.family[sid]
+            x = anchor.stem(x)
+            for k, block in enumerate(anchor.blocks):
+                if k:
+                    yield
+                x = block(x)
+            return anchor.head(x)
+        x = self.family[path.front].stem(x)
+        first = True
+        for s in range(len(path.anchors)):
+            lo, hi = path.segments[s]
+            for block in self.family[path.anchors[s]].blocks[lo:hi]:
+                if not first:
+                    yield
+                first = False
+                x = block(x)
+            if s < len(path.layers):
+                x = self.stitches[path.layers[s]](x)
+        return self.head(path.back, x)
 
     def forward_path(self, x: torch.Tensor, path: StitchPath, start: int = 0) -> torch.Tensor:
         """Run `path` from its segment `start` on that anchor's input `x` to the logits.

@@ -226,3 +226,41 @@ def test_flops_groups_follow_snnetv2(tiny_stitched):
     assert refs == sorted(refs)
     for g in groups:  # within a group, everything lies within `gap` of its reference
         assert max(flops[i] for i in g) - min(flops[i] for i in g) <= gap or min(flops[i] for i in g) <= gap
+
+
+def test_stage_fractions_are_the_flops_done_after_each_block_but_the_last(tiny_stitched):
+    net = tiny_stitched
+    costs = net.family.costs
+    for s in net.subnets():
+        fractions = net.stage_fractions(s.id)
+        path = net.path(s.id)
+        if path is None:  # a whole anchor: exactly its own pieces' FLOPs
+            c = costs[s.id]
+            stem, blocks, head = c.stem_flops, list(c.block_flops), c.head_flops
+            assert stem + sum(blocks) + head == s.flops
+        else:  # the front's stem, each segment's blocks in turn, the back's head (stitches left out)
+            stem, head = costs[path.front].stem_flops, costs[path.back].head_flops
+            blocks = [
+                f for a, (lo, hi) in zip(path.anchors, path.segments, strict=True) for f in costs[a].block_flops[lo:hi]
+            ]
+        assert len(fractions) == len(blocks) - 1 > 0
+        assert fractions[0] == pytest.approx((stem + blocks[0]) / (stem + sum(blocks) + head))
+        assert fractions[-1] == pytest.approx(1 - (blocks[-1] + head) / (stem + sum(blocks) + head))
+        assert all(0 < a < b < 1 for a, b in zip(fractions, fractions[1:], strict=False))
+
+
+def test_forward_stages_pauses_between_blocks_and_gives_the_forward_bit_for_bit(tiny_stitched):
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        for s in tiny_stitched.subnets():
+            stages = tiny_stitched.forward_stages(x, s.id)
+            pauses = 0
+            while True:
+                try:
+                    next(stages)
+                    pauses += 1
+                except StopIteration as stop:
+                    y = stop.value
+                    break
+            assert pauses == len(tiny_stitched.stage_fractions(s.id))
+            assert torch.equal(y, tiny_stitched(x, s.id))

@@ -1,0 +1,76 @@
+"""`Runtime(preempt=True)`: a real StitchedNet pauses a long batch between two blocks for an
+urgent request, and both answers equal the model's own forward."""
+
+import math
+import threading
+
+import pytest
+import torch
+
+from elastic.errors import BudgetInfeasible, ConfigError
+from elastic.serving import LatencyProfile, Runtime
+
+SLOW_MS = 2000.0  # the profile says subnet 1 (an anchor) takes this long, subnet 0 1 ms
+
+
+def profile() -> LatencyProfile:
+    return LatencyProfile.from_table(
+        {0: {1: 1.0, 2: 1.2, 4: 1.6, 8: 2.4}, 1: {1: SLOW_MS, 2: SLOW_MS, 4: SLOW_MS, 8: SLOW_MS}}
+    )
+
+
+class BlockGate:
+    """Holds the worker inside the first block of anchor 1 until released."""
+
+    def __init__(self, monkeypatch, block):
+        self.entered, self.release = threading.Event(), threading.Event()
+        original, self.calls = block.forward, 0
+
+        def forward(x):
+            self.calls += 1
+            if self.calls == 1:
+                self.entered.set()
+                self.release.wait(60)
+            return original(x)
+
+        monkeypatch.setattr(block, "forward", forward)
+
+
+def serve(model, preempt: bool) -> Runtime:
+    return Runtime(model, policy="elastic", profile=profile(), warm=False, caller_runs=False, preempt=preempt)
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_a_tight_request_runs_between_two_blocks_of_a_long_batch(tiny_stitched, monkeypatch, preempt):
+    model = tiny_stitched
+    assert len(model.stage_fractions(1)) == model.family[1].depth - 1
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected = [model(x[:1], 1)[0], model(x[1:], 0)[0]]
+    gate = BlockGate(monkeypatch, model.family[1].blocks[0])
+    with serve(model, preempt) as rt:
+        slow = rt.submit(x[0], 10_000.0)  # loose: the most accurate subnet, 1
+        assert gate.entered.wait(30)
+        # due in 1.5 s: the slow batch is predicted to end at 2 s, its first block boundary
+        # at about 2 s / depth
+        if not preempt:
+            with pytest.raises(BudgetInfeasible, match="until the running batch ends"):
+                rt.submit(x[1], 1500.0)
+            gate.release.set()
+            assert slow.result(30).subnet == 1
+            return
+        tight = rt.submit(x[1], 1500.0)
+        assert not tight.done()
+        gate.release.set()
+        urgent, paused = tight.result(30), slow.result(30)
+    assert urgent.subnet == 0 and paused.subnet == 1
+    assert urgent.latency_ms < paused.latency_ms  # it ran inside the slow batch
+    assert paused.exec_ms < paused.latency_ms - urgent.exec_ms  # the pause is not its forward time
+    torch.testing.assert_close(paused.output, expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(urgent.output, expected[1], rtol=0, atol=0)
+    assert not math.isnan(urgent.queue_ms)
+
+
+def test_preempt_needs_an_executor_that_can_pause(tiny_stitched):
+    with pytest.raises(ConfigError, match="cannot"):
+        Runtime(tiny_stitched, profile=profile(), executor="compiled", preempt=True, warm=False)
