@@ -55,6 +55,7 @@ from typing import Any
 
 import torch
 
+from elastic.errors import ConfigError
 from elastic.serving import Runtime, ServedCapacity, budget_range
 from elastic.serving.executor import Executor
 from elastic.serving.profile import LatencyProfile
@@ -363,6 +364,9 @@ def run_one(
             raise ValueError("the simulator models one lane")
         model = scenario.variants() if infaas else scenario.model
         accuracy = {s.id: s.accuracy for s in model.subnets() if s.accuracy is not None}
+        # with preemption every subnet of the model may pause at its block boundaries (the
+        # INFaaS-style baseline's separate models never do: they have no stage boundaries)
+        stages = {s.id: model.stage_fractions(s.id) for s in model.subnets()} if scenario.preempt else None
         outcomes = simulate(
             model.subnets(),
             calib.variants_service if infaas else calib.service,
@@ -373,6 +377,7 @@ def run_one(
             max_batch_size=MAX_BATCH,
             batch_wait_ms=BATCH_WAIT_MS,
             seed=seed,
+            stages=stages,
         )
     else:
         model = scenario.variants() if infaas else scenario.model
@@ -387,6 +392,7 @@ def run_one(
                 batch_wait_ms=BATCH_WAIT_MS,
                 lanes=lanes,
                 executor=scenario.executor_for(model),
+                preempt=scenario.preempt,
             ) as rt,
         ):
             lag: list[float] = []
@@ -746,6 +752,10 @@ def run(args: argparse.Namespace) -> dict:
     executor = getattr(args, "executor", None) or "eager"
     if executor != "eager":
         chosen = {name: _served_by(build, executor) for name, build in chosen.items()}
+    if getattr(args, "preempt", False):
+        if executor != "eager":
+            raise ConfigError(f"--preempt needs the eager executor (the {executor} executor cannot pause)")
+        chosen = {name: _preempting(build) for name, build in chosen.items()}
     return run_scenarios(chosen, plan, args.out, args.command, args.seed, bool(getattr(args, "simulate", False)))
 
 
@@ -756,6 +766,19 @@ def _served_by(build: Callable[[], Scenario], executor: str) -> Callable[[], Sce
         scenario = build()
         scenario.executor = executor
         scenario.label += f"; forwards through the {executor} executor (INFaaS's separate models: eager)"
+        return scenario
+
+    return built
+
+
+def _preempting(build: Callable[[], Scenario]) -> Callable[[], Scenario]:
+    """`build`, with batches pausing at block boundaries for urgent requests, real and
+    simulated (`Runtime(preempt=True)`), and labelled so."""
+
+    def built() -> Scenario:
+        scenario = build()
+        scenario.preempt = True
+        scenario.label += "; batches pause at block boundaries for urgent requests (INFaaS's separate models: never)"
         return scenario
 
     return built

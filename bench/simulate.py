@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -100,6 +100,7 @@ def simulate(
     max_queue: int = 256,
     batch_wait_ms: float = 1.0,
     seed: int | str = 0,
+    stages: Mapping[int, Sequence[float]] | None = None,
 ) -> list[Outcome]:
     """Run one load on a virtual clock; one `Outcome` per request, as a real run gives.
 
@@ -119,6 +120,9 @@ def simulate(
         judge: correctness per (request, subnet).
         max_batch_size, max_queue, batch_wait_ms: as the real `Runtime` is configured.
         seed: seeds the forward-time draws (the same seed gives the same run).
+        stages: subnet id -> stage boundaries (`ElasticModel.stage_fractions`): batches
+            pause there, as a preemptive worker does (`BudgetScheduler.interrupt`), the
+            boundaries placed at those shares of the drawn forward; None: they never pause.
     """
     if len(arrivals_s) != len(budgets_ms):
         raise ValueError(f"{len(arrivals_s)} arrival times for {len(budgets_ms)} budgets")
@@ -130,11 +134,14 @@ def simulate(
         max_queue=max_queue,
         overhead=OverheadModel(),
         batch_wait_ms=batch_wait_ms,
+        stages=stages,
     )
     rng = random.Random(f"service/{seed}")
+
     outcomes: list[Outcome | None] = [None] * len(arrivals_s)
     requests: dict[int, Request] = {}
-    running = None  # (batch, end time, forward ms, overhead ms)
+    running = None  # [batch, end time, forward ms, overhead ms, boundary times ahead]
+    inner = None  # an urgent batch running while `running` is paused: (batch, end, forward, overhead)
     wake = _INF  # when an idle worker holding a partial batch looks again
     n, i, now = len(arrivals_s), 0, 0.0
 
@@ -143,27 +150,49 @@ def simulate(
             r = requests.pop(s.request_id)
             outcomes[r.id] = Outcome(SHED, r.budget_ms, reason=s.reason)
 
+    def answer(batch, forward: float, overhead: float) -> None:
+        for rid in batch.request_ids:
+            r = requests.pop(rid)
+            latency = 1e3 * (now - r.arrival)
+            correct = judge(rid, rid, batch.subnet)
+            outcomes[rid] = Outcome(ANSWERED, r.budget_ms, batch.subnet, latency, batch.size, correct)
+        sched.update_from_output(batch, forward, now)
+        sched.observe_overhead(batch.size, overhead)
+
     while i < n or running is not None or sched.has_waiting():
         t_arrival = arrivals_s[i] if i < n else _INF
         t_end = running[1] if running is not None else _INF
+        t_inner = inner[1] if inner is not None else _INF
+        t_stage = running[4][0] if running is not None and inner is None and running[4] else _INF
         t_watch = _INF
         if running is not None:
             nxt = sched.next_expiry()
             t_watch = nxt + _TICK if nxt is not None else _INF
-        t = min(t_end, t_arrival, wake, t_watch)
+        t = min(t_end, t_inner, t_stage, t_arrival, wake, t_watch)
         if t == _INF:
             raise RuntimeError("simulation stalled: requests queued, nothing scheduled and no time to wake")
         now = max(now, t)
+        if t == t_inner:  # the urgent batch ends: the paused one resumes
+            batch, _, forward, overhead = inner
+            inner = None
+            answer(batch, forward, overhead)
+            continue
+        if t == t_stage:  # a boundary of the running batch: run the urgent batch, if any, first
+            running[4].pop(0)
+            out = sched.interrupt(now, len(sched.stages_of(running[0])) - len(running[4]) - 1)
+            shed(out.shed)
+            if out.batch is not None:
+                forward = service.forward_ms(out.batch.subnet, out.batch.size, rng)
+                overhead = service.overhead_ms(out.batch.size)
+                busy = (forward + overhead) / 1e3
+                inner = (out.batch, now + busy, forward, overhead)
+                running[1] += busy
+                running[4] = [b + busy for b in running[4]]
+            continue
         if t == t_end:  # the worker frees first on ties
-            batch, _, forward, overhead = running
+            batch, _, forward, overhead, _ = running
             running = None
-            for rid in batch.request_ids:
-                r = requests.pop(rid)
-                latency = 1e3 * (now - r.arrival)
-                correct = judge(rid, rid, batch.subnet)
-                outcomes[rid] = Outcome(ANSWERED, r.budget_ms, batch.subnet, latency, batch.size, correct)
-            sched.update_from_output(batch, forward, now)
-            sched.observe_overhead(batch.size, overhead)
+            answer(batch, forward, overhead)
         elif t == t_watch:
             shed(sched.shed_expired(now))
             continue
@@ -187,7 +216,8 @@ def simulate(
             if out.batch is not None:
                 forward = service.forward_ms(out.batch.subnet, out.batch.size, rng)
                 overhead = service.overhead_ms(out.batch.size)
-                running = (out.batch, now + (forward + overhead) / 1e3, forward, overhead)
+                bounds = [now + f * forward / 1e3 for f in sched.stages_of(out.batch)]
+                running = [out.batch, now + (forward + overhead) / 1e3, forward, overhead, bounds]
             elif sched.has_waiting():
                 wake = out.wait_until if out.wait_until is not None and out.wait_until > now else now + _POLL
     missing = [k for k, o in enumerate(outcomes) if o is None]

@@ -25,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--simulate", action="store_true", help="load: only the simulated sweep (virtual clock), no real runs"
     )
     p.add_argument(
+        "--preempt",
+        action="store_true",
+        help="load: batches pause at block boundaries for urgent requests, real and simulated "
+        "(Runtime(preempt=True), serving/preemption.py)",
+    )
+    p.add_argument(
         "--executor",
         choices=["eager", "process"],
         default="eager",
@@ -50,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         read_manifest(args.model)  # a missing or malformed --model
     require_writable_dir(args.out)
+    if getattr(args, "preempt", False) and args.suite != "load":
+        from elastic.errors import ConfigError
+
+        raise ConfigError("--preempt goes with the load suite only")
     suites = SUITES if args.suite == "all" else [args.suite]
     if getattr(args, "threads", 0):
         import torch

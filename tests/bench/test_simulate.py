@@ -146,3 +146,25 @@ def test_bursts_past_capacity_shed_no_more_under_elastic_than_on_the_fastest_sub
     }
     assert scores["elastic"]["shed"] <= scores["static:0"]["shed"] / 2
     assert scores["elastic"]["effective_accuracy"] >= scores["static:0"]["effective_accuracy"]
+
+
+def test_preemption_serves_loose_requests_on_the_slow_subnet_and_keeps_everyone_on_time():
+    # a slow accurate subnet and a fast one; exact predictions (no spread, no overhead)
+    profile = LatencyProfile.from_table(table({0: 10.0, 1: 100.0}, per_item=2.0))
+    service = ServiceModel(profile)
+    rng = random.Random(1)
+    arrivals = poisson(15.0, 20.0, rng)
+    budgets = [rng.choice((25.0, 400.0)) for _ in arrivals]  # tight and loose, mixed
+    acc = {0: 0.6, 1: 0.8}
+    tenths = tuple(k / 10 for k in range(1, 10))
+    runs = {
+        name: score(simulate(subnets(acc), service, "elastic", arrivals, budgets, BernoulliJudge(acc, 0), stages=st))
+        for name, st in (("plain", None), ("preempt", {0: tenths, 1: tenths}))
+    }
+    plain, preempt = runs["plain"], runs["preempt"]
+    assert preempt["requests"] == plain["requests"] == len(arrivals)
+    assert preempt["shed"] == 0 and preempt["late"] == 0 and preempt["answered"] == preempt["admitted"]
+    assert preempt["rejected"] <= plain["rejected"]
+    # without it the slow subnet's busy period would turn tight arrivals away, so the policy
+    # keeps loose requests on the fast one; with it they get the slow, accurate one
+    assert preempt["effective_accuracy"] > plain["effective_accuracy"] + 0.05
