@@ -24,6 +24,9 @@ model whose subnets are the "model variants":
   or (for shedding) over every queued request;
 - feedback: every batch's observed forward time corrects the forward predictions, and the
   engine reports its overhead (`observe_overhead`).
+- preemption (optional, `stages=`): a request the running batch would make late runs inside
+  it at its next block boundary when the batch, the queue and it stay on time
+  (`serving/preemption.py`; the worker calls `interrupt` at each boundary).
 
 Pure Python, no torch, single-threaded: the runtime serialises calls, and the clock is an
 argument, so tests drive time by hand. Only subnets on the accuracy/latency Pareto front of

@@ -1,7 +1,6 @@
 """`Runtime(preempt=True)`: a real StitchedNet pauses a long batch between two blocks for an
 urgent request, and both answers equal the model's own forward."""
 
-import math
 import threading
 
 import pytest
@@ -61,14 +60,18 @@ def test_a_tight_request_runs_between_two_blocks_of_a_long_batch(tiny_stitched, 
             return
         tight = rt.submit(x[1], 1500.0)
         assert not tight.done()
+        done: list[str] = []
+        tight.add_done_callback(lambda f: done.append("tight"))
+        slow.add_done_callback(lambda f: done.append("slow"))
         gate.release.set()
         urgent, paused = tight.result(30), slow.result(30)
     assert urgent.subnet == 0 and paused.subnet == 1
-    assert urgent.latency_ms < paused.latency_ms  # it ran inside the slow batch
-    assert paused.exec_ms < paused.latency_ms - urgent.exec_ms  # the pause is not its forward time
+    assert done == ["tight", "slow"]  # answered inside the slow batch, before it resumed
+    # the slow batch's forward time leaves out the pause: an identity of the clock readings
+    # (its wall time covers its own forward and the urgent batch's), not a speed claim
+    assert paused.exec_ms + urgent.exec_ms <= paused.latency_ms
     torch.testing.assert_close(paused.output, expected[0], rtol=0, atol=0)
     torch.testing.assert_close(urgent.output, expected[1], rtol=0, atol=0)
-    assert not math.isnan(urgent.queue_ms)
 
 
 def test_preempt_needs_an_executor_that_can_pause(tiny_stitched):
