@@ -130,7 +130,8 @@ class Runtime:
             runs at the batch's next block boundary when the batch, the queue and it all stay
             on time; the scheduler prices a batch's busy period by one block instead of the
             whole batch. Needs a pausable executor ("eager") and a model whose subnets have
-            stage boundaries (`ElasticModel.stage_fractions`; a `StitchedNet`'s blocks).
+            stage boundaries (`ElasticModel.stage_fractions`: the blocks of a `StitchedNet` or
+            `LearngenePool`; a `SortedNet` cannot pause yet).
 
     Raises:
         ConfigError: a bad setting; no thread is left running.

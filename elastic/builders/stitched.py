@@ -30,6 +30,7 @@ from torch import nn
 
 from elastic.anchors import AnchorFamily
 from elastic.anchors.cost import count_flops, count_params
+from elastic.builders.stages import flops_fractions, run_in_stages, then
 from elastic.builders.stitch_layer import StitchLayer, flatten_channels, least_squares
 from elastic.builders.stitch_plan import StitchPath, anchor_pairs, v1_pairs, v2_routes
 from elastic.errors import CheckpointError
@@ -192,18 +193,10 @@ class StitchedNet(ElasticModel):
         path = self.paths[sid]
         if path is None:
             c = costs[sid]
-            stem, blocks, head = c.stem_flops, list(c.block_flops), c.head_flops
-        else:
-            stem, head = costs[path.front].stem_flops, costs[path.back].head_flops
-            blocks = [
-                f for a, (lo, hi) in zip(path.anchors, path.segments, strict=True) for f in costs[a].block_flops[lo:hi]
-            ]
-        total = stem + sum(blocks) + head
-        done, fractions = stem, []
-        for f in blocks[:-1]:
-            done += f
-            fractions.append(done / total)
-        return tuple(fractions)
+            return flops_fractions(c.stem_flops, c.block_flops, c.head_flops)
+        segments = zip(path.anchors, path.segments, strict=True)
+        blocks = [f for a, (lo, hi) in segments for f in costs[a].block_flops[lo:hi]]
+        return flops_fractions(costs[path.front].stem_flops, blocks, costs[path.back].head_flops)
 
     def describe(self, path: StitchPath) -> str:
         """E.g. "deit_tiny[0:8] -> deit_small[7:12]": blocks [start:stop] of each anchor."""
@@ -263,24 +256,16 @@ class StitchedNet(ElasticModel):
         path = self.paths[sid]
         if path is None:
             anchor = self.family[sid]
-            x = anchor.stem(x)
-            for k, block in enumerate(anchor.blocks):
-                if k:
-                    yield
-                x = block(x)
-            return anchor.head(x)
-        x = self.family[path.front].stem(x)
-        first = True
-        for s in range(len(path.anchors)):
-            lo, hi = path.segments[s]
-            for block in self.family[path.anchors[s]].blocks[lo:hi]:
-                if not first:
-                    yield
-                first = False
-                x = block(x)
-            if s < len(path.layers):
-                x = self.stitches[path.layers[s]](x)
-        return self.head(path.back, x)
+            return (yield from run_in_stages(x, anchor.stem, anchor.blocks, anchor.head))
+        stem, blocks = self.family[path.front].stem, []
+        for s, (lo, hi) in enumerate(path.segments):
+            blocks += self.family[path.anchors[s]].blocks[lo:hi]
+            if s < len(path.layers):  # the stitch runs with the piece before it
+                if blocks:
+                    blocks[-1] = then(blocks[-1], self.stitches[path.layers[s]])
+                else:
+                    stem = then(stem, self.stitches[path.layers[s]])
+        return (yield from run_in_stages(x, stem, blocks, lambda h: self.head(path.back, h)))
 
     def forward_path(self, x: torch.Tensor, path: StitchPath, start: int = 0) -> torch.Tensor:
         """Run `path` from its segment `start` on that anchor's input `x` to the logits.

@@ -237,3 +237,20 @@ def test_pool_fine_tuning_draws_random_descendants():
     history = fit(net, make_data(64), 2, FitConfig(batch_size=8, progress=False, seed=0))
     steps = history["subnet_steps"]
     assert sum(steps) == 16 and sum(1 for n in steps if n) >= 5  # uniform draws over 11 subnets
+
+
+def test_every_descendant_pauses_between_blocks_and_gives_its_forward_bit_for_bit(pool):
+    x = torch.randn(2, 3, IMG, IMG)
+    with torch.inference_mode():
+        for s in pool.subnets():
+            fractions = pool.stage_fractions(s.id)
+            assert all(0 < a < b < 1 for a, b in zip(fractions, fractions[1:], strict=False))
+            stages, pauses = pool.forward_stages(x, s.id), 0
+            while True:
+                try:
+                    next(stages)
+                    pauses += 1
+                except StopIteration as stop:
+                    assert torch.equal(stop.value, pool(x, s.id))
+                    break
+            assert pauses == len(fractions) > 0
