@@ -99,10 +99,17 @@ class Buckets:
         self.counts = [0] * len(self.bounds)
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        if value == value:  # NaN is dropped
-            self.counts[bisect.bisect_left(self.bounds, value)] += 1
-            self.sum += value
+    def observe(self, value: float, n: int = 1) -> None:
+        """`n` observations of `value` (NaN is dropped)."""
+        if value == value:
+            self.counts[bisect.bisect_left(self.bounds, value)] += n
+            self.sum += n * value
+
+    def snapshot(self) -> Buckets:
+        """A copy of the counts and sum (the bounds shared), to expose outside the lock."""
+        copy = Buckets.__new__(Buckets)
+        copy.bounds, copy.counts, copy.sum = self.bounds, list(self.counts), self.sum
+        return copy
 
     def family(self, name: str, documentation: str) -> HistogramMetricFamily:
         family = HistogramMetricFamily(name, documentation)
@@ -186,9 +193,7 @@ class ServingMetrics:
         infinite and non-positive budgets are not observed (an infinite sum is useless)."""
         if 0 < budget_ms < math.inf:
             with self._lock:
-                budget = self._budget
-                budget.counts[bisect.bisect_left(budget.bounds, budget_ms / 1e3)] += n
-                budget.sum += n * (budget_ms / 1e3)
+                self._budget.observe(budget_ms / 1e3, n)
 
     def shed(self, reason: str) -> None:
         """An admitted request dropped from the queue (`reason` in SHED_REASONS)."""
@@ -274,7 +279,7 @@ class ServingMetrics:
             outcomes, rejections, sheds = dict(self._outcomes), dict(self._rejections), dict(self._sheds)
             selections, resets = dict(self._selections), self._resets
             hists = [
-                (name, doc, _copy(b))
+                (name, doc, b.snapshot())
                 for name, doc, b in (
                     ("elastic_request_latency_seconds", _DOC["latency"], self._latency),
                     ("elastic_queue_latency_seconds", _DOC["queue_latency"], self._queue_latency),
@@ -365,12 +370,6 @@ _DOC = {
     "latency_resets": "Times the online latency correction was dropped as stale: an idle engine was about to "
     "refuse a request on a correction no forward had renewed for stale_s (planning from the profile again).",
 }
-
-
-def _copy(b: Buckets) -> Buckets:
-    snapshot = Buckets.__new__(Buckets)
-    snapshot.bounds, snapshot.counts, snapshot.sum = b.bounds, list(b.counts), b.sum
-    return snapshot
 
 
 def _counter(name: str, documentation: str, label: str, values: dict[str, int], created: float) -> CounterMetricFamily:
