@@ -66,6 +66,7 @@ def make_compiled(model: elastic.ElasticModel):
 
     class TorchCompiled(EagerExecutor):
         name = "compiled"
+        pausable = False  # a compiled forward runs as one call
 
         def __init__(self, model):
             super().__init__(model)

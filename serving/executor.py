@@ -29,6 +29,7 @@ class Executor(ABC):
     """
 
     name: str = "executor"
+    pausable: bool = False  # `run_stages` pauses at the model's stage boundaries
 
     def __init__(self, model: ElasticModel, device: str | torch.device = "cpu"):
         self.model = model
@@ -41,8 +42,6 @@ class Executor(ABC):
         Shape:
             x: (B, C, H, W) -> (B, num_classes)
         """
-
-    pausable: bool = False  # `run_stages` pauses at the model's stage boundaries
 
     def run_stages(self, subnet: int, x: torch.Tensor) -> Generator[None, None, torch.Tensor]:
         """`run`, as a generator that yields at each stage boundary of the subnet
@@ -76,6 +75,7 @@ class EagerExecutor(Executor):
     already in it: a serving loop that is pays nothing per batch)."""
 
     name = "eager"
+    pausable = True
 
     def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
         if x.device != self.device:
@@ -84,8 +84,6 @@ class EagerExecutor(Executor):
             return self.model(x, subnet=subnet)
         with torch.inference_mode():
             return self.model(x, subnet=subnet)
-
-    pausable = True
 
     def run_stages(self, subnet: int, x: torch.Tensor) -> Generator[None, None, torch.Tensor]:
         if x.device != self.device:
