@@ -2,11 +2,12 @@
 urgent request, and both answers equal the model's own forward."""
 
 import threading
+from concurrent.futures import wait
 
 import pytest
 import torch
 
-from elastic.errors import BudgetInfeasible, ConfigError
+from elastic.errors import BudgetInfeasible, ConfigError, Overloaded
 from elastic.serving import LatencyProfile, Runtime
 
 SLOW_MS = 2000.0  # the profile says subnet 1 (an anchor) takes this long, subnet 0 1 ms
@@ -77,3 +78,28 @@ def test_a_tight_request_runs_between_two_blocks_of_a_long_batch(tiny_stitched, 
 def test_preempt_needs_an_executor_that_can_pause(tiny_stitched):
     with pytest.raises(ConfigError, match="cannot"):
         Runtime(tiny_stitched, profile=profile(), executor="compiled", preempt=True, warm=False)
+
+
+def test_two_lanes_that_preempt_end_every_request_once(tiny_stitched):
+    # a smoke test of the two options together: a mixed load (budgets no subnet meets, and
+    # loose ones) on two lanes that may pause their batches; every request is answered,
+    # refused at submit or shed, exactly once, and closing waits for nothing
+    x = torch.randn(16, 3, 32, 32)
+    ended: list[int] = []
+    refused = 0
+    with torch.inference_mode(), serve_lanes(tiny_stitched) as rt:
+        futures = []
+        for i in range(60):
+            try:
+                future = rt.submit(x[i % 16], (5.0, 1_500.0, 5_000.0)[i % 3])
+            except (BudgetInfeasible, Overloaded):
+                refused += 1
+                continue
+            future.add_done_callback(lambda f, i=i: ended.append(i))
+            futures.append(future)
+        assert not wait(futures, timeout=60).not_done
+    assert len(ended) == len(set(ended)) == len(futures) == 60 - refused
+
+
+def serve_lanes(model) -> Runtime:
+    return Runtime(model, policy="elastic", profile=profile(), warm=False, lanes=2, preempt=True)
