@@ -11,6 +11,7 @@ SUITES = [
     "scheduler",
     "memory",
     "load",
+    "headroom",
     "onnx",
     "contention",
     "streaming",

@@ -158,6 +158,7 @@ class Calibration:
     served: dict[str, Any]  # raw served-capacity measurements
     seconds: float  # how long calibrating took
     bound: dict[str, Any] | None = None  # `no_queue_bound` over the statics (set by `calibrate`)
+    accuracy: dict[int, float] | None = None  # the statics' accuracies (set by `calibrate`)
 
     @property
     def middle_range(self) -> tuple[float, float]:
@@ -202,6 +203,7 @@ class Calibration:
             "served": self.served,
             "profile_p50_ms": {str(s): row for s, row in self.profile.p50_ms.items()},
             "profile_p99_ms": {str(s): row for s, row in self.profile.p99_ms.items()},
+            "accuracy": None if self.accuracy is None else {str(s): v for s, v in self.accuracy.items()},
             "no_queue_bound": None
             if self.bound is None
             else {**self.bound, "static": {str(s): v for s, v in self.bound["static"].items()}},
@@ -257,6 +259,7 @@ def calibrate(scenario: Scenario, profile_repeats: int | None = None) -> Calibra
         s: profile.latency_ms(s, 1, "p99") + per_batch + per_request for s in calib.statics()
     }
     calib.bound = no_queue_bound(scenario.accuracy, alone_ms, budgets)
+    calib.accuracy = {s: scenario.accuracy[s] for s in calib.statics() if s in scenario.accuracy}
     log.info(
         "%s: capacity %.1f req/s (largest anchor %d), smallest anchor %d at %.1f req/s; budgets %s; "
         "overhead %.3f ms/request + %.3f ms/batch; candidates %s (%.0f s)",

@@ -1,11 +1,13 @@
 """The load suite's method: oracle selection, targets, the real shortlist, and an end-to-end run."""
 
+import argparse
 import json
 import math
 
 import pytest
 import torch
 
+from elastic.bench import headroom
 from elastic.bench.arrivals import BudgetDistribution
 from elastic.bench.load import Calibration, LoadPlan, Span, run_scenarios, shortlist, summarize, target_summary
 from elastic.bench.outcomes import BernoulliJudge
@@ -226,6 +228,20 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     assert "The machine under load" in (tmp_path / "load.md").read_text()
     assert "The machine under load" not in (tmp_path / "load_sim.md").read_text()
     assert math.isfinite(result["seconds"])
+    # the fluid bound over the same traces (regenerated from their seeds): every real point,
+    # every seed, and over all served subnets at least the oracle's one subnet's bound
+    assert set(calib["accuracy"]) == {
+        str(s) for s in {*calib["candidates"], calib["smallest_anchor"], calib["largest_anchor"]}
+    }
+    room = headroom.run(argparse.Namespace(out=tmp_path, model=None, command="test headroom"))["scenarios"]["tiny"]
+    assert [(p["pattern"], p["load"]) for p in room["points"]] == [(p["pattern"], p["load"]) for p in points]
+    for p in room["points"]:
+        assert len(p["bounds_per_seed"]) == 3
+        assert all(
+            0 < o <= b + 1e-9 <= 1 for o, b in zip(p["oracle_bounds_per_seed"], p["bounds_per_seed"], strict=True)
+        )
+    saved = json.loads((tmp_path / "headroom.json").read_text())
+    assert saved["source"]["commit"] == real["commit"] and "fluid bound" in (tmp_path / "headroom.md").read_text()
 
 
 @pytest.mark.slow
