@@ -28,7 +28,7 @@ squares on calibration activations instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,7 @@ from torch import nn
 
 from elastic.anchors import AnchorFamily
 from elastic.anchors.cost import count_flops
-from elastic.builders.stages import flops_fractions, run_in_stages, then
+from elastic.builders.stages import Pieces, StagedPieces, flops_fractions, fold
 from elastic.builders.stitch_layer import StitchLayer, flatten_channels, least_squares
 from elastic.errors import CheckpointError
 from elastic.model import ElasticModel, register_builder
@@ -88,7 +88,7 @@ def paired_configs(front_depth: int, back_depth: int, window: int = 2, stride: i
 
 
 @register_builder
-class LearngenePool(ElasticModel):
+class LearngenePool(StagedPieces, ElasticModel):
     """Descendant models stitched from the blocks of distilled auxiliary ViTs.
 
     Args:
@@ -252,28 +252,17 @@ class LearngenePool(ElasticModel):
         blocks = [*f.block_flops[: path.front_stop], *b.block_flops[path.back_start :]]
         return flops_fractions(f.stem_flops, blocks, b.head_flops)
 
-    def forward_stages(self, x: torch.Tensor, subnet: int | Subnet = 0) -> Generator[None, None, torch.Tensor]:
-        """`forward`, pausing (a `yield`) between two blocks: the same operations in the same
-        order, so the same logits, with `len(stage_fractions(subnet))` pauses.
-
-        Shape:
-            x: (B, C, H, W) -> (B, num_classes)
-        """
-        sid = self.subnet(subnet).id
-        self.check_input(x)
+    def stage_pieces(self, sid: int) -> Pieces:
+        """The pieces `forward_stages` runs: the stitch with the block before it."""
         path = self.paths[sid]
         if path is None:
             anchor = self.family[sid]
-            return (yield from run_in_stages(x, anchor.stem, anchor.blocks, anchor.head))
+            return anchor.stem, list(anchor.blocks), anchor.head
         front, back = self.family[path.front], self.family[path.back]
         stem, blocks = front.stem, list(front.blocks[: path.front_stop])
-        if path.layer is not None:  # the stitch runs with the piece before it
-            if blocks:
-                blocks[-1] = then(blocks[-1], self.stitches[path.layer])
-            else:
-                stem = then(stem, self.stitches[path.layer])
-        blocks += back.blocks[path.back_start :]
-        return (yield from run_in_stages(x, stem, blocks, back.head))
+        if path.layer is not None:
+            stem, blocks = fold(stem, blocks, self.stitches[path.layer])
+        return stem, [*blocks, *back.blocks[path.back_start :]], back.head
 
     def input_size(self) -> tuple[int, int, int]:
         return self.family.input_size()

@@ -3,9 +3,10 @@
 A subnet that runs as stem → blocks → head (a `StitchedNet` path, a `LearngenePool`
 descendant, a whole anchor) can pause between two blocks: the preemptive scheduler
 (`serving/preemption.py`) runs an urgent batch there. Builders list the pieces of a subnet
-in execution order, a stitching layer folded into the block before it; these two helpers
-turn that list into the boundaries (`ElasticModel.stage_fractions`) and into the staged
-forward (`ElasticModel.forward_stages`).
+in execution order (`StagedPieces.stage_pieces`), a stitching layer folded into the block
+before it (`fold`); `flops_fractions` turns their FLOPs into the boundaries
+(`ElasticModel.stage_fractions`) and `StagedPieces` the pieces into the staged forward
+(`ElasticModel.forward_stages`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Generator, Sequence
 import torch
 
 Piece = Callable[[torch.Tensor], torch.Tensor]
+Pieces = tuple[Piece, list[Piece], Piece]  # stem, blocks, head
 
 
 def flops_fractions(stem_flops: int, block_flops: Sequence[int], head_flops: int) -> tuple[float, ...]:
@@ -43,3 +45,31 @@ def run_in_stages(
 def then(block: Piece, stitch: Piece) -> Piece:
     """`block` followed by `stitch`: one piece, so the pause comes after the stitch."""
     return lambda x: stitch(block(x))
+
+
+def fold(stem: Piece, blocks: list[Piece], stitch: Piece) -> tuple[Piece, list[Piece]]:
+    """Run `stitch` with the piece before it (the last block, or the stem before any block),
+    so a pause comes after the stitch, never between a block and its stitch."""
+    if blocks:
+        return stem, [*blocks[:-1], then(blocks[-1], stitch)]
+    return then(stem, stitch), blocks
+
+
+class StagedPieces:
+    """For an `ElasticModel` whose subnets run as stem → blocks → head: its staged forward,
+    from the pieces `stage_pieces` lists. Put it before `ElasticModel` in the bases."""
+
+    def stage_pieces(self, sid: int) -> Pieces:
+        """Subnet `sid`'s stem, blocks and head, in execution order, stitches folded in."""
+        raise NotImplementedError
+
+    def forward_stages(self, x: torch.Tensor, subnet=0) -> Generator[None, None, torch.Tensor]:
+        """`forward`, pausing (a `yield`) between two blocks: the same operations in the same
+        order, so the same logits, with `len(stage_fractions(subnet))` pauses.
+
+        Shape:
+            x: (B, C, H, W) -> (B, num_classes)
+        """
+        sid = self.subnet(subnet).id
+        self.check_input(x)
+        return (yield from run_in_stages(x, *self.stage_pieces(sid)))

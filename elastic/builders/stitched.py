@@ -22,7 +22,6 @@ always runs its own forward (norm included), equal to timm's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from torch import nn
 
 from elastic.anchors import AnchorFamily
 from elastic.anchors.cost import count_flops, count_params
-from elastic.builders.stages import flops_fractions, run_in_stages, then
+from elastic.builders.stages import Pieces, StagedPieces, flops_fractions, fold
 from elastic.builders.stitch_layer import StitchLayer, flatten_channels, least_squares
 from elastic.builders.stitch_plan import StitchPath, anchor_pairs, v1_pairs, v2_routes
 from elastic.errors import CheckpointError
@@ -43,7 +42,7 @@ PLANS = ("v1", "v2")
 
 
 @register_builder
-class StitchedNet(ElasticModel):
+class StitchedNet(StagedPieces, ElasticModel):
     """Anchors joined by stitching layers.
 
     Args:
@@ -244,28 +243,18 @@ class StitchedNet(ElasticModel):
             return self.family[sid](x)
         return self.forward_path(self.family[path.front].stem(x), path)
 
-    def forward_stages(self, x: torch.Tensor, subnet: int | Subnet = 0) -> Generator[None, None, torch.Tensor]:
-        """`forward`, pausing (a `yield`) between two blocks: the same operations in the same
-        order, so the same logits, with `len(stage_fractions(subnet))` pauses.
-
-        Shape:
-            x: (B, C, H, W) -> (B, num_classes)
-        """
-        sid = self.subnet(subnet).id
-        self.check_input(x)
+    def stage_pieces(self, sid: int) -> Pieces:
+        """The pieces `forward_stages` runs: a stitch with the block before it."""
         path = self.paths[sid]
         if path is None:
             anchor = self.family[sid]
-            return (yield from run_in_stages(x, anchor.stem, anchor.blocks, anchor.head))
+            return anchor.stem, list(anchor.blocks), anchor.head
         stem, blocks = self.family[path.front].stem, []
         for s, (lo, hi) in enumerate(path.segments):
             blocks += self.family[path.anchors[s]].blocks[lo:hi]
-            if s < len(path.layers):  # the stitch runs with the piece before it
-                if blocks:
-                    blocks[-1] = then(blocks[-1], self.stitches[path.layers[s]])
-                else:
-                    stem = then(stem, self.stitches[path.layers[s]])
-        return (yield from run_in_stages(x, stem, blocks, lambda h: self.head(path.back, h)))
+            if s < len(path.layers):
+                stem, blocks = fold(stem, blocks, self.stitches[path.layers[s]])
+        return stem, blocks, lambda h: self.head(path.back, h)
 
     def forward_path(self, x: torch.Tensor, path: StitchPath, start: int = 0) -> torch.Tensor:
         """Run `path` from its segment `start` on that anchor's input `x` to the logits.
