@@ -13,7 +13,10 @@ took their median time; the oracle's own bound minus its measured accuracy is wh
 fixed choice loses to queueing, blocking and the machine. A large first gap means a target
 like "+5 points over the oracle" is not ruled out by capacity; it is lost to scheduling.
 
-The INFaaS-style contender serves separate models with their own profile and is not covered.
+The bound is for the trace as scheduled. A real run whose submitting thread fell behind its
+schedule (`submit_lag_ms`, recorded per run and shown per point) was offered a smoother
+trace, and its measured value can exceed the bound. The INFaaS-style contender serves
+separate models with their own profile and is not covered.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ def headroom(sc: dict[str, Any], accuracy: dict[int, float]) -> dict[str, Any]:
             grid = RESOLUTION * budgets.lo_ms
             every.append(fluid_bound(arrivals, budget, {s: accuracy[s] for s in served}, service, MAX_BATCH, grid))
             alone.append(fluid_bound(arrivals, budget, {oracle: accuracy[oracle]}, service, MAX_BATCH, grid))
+        lags = [r["submit_lag_ms"]["p50"] for r in runs if r.get("submit_lag_ms")]
         measured_oracle = [r["effective_accuracy"] for r in statics]
         measured_elastic = [r["effective_accuracy"] for r in elastic]
         points.append(
@@ -121,6 +125,8 @@ def headroom(sc: dict[str, Any], accuracy: dict[int, float]) -> dict[str, Any]:
                 "elastic": mean_interval(measured_elastic).to_dict(),
                 "bound_minus_oracle": paired_difference(every, measured_oracle).to_dict(),
                 "elastic_minus_oracle": p["elastic_minus_oracle"],
+                # the driver behind its schedule offered another (smoother) trace than the bound's
+                "submit_lag_ms_p50_worst": max(lags) if lags else None,
                 "bounds_per_seed": every,
                 "oracle_bounds_per_seed": alone,
             }
@@ -155,7 +161,7 @@ def tables(scenarios: dict[str, dict[str, Any]], load: dict[str, Any]) -> str:
         rows = []
         for p in sc["points"]:
             b, g, e = p["bound"], p["bound_minus_oracle"], p["elastic_minus_oracle"]
-            share = e["mean"] / g["mean"] if g["mean"] > 0 else float("nan")
+            lag = p["submit_lag_ms_p50_worst"]
             rows.append(
                 [
                     p["pattern"],
@@ -168,7 +174,8 @@ def tables(scenarios: dict[str, dict[str, Any]], load: dict[str, Any]) -> str:
                     f"{p['elastic']['mean']:.3f}",
                     f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]",
                     f"{e['mean']:+.3f}",
-                    f"{100 * share:.0f} %",
+                    f"{100 * e['mean'] / g['mean']:.0f} %" if g["mean"] > 0 else "–",
+                    "–" if lag is None else f"{lag:.3g}",
                 ]
             )
         out.append(
@@ -185,6 +192,7 @@ def tables(scenarios: dict[str, dict[str, Any]], load: dict[str, Any]) -> str:
                     "bound − oracle (95 % CI)",
                     "elastic − oracle",
                     "share of the headroom elastic took",
+                    "driver lag ms",
                 ],
                 rows,
             )
@@ -195,6 +203,10 @@ def tables(scenarios: dict[str, dict[str, Any]], load: dict[str, Any]) -> str:
         "cheapest batch of its subnet that fits its budget (as if companions were there to fill it), "
         "placed anywhere between its arrival and deadline, paused and split at will; forwards take the "
         "profile's median. No policy beats it in expectation unless its forwards run faster than those "
-        "medians. 'its bound' is the same over the oracle's one subnet."
+        "medians. 'its bound' is the same over the oracle's one subnet. The bound is for the trace as "
+        "scheduled: 'driver lag ms' is how far the submitting thread fell behind that schedule (the worst "
+        "run's median over every contender); where it is comparable to the budgets, the runs were offered a "
+        "smoother trace than the bound's, and a measured value may exceed it. For real predictions "
+        "(the demo) the accuracies are the model's recorded ones, not those on the images served."
     )
     return "\n".join(out)

@@ -236,7 +236,7 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     room = headroom.run(argparse.Namespace(out=tmp_path, model=None, command="test headroom"))["scenarios"]["tiny"]
     assert [(p["pattern"], p["load"]) for p in room["points"]] == [(p["pattern"], p["load"]) for p in points]
     for p in room["points"]:
-        assert len(p["bounds_per_seed"]) == 3
+        assert len(p["bounds_per_seed"]) == 3 and p["submit_lag_ms_p50_worst"] >= 0
         assert all(
             0 < o <= b + 1e-9 <= 1 for o, b in zip(p["oracle_bounds_per_seed"], p["bounds_per_seed"], strict=True)
         )
