@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from elastic.errors import ConfigError
 from elastic.serving.profile import LatencyProfile
 
@@ -89,6 +91,8 @@ def headroom(sc: dict[str, Any], accuracy: dict[int, float]) -> dict[str, Any]:
         raise ConfigError(f"subnets {missing} have no accuracy or no profile: is this the model the load ran?")
     points = []
     t0 = time.perf_counter()
+    traces = sum(r["policy"] == "elastic" for r in sc["runs"])
+    bar = tqdm(total=traces, desc=f"fluid bounds, {sc['label'].split(' ')[0]}", unit="trace", leave=False)
     for p in sc["points"]:
         oracle = p["oracle"]["subnet"]
         runs = sorted(
@@ -110,6 +114,7 @@ def headroom(sc: dict[str, Any], accuracy: dict[int, float]) -> dict[str, Any]:
             grid = RESOLUTION * budgets.lo_ms
             every.append(fluid_bound(arrivals, budget, {s: accuracy[s] for s in served}, service, MAX_BATCH, grid))
             alone.append(fluid_bound(arrivals, budget, {oracle: accuracy[oracle]}, service, MAX_BATCH, grid))
+            bar.update()
         lags = [r["submit_lag_ms"]["p50"] for r in runs if r.get("submit_lag_ms")]
         measured_oracle = [r["effective_accuracy"] for r in statics]
         measured_elastic = [r["effective_accuracy"] for r in elastic]
@@ -138,6 +143,7 @@ def headroom(sc: dict[str, Any], accuracy: dict[int, float]) -> dict[str, Any]:
             points[-1]["bound"]["mean"],
             points[-1]["oracle_bound"]["mean"],
         )
+    bar.close()
     return {
         "label": sc["label"],
         "subnets": served,
