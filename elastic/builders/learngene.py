@@ -38,7 +38,7 @@ from torch import nn
 
 from elastic.anchors import AnchorFamily
 from elastic.anchors.cost import count_flops
-from elastic.builders.stages import Pieces, StagedPieces, flops_fractions, fold
+from elastic.builders.stages import Pieces, StagedPieces, fold
 from elastic.builders.stitch_layer import StitchLayer, flatten_channels, least_squares
 from elastic.errors import CheckpointError
 from elastic.model import ElasticModel, register_builder
@@ -239,18 +239,15 @@ class LearngenePool(StagedPieces, ElasticModel):
             h = self.stitches[path.layer](h)
         return back.head(back.forward_blocks(h, path.back_start, back.depth))
 
-    def stage_fractions(self, subnet: int | Subnet) -> tuple[float, ...]:
-        """The share of the descendant's FLOPs done after each of its blocks but the last (it
-        can pause between two, `forward_stages`); the stitching layer's few are left out."""
-        sid = self.subnet(subnet).id
+    def stage_flops(self, sid: int) -> tuple[int, list[int], int]:
+        """The FLOPs `stage_fractions` splits: the front's blocks, then the back's."""
         costs = self.family.costs
         path = self.paths[sid]
         if path is None:
             c = costs[sid]
-            return flops_fractions(c.stem_flops, c.block_flops, c.head_flops)
+            return c.stem_flops, list(c.block_flops), c.head_flops
         f, b = costs[path.front], costs[path.back]
-        blocks = [*f.block_flops[: path.front_stop], *b.block_flops[path.back_start :]]
-        return flops_fractions(f.stem_flops, blocks, b.head_flops)
+        return f.stem_flops, [*f.block_flops[: path.front_stop], *b.block_flops[path.back_start :]], b.head_flops
 
     def stage_pieces(self, sid: int) -> Pieces:
         """The pieces `forward_stages` runs: the stitch with the block before it."""

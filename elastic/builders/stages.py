@@ -56,12 +56,23 @@ def fold(stem: Piece, blocks: list[Piece], stitch: Piece) -> tuple[Piece, list[P
 
 
 class StagedPieces:
-    """For an `ElasticModel` whose subnets run as stem → blocks → head: its staged forward,
-    from the pieces `stage_pieces` lists. Put it before `ElasticModel` in the bases."""
+    """For an `ElasticModel` whose subnets run as stem → blocks → head: its stage boundaries
+    and staged forward, from the FLOPs `stage_flops` and the pieces `stage_pieces` list. Put
+    it before `ElasticModel` in the bases."""
+
+    def stage_flops(self, sid: int) -> tuple[int, list[int], int]:
+        """FLOPs of subnet `sid`'s stem, of each of its blocks in order, and of its head."""
+        raise NotImplementedError
 
     def stage_pieces(self, sid: int) -> Pieces:
         """Subnet `sid`'s stem, blocks and head, in execution order, stitches folded in."""
         raise NotImplementedError
+
+    def stage_fractions(self, subnet=0) -> tuple[float, ...]:
+        """The share of the subnet's FLOPs done after each of its blocks but the last: it can
+        pause between two (`forward_stages`). FLOPs stand in for time; a stitching layer's
+        few are left out."""
+        return flops_fractions(*self.stage_flops(self.subnet(subnet).id))
 
     def forward_stages(self, x: torch.Tensor, subnet=0) -> Generator[None, None, torch.Tensor]:
         """`forward`, pausing (a `yield`) between two blocks: the same operations in the same

@@ -29,7 +29,7 @@ from torch import nn
 
 from elastic.anchors import AnchorFamily
 from elastic.anchors.cost import count_flops, count_params
-from elastic.builders.stages import Pieces, StagedPieces, flops_fractions, fold
+from elastic.builders.stages import Pieces, StagedPieces, fold
 from elastic.builders.stitch_layer import StitchLayer, flatten_channels, least_squares
 from elastic.builders.stitch_plan import StitchPath, anchor_pairs, v1_pairs, v2_routes
 from elastic.errors import CheckpointError
@@ -183,19 +183,16 @@ class StitchedNet(StagedPieces, ElasticModel):
             subnets.append(Subnet(sid, "stitch", self.describe(path), flops, params))
         return subnets
 
-    def stage_fractions(self, subnet: int | Subnet) -> tuple[float, ...]:
-        """The share of the subnet's FLOPs done after each of its blocks but the last: its
-        forward is a loop over blocks (`forward_path`), and it can pause between two. FLOPs
-        stand in for time; a stitching layer's few are left out."""
-        sid = self.subnet(subnet).id
+    def stage_flops(self, sid: int) -> tuple[int, list[int], int]:
+        """The FLOPs `stage_fractions` splits: the path's blocks in order (`forward_path`)."""
         costs = self.family.costs
         path = self.paths[sid]
         if path is None:
             c = costs[sid]
-            return flops_fractions(c.stem_flops, c.block_flops, c.head_flops)
+            return c.stem_flops, list(c.block_flops), c.head_flops
         segments = zip(path.anchors, path.segments, strict=True)
         blocks = [f for a, (lo, hi) in segments for f in costs[a].block_flops[lo:hi]]
-        return flops_fractions(costs[path.front].stem_flops, blocks, costs[path.back].head_flops)
+        return costs[path.front].stem_flops, blocks, costs[path.back].head_flops
 
     def describe(self, path: StitchPath) -> str:
         """E.g. "deit_tiny[0:8] -> deit_small[7:12]": blocks [start:stop] of each anchor."""
