@@ -239,22 +239,13 @@ class LearngenePool(StagedPieces, ElasticModel):
             h = self.stitches[path.layer](h)
         return back.head(back.forward_blocks(h, path.back_start, back.depth))
 
-    def stage_flops(self, sid: int) -> tuple[int, list[int], int]:
+    def path_flops(self, path: Descendant) -> tuple[int, list[int], int]:
         """The FLOPs `stage_fractions` splits: the front's blocks, then the back's."""
-        costs = self.family.costs
-        path = self.paths[sid]
-        if path is None:
-            c = costs[sid]
-            return c.stem_flops, list(c.block_flops), c.head_flops
-        f, b = costs[path.front], costs[path.back]
+        f, b = self.family.costs[path.front], self.family.costs[path.back]
         return f.stem_flops, [*f.block_flops[: path.front_stop], *b.block_flops[path.back_start :]], b.head_flops
 
-    def stage_pieces(self, sid: int) -> Pieces:
+    def path_pieces(self, path: Descendant) -> Pieces:
         """The pieces `forward_stages` runs: the stitch with the block before it."""
-        path = self.paths[sid]
-        if path is None:
-            anchor = self.family[sid]
-            return anchor.stem, list(anchor.blocks), anchor.head
         front, back = self.family[path.front], self.family[path.back]
         stem, blocks = front.stem, list(front.blocks[: path.front_stop])
         if path.layer is not None:

@@ -3,7 +3,7 @@
 A subnet that runs as stem → blocks → head (a `StitchedNet` path, a `LearngenePool`
 descendant, a whole anchor) can pause between two blocks: the preemptive scheduler
 (`serving/preemption.py`) runs an urgent batch there. Builders list the pieces of a subnet
-in execution order (`StagedPieces.stage_pieces`), a stitching layer folded into the block
+in execution order (`StagedPieces.path_pieces`), a stitching layer folded into the block
 before it (`fold`); `flops_fractions` turns their FLOPs into the boundaries
 (`ElasticModel.stage_fractions`) and `StagedPieces` the pieces into the staged forward
 (`ElasticModel.forward_stages`).
@@ -56,23 +56,30 @@ def fold(stem: Piece, blocks: list[Piece], stitch: Piece) -> tuple[Piece, list[P
 
 
 class StagedPieces:
-    """For an `ElasticModel` whose subnets run as stem → blocks → head: its stage boundaries
-    and staged forward, from the FLOPs `stage_flops` and the pieces `stage_pieces` list. Put
-    it before `ElasticModel` in the bases."""
+    """For an `ElasticModel` whose subnets run as stem → blocks → head, with a `family` of
+    anchors and `paths` (subnet id -> how it runs; None: the family's member of that id
+    alone): its stage boundaries and staged forward. A builder lists a path's FLOPs
+    (`path_flops`) and pieces (`path_pieces`); a whole anchor's come from the family. Put it
+    before `ElasticModel` in the bases."""
 
-    def stage_flops(self, sid: int) -> tuple[int, list[int], int]:
-        """FLOPs of subnet `sid`'s stem, of each of its blocks in order, and of its head."""
+    def path_flops(self, path) -> tuple[int, list[int], int]:
+        """FLOPs of a path's stem, of each of its blocks in order, and of its head."""
         raise NotImplementedError
 
-    def stage_pieces(self, sid: int) -> Pieces:
-        """Subnet `sid`'s stem, blocks and head, in execution order, stitches folded in."""
+    def path_pieces(self, path) -> Pieces:
+        """A path's stem, blocks and head, in execution order, stitches folded in (`fold`)."""
         raise NotImplementedError
 
     def stage_fractions(self, subnet=0) -> tuple[float, ...]:
         """The share of the subnet's FLOPs done after each of its blocks but the last: it can
         pause between two (`forward_stages`). FLOPs stand in for time; a stitching layer's
         few are left out."""
-        return flops_fractions(*self.stage_flops(self.subnet(subnet).id))
+        sid = self.subnet(subnet).id
+        path = self.paths[sid]
+        if path is None:
+            c = self.family.costs[sid]
+            return flops_fractions(c.stem_flops, c.block_flops, c.head_flops)
+        return flops_fractions(*self.path_flops(path))
 
     def forward_stages(self, x: torch.Tensor, subnet=0) -> Generator[None, None, torch.Tensor]:
         """`forward`, pausing (a `yield`) between two blocks: the same operations in the same
@@ -83,4 +90,8 @@ class StagedPieces:
         """
         sid = self.subnet(subnet).id
         self.check_input(x)
-        return (yield from run_in_stages(x, *self.stage_pieces(sid)))
+        path = self.paths[sid]
+        if path is None:
+            anchor = self.family[sid]
+            return (yield from run_in_stages(x, anchor.stem, anchor.blocks, anchor.head))
+        return (yield from run_in_stages(x, *self.path_pieces(path)))

@@ -183,13 +183,9 @@ class StitchedNet(StagedPieces, ElasticModel):
             subnets.append(Subnet(sid, "stitch", self.describe(path), flops, params))
         return subnets
 
-    def stage_flops(self, sid: int) -> tuple[int, list[int], int]:
+    def path_flops(self, path: StitchPath) -> tuple[int, list[int], int]:
         """The FLOPs `stage_fractions` splits: the path's blocks in order (`forward_path`)."""
         costs = self.family.costs
-        path = self.paths[sid]
-        if path is None:
-            c = costs[sid]
-            return c.stem_flops, list(c.block_flops), c.head_flops
         segments = zip(path.anchors, path.segments, strict=True)
         blocks = [f for a, (lo, hi) in segments for f in costs[a].block_flops[lo:hi]]
         return costs[path.front].stem_flops, blocks, costs[path.back].head_flops
@@ -240,12 +236,8 @@ class StitchedNet(StagedPieces, ElasticModel):
             return self.family[sid](x)
         return self.forward_path(self.family[path.front].stem(x), path)
 
-    def stage_pieces(self, sid: int) -> Pieces:
+    def path_pieces(self, path: StitchPath) -> Pieces:
         """The pieces `forward_stages` runs: a stitch with the block before it."""
-        path = self.paths[sid]
-        if path is None:
-            anchor = self.family[sid]
-            return anchor.stem, list(anchor.blocks), anchor.head
         stem, blocks = self.family[path.front].stem, []
         for s, (lo, hi) in enumerate(path.segments):
             blocks += self.family[path.anchors[s]].blocks[lo:hi]
