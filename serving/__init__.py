@@ -9,13 +9,16 @@
 
 Pieces: `LatencyProfile` (profile.py) and `measure_latency` (profiler.py);
 `LatencyModel` = corrected forward + fitted engine overhead (latency_model.py);
-`BudgetScheduler` (scheduler.py: queue-aware admission, fronts, expiry) behind
+`BudgetScheduler` (scheduler.py: queue-aware admission, expiry; its fronts in
+cost_table.py, its side of preemption in preemption.py) behind
 `SchedulerInterface` (interface.py), emitting `SchedulerOutput` (output.py); policies
 `elastic`, `slackfit`, `static:<id>` (policies.py); `Runtime` (runtime.py), a front end
-(argument checks in admission.py) over `EngineCore` (engine.py: worker, deadline watchdog,
-caller-runs steps); executors `eager`, `compiled` (executor.py, compiled_executor.py);
-the worker's torch threading (worker_threads.py); `ServingMetrics` (metrics.py) with the Grafana
-dashboard in dashboards/elastic.json (`dashboard_path()`); `replay` (loadgen.py).
+(argument checks in admission.py) over `EngineCore` (engine.py: worker, deadline
+watchdog; intake.py: submits and caller-runs steps; batch_run.py: a batch's forward and
+answers; pending.py: a request's input and future); executors `eager`, `compiled`
+(executor.py, compiled_executor.py); the worker's torch threading (worker_threads.py);
+`ServingMetrics` (metrics.py) with the Grafana dashboard in dashboards/elastic.json
+(`dashboard_path()`); `replay` (loadgen.py).
 
 The scheduler side (scheduler, policies, profile, predictor, request, output) never
 imports torch, and neither does this package: its names are resolved lazily (PEP 562), so

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 
 from elastic.errors import ConfigError
 
-from .output import ScheduledBatch
+from .output import ScheduledBatch, SchedulerOutput
 from .request import Request
 
 _INF = math.inf
@@ -125,3 +125,80 @@ class Preemption:
     def clear(self) -> list[Request]:
         urgent, self.urgent, self.urgent_ms = self.urgent, [], 0.0
         return urgent
+
+
+class PreemptingScheduler:
+    """The scheduler side of preemption: urgent admission, the urgent batch at a boundary, and
+    the stages a batch may pause at. A mixin of `BudgetScheduler`, over its queue and its
+    `Preemption` state (`_preempt`, None when batches never pause)."""
+
+    def _urgent_service(self, urgent: Sequence[Request]) -> tuple[int, float] | None:
+        """(id, service ms) of the batch `urgent` runs as: the fastest subnet their floors allow."""
+        floors = [r.min_accuracy for r in urgent if r.min_accuracy is not None]
+        return self.fastest(max(floors) if floors else None, len(urgent))
+
+    def _admit_urgent(self, request: Request, now: float, start: float) -> bool:
+        """Admit a hard `request` the running batch would make late as urgent, to run at its
+        next boundary, if that keeps it, the running batch and the queue's plan on time
+        (`serving/preemption.py`); False (nothing changed) otherwise."""
+        pre = self._preempt
+        if pre is None:
+            return False
+        at = pre.next_boundary(now)
+        if at is None or len(pre.urgent) >= self.max_batch_size:
+            return False
+        urgent = sorted([*pre.urgent, request], key=Request.order_key)
+        found = self._urgent_service(urgent)
+        if found is None:
+            return False
+        delay = (found[1] - pre.urgent_ms) / 1e3  # what the running batch and the queue wait more
+        if at + found[1] / 1e3 > min(r.deadline for r in urgent) or start + delay > pre.deadline:
+            return False
+        if self._reqs:
+            floors = self._floor if self._n_floored else None
+            late = self._plan_late(self._hard, floors, start + delay)
+            if late and len(late) > len(self._plan_late(self._hard, floors, start)):
+                return False
+        pre.urgent, pre.urgent_ms = urgent, found[1]
+        self._busy_until += delay
+        self._queued[request.id] = request
+        return True
+
+    def interrupt(self, now: float, stage: int) -> SchedulerOutput:
+        """The running batch reached its stage boundary `stage` (0-based, as in its subnet's
+        `stages`) at `now`: shed what can no longer make it, then the urgent batch to run
+        before the paused one resumes (no batch: resume at once). The worker reports the
+        urgent batch with `update_from_output` as any other."""
+        out = SchedulerOutput(shed=self.shed_expired(now))
+        pre = self._preempt
+        if pre is None or pre.running is None or pre.inner is not None:
+            return out
+        pre.reached(stage, now)
+        if pre.urgent:
+            out.batch = pre.inner = self._dispatch_urgent(now)
+            pre.resumed = now + out.batch.predicted_ms / 1e3  # the paused batch goes on after it
+        return out
+
+    def _dispatch_urgent(self, now: float) -> ScheduledBatch:
+        """The urgent requests as one batch starting `now`, on the fastest subnet their floors
+        allow; the predicted end of the work ahead of the queue moves by its new prediction."""
+        pre = self._preempt
+        planned = pre.urgent_ms
+        urgent = pre.clear()
+        sid, ms = self._urgent_service(urgent)
+        for r in urgent:
+            del self._queued[r.id]
+        if self._busy_until is not None:
+            self._busy_until += (ms - planned) / 1e3
+        return ScheduledBatch(sid, tuple(r.id for r in urgent), ms, now, self.policy.name)
+
+    def stages_of(self, batch: ScheduledBatch) -> tuple[float, ...]:
+        """Where the worker calls `interrupt` while `batch` runs (shares of its forward): its
+        subnet's stage boundaries when it is the batch that may pause, else none."""
+        pre = self._preempt
+        return pre.stages.get(batch.subnet, ()) if pre is not None and pre.running is batch else ()
+
+    def block_fraction(self) -> float:
+        """The largest share of a batch on a candidate that a tight arrival may have to wait
+        for: one stage with preemption, the whole batch (1.0) without."""
+        return self._preempt.block_fraction(self.candidates) if self._preempt is not None else 1.0

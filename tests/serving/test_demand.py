@@ -11,8 +11,8 @@ from elastic.bench.outcomes import BernoulliJudge, score
 from elastic.bench.simulate import ServiceModel, simulate
 from elastic.errors import ElasticError
 from elastic.serving import BudgetScheduler, ElasticPolicy, LatencyProfile, Request
+from elastic.serving.cost_table import concave_hull
 from elastic.serving.demand import Demand, busy_charge
-from elastic.serving.scheduler import concave_hull
 from elastic.subnet import Subnet
 
 

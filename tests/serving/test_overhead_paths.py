@@ -4,7 +4,7 @@
   observation) is always what a fresh predictor with the same history says, and the
   documented formula: profiled ms × correction (× measured tail); `predict_row` gives the
   same values a row at a time;
-- a request's future (`_HelpingFuture`) skips the notify and callback pass only when nobody
+- a request's future (`HelpingFuture`) skips the notify and callback pass only when nobody
   waits: threads blocked in `result()`, `concurrent.futures.wait`, `as_completed` and done
   callbacks all still see the answer, and answering twice is still an error;
 - a `submit_many` row is sliced only when it runs alone, as the same row.
@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from elastic.serving import LatencyProfile
-from elastic.serving.engine import EngineCore, Pending, _HelpingFuture
+from elastic.serving.engine import EngineCore
+from elastic.serving.pending import HelpingFuture, Pending
 from elastic.serving.predictor import COLD_TAIL_CAP, LatencyPredictor
 
 
@@ -69,7 +70,7 @@ class _Idle:
 
 
 def test_a_thread_blocked_in_result_is_woken():
-    future = _HelpingFuture(_Idle())
+    future = HelpingFuture(_Idle())
     got = []
     waiter = threading.Thread(target=lambda: got.append(future.result(timeout=10)))
     waiter.start()
@@ -81,7 +82,7 @@ def test_a_thread_blocked_in_result_is_woken():
 
 
 def test_wait_as_completed_and_callbacks_see_answers():
-    futures = [_HelpingFuture(_Idle()) for _ in range(3)]
+    futures = [HelpingFuture(_Idle()) for _ in range(3)]
     called = []
     futures[0].add_done_callback(lambda f: called.append(f.result()))
     answerer = threading.Timer(0.05, lambda: [f.set_result(i) for i, f in enumerate(futures)])
@@ -94,11 +95,11 @@ def test_wait_as_completed_and_callbacks_see_answers():
 
 
 def test_answering_twice_is_an_error_and_failures_still_raise():
-    future = _HelpingFuture(_Idle())
+    future = HelpingFuture(_Idle())
     future.set_result(1)
     with pytest.raises(InvalidStateError):
         future.set_result(2)
-    failed = _HelpingFuture(_Idle())
+    failed = HelpingFuture(_Idle())
     failed.set_exception(ValueError("boom"))
     with pytest.raises(ValueError, match="boom"):
         failed.result()
@@ -115,6 +116,6 @@ def test_a_submit_many_row_run_alone_is_its_row():
 
 
 def test_engine_futures_are_helping_futures_only_with_caller_runs():
-    assert isinstance(EngineCore(None, None, lambda: 0.0)._new_future(), _HelpingFuture)
+    assert isinstance(EngineCore(None, None, lambda: 0.0)._new_future(), HelpingFuture)
     plain = EngineCore(None, None, lambda: 0.0, caller_runs=False)._new_future()
-    assert not isinstance(plain, _HelpingFuture) and plain.running()
+    assert not isinstance(plain, HelpingFuture) and plain.running()

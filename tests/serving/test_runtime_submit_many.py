@@ -13,7 +13,8 @@ from gate import Gate  # sibling helper module
 
 from elastic.errors import BudgetInfeasible, InvalidInput, Overloaded
 from elastic.serving import Result, Runtime
-from elastic.serving.engine import Pending, _stack
+from elastic.serving.batch_run import stack_members
+from elastic.serving.pending import Pending
 
 GENEROUS_MS = 60_000.0
 
@@ -143,9 +144,9 @@ def test_a_closed_runtime_refuses_the_call(served_model, served_profile):
 def test_consecutive_rows_are_sliced_not_stacked():
     base = torch.randn(6, 3, 4, 4)
     members = [Pending(None, base[i : i + 1], True, None, base, i) for i in (2, 3, 4)]
-    x = _stack(members)
+    x = stack_members(members)
     assert x.data_ptr() == base[2].data_ptr() and torch.equal(x, base[2:5])
     mixed = [members[0], Pending(None, torch.randn(1, 3, 4, 4), True, None), members[1]]
-    torch.testing.assert_close(_stack(mixed), torch.cat([m.x for m in mixed]))
+    torch.testing.assert_close(stack_members(mixed), torch.cat([m.x for m in mixed]))
     gap = [members[0], members[2]]
-    assert torch.equal(_stack(gap), torch.cat([base[2:3], base[4:5]]))
+    assert torch.equal(stack_members(gap), torch.cat([base[2:3], base[4:5]]))
