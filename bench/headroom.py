@@ -36,7 +36,8 @@ from elastic.serving.profile import LatencyProfile
 from .arrivals import BudgetDistribution
 from .bounds import fluid_bound
 from .harness import markdown_table, write_results
-from .load import MAX_BATCH, workload
+from .load import workload
+from .load_calibration import MAX_BATCH
 from .simulate import ServiceModel
 from .stats import mean_interval, paired_difference
 

@@ -22,7 +22,8 @@ import logging
 import statistics
 
 from .harness import markdown_table, write_results
-from .load import BATCH_WAIT_MS, FULL, MAX_BATCH, QUICK, Span, calibrate, run_one, workload
+from .load import FULL, QUICK, Span, run_one, workload
+from .load_calibration import BATCH_WAIT_MS, MAX_BATCH, calibrate
 from .scenarios import deit_scenario
 from .stats import mean_interval, paired_difference
 

@@ -18,7 +18,7 @@ The engine's choice (`Runtime(worker_threads=...)`): the worker calls
 `torch.set_num_threads(n)` on itself before its first forward, with n = the constructing
 thread's `torch.get_num_threads()` unless told otherwise — the worker runs with the
 threading its caller chose and profiled with (profiles are measured on the worker), and
-caller-runs steps (engine.py) run with the caller's own. On a small or shared CPU, choose
+caller-runs steps (intake.py) run with the caller's own. On a small or shared CPU, choose
 one thread (`torch.set_num_threads(1)` before building the runtime, or
 `worker_threads=1`): see docs/serving.md for the numbers.
 """

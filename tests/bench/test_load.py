@@ -9,7 +9,9 @@ import torch
 
 from elastic.bench import headroom
 from elastic.bench.arrivals import BudgetDistribution
-from elastic.bench.load import Calibration, LoadPlan, Span, run_scenarios, shortlist, summarize, target_summary
+from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist
+from elastic.bench.load_calibration import Calibration
+from elastic.bench.load_report import summarize, target_summary
 from elastic.bench.outcomes import BernoulliJudge
 from elastic.bench.scenarios import Scenario
 from elastic.bench.simulate import ServiceModel
