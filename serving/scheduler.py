@@ -9,11 +9,12 @@ model whose subnets are the "model variants":
 - admission (queue-aware): a new request is placed where it belongs in the queue and the
   whole queue is planned the cheapest way the elastic model allows — earliest deadline
   first, in full batches on the fastest eligible subnet, after the running batch — which is
-  exactly the plan that moves queued requests to cheaper subnets when that saves them. It is
-  admitted only if it makes its deadline in that plan and no admitted request that made
-  its deadline stops making it; else it is rejected at once (`BudgetInfeasible` when its
-  budget cannot be met even by an idle engine, `Overloaded` when the queue is what stands
-  in the way). A full queue rejects, or evicts a queued request of lower priority;
+  exactly the plan that moves queued requests to cheaper subnets when that saves them
+  (`QueuePlan`, serving/queue_plan.py). It is admitted only if it makes its deadline in
+  that plan and no admitted request that made its deadline stops making it; else it is
+  rejected at once (`BudgetInfeasible` when its budget cannot be met even by an idle
+  engine, `Overloaded` when the queue is what stands in the way). A full queue rejects,
+  or evicts a queued request of lower priority;
 - step: shed queued requests that can no longer make their deadline (each comes back as a
   `ShedRequest`), then let the policy pick (subnet, batch); the elastic policy takes the
   most accurate subnet that keeps every planned request on time;
@@ -45,7 +46,6 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from itertools import accumulate
 from numbers import Integral
 
 from elastic.errors import BudgetInfeasible, ConfigError, Overloaded
@@ -59,6 +59,7 @@ from .output import ScheduledBatch, SchedulerOutput, ShedRequest
 from .policies import Decision, Policy, make_policy
 from .preemption import PreemptingScheduler, Preemption
 from .profile import QUANTILES, LatencyProfile
+from .queue_plan import QueuePlan
 from .request import Request
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def check_positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-class BudgetScheduler(CostTable, PreemptingScheduler, SchedulerInterface):
+class BudgetScheduler(CostTable, QueuePlan, PreemptingScheduler, SchedulerInterface):
     """Deadline-aware batching over the subnets of one elastic model.
 
     Args:
@@ -456,69 +457,6 @@ class BudgetScheduler(CostTable, PreemptingScheduler, SchedulerInterface):
         the queue's last, as it is kept sorted by that key (`Request.order_key`); O(1) on the
         path every submit to a full queue takes."""
         return self._reqs[-1] if self._reqs else None
-
-    def plan_late(self, hard: list[float], floors: list[float] | None, t: float) -> list[int]:
-        """`_plan_late`, for policies: who misses in the engine's cheapest plan from `t`."""
-        return self._plan_late(hard, floors, t)
-
-    def _plan_late(self, hard: list[float], floors: list[float] | None, t: float) -> list[int]:
-        """Positions in `hard` that miss their deadline in the engine's cheapest plan, from `t`.
-
-        The plan serves the queue in order, each batch on the fastest subnet meeting its
-        members' floors, as large as every member's deadline allows (full when it can):
-        the batches the scheduler forms when it must save time. A member that cannot make
-        its deadline even alone is counted late and skipped (it would be shed).
-        """
-        B = self.max_batch_size
-        service = self._service_at
-        late: list[int] = []
-        i, n = 0, len(hard)
-        if floors is None:  # the common case first: full batches that all make it
-            full = service(B, _NO_FLOOR) / 1e3
-            while i + B <= n and t + full <= min(hard[i : i + B]):
-                t += full
-                i += B
-        while i < n:
-            m = min(B, n - i)
-            chunk = hard[i : i + m]
-            svc = service(m, max(floors[i : i + m]) if floors else _NO_FLOOR) / 1e3
-            if t + svc <= min(chunk):  # the common case: a full batch makes it
-                t += svc
-                i += m
-                continue
-            earliest = list(accumulate(chunk, min))
-            strictest = list(accumulate(floors[i : i + m], max)) if floors else None
-            lo, hi = 0, m - 1  # the largest size s that makes it: predicate monotone in s
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if t + service(mid, strictest[mid - 1] if strictest else _NO_FLOOR) / 1e3 <= earliest[mid - 1]:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            if lo == 0:
-                late.append(i)
-                i += 1
-                continue
-            t += service(lo, strictest[lo - 1] if strictest else _NO_FLOOR) / 1e3
-            i += lo
-        return late
-
-    def _admission_check(self, p: int, deadline: float, floor: float, start: float) -> str | None:
-        """Why inserting a request (deadline, floor) at queue position `p` breaks the plan
-        (`_plan_late`, after the running batch), or None if the new request and every
-        admitted request that was on time in the plan stay on time."""
-        floored = self._n_floored > 0 or floor > _NO_FLOOR
-        tail = self._hard[:p] + [deadline] + self._hard[p:]
-        floors_with = self._floor[:p] + [floor] + self._floor[p:] if floored else None
-        late = self._plan_late(tail, floors_with, start)
-        if not late:
-            return None
-        if p in late:
-            return f"the queue ahead ({p} requests) would finish it after its deadline"
-        before = self._plan_late(self._hard, self._floor if floored else None, start)
-        if len(late) > len(before):
-            return f"admitting it would make {len(late) - len(before)} admitted request(s) miss their deadline"
-        return None
 
     def _fill_wait_until(self, now: float, subnet: int, size: int, predicted_ms: float) -> float | None:
         """Until when to hold a partial batch back for more arrivals, or None to run now.
