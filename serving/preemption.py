@@ -200,5 +200,11 @@ class PreemptingScheduler:
 
     def block_fraction(self) -> float:
         """The largest share of a batch on a candidate that a tight arrival may have to wait
-        for: one stage with preemption, the whole batch (1.0) without."""
-        return self._preempt.block_fraction(self.candidates) if self._preempt is not None else 1.0
+        for: one stage with preemption, the whole batch (1.0) without. Every decision asks:
+        computed once per candidate set."""
+        if self._preempt is None:
+            return 1.0
+        known = self._block
+        if known is None or known[0] is not self.candidates:
+            known = self._block = (self.candidates, self._preempt.block_fraction(self.candidates))
+        return known[1]

@@ -7,7 +7,8 @@ forward; planning at p50 = p99, no overhead, so every prediction below is exact 
 import pytest
 
 from elastic.errors import BudgetInfeasible, ConfigError
-from elastic.serving import BudgetScheduler, LatencyProfile, Request
+from elastic.serving import BudgetScheduler, ElasticPolicy, LatencyProfile, Request
+from elastic.serving.elastic_policy import PAUSING_PRICE
 from elastic.serving.preemption import check_stages, longest_stage
 from elastic.subnet import Subnet
 
@@ -142,6 +143,20 @@ def test_the_policy_prices_a_pausable_batch_by_one_stage():
     assert make().block_fraction() == pytest.approx(0.1)
     assert make(stages=None).block_fraction() == 1.0
     assert make(stages={0: TENTHS, 1: ()}).block_fraction() == 1.0  # one candidate cannot pause
+
+
+def test_the_busy_period_price_is_higher_when_batches_pause():
+    # the charge counts one stage of a pausable batch: by default it weighs PAUSING_PRICE
+    # arrivals per blocked one there, one without preemption; an explicit price always holds
+    assert ElasticPolicy().price_for(1.0) == 1.0
+    assert ElasticPolicy().price_for(make().block_fraction()) == PAUSING_PRICE > 1.0
+    assert ElasticPolicy(blocking_price=2.0).price_for(0.1) == 2.0
+    assert ElasticPolicy(blocking_price=0.0).price_for(1.0) == 0.0
+    # cached per candidate set, and computed again for a new one
+    sched = make(stages={0: (0.5,), 1: TENTHS}, policy="elastic")
+    assert sched.block_fraction() == 0.5 and sched._block[0] is sched.candidates
+    sched.set_profile(LatencyProfile.from_table({0: {1: 10.0}, 1: {1: 5.0}}))  # 1 now dominates 0
+    assert sched.candidates == [1] and sched.block_fraction() == pytest.approx(0.1)
 
 
 def test_stage_boundaries_are_checked():
