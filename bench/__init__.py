@@ -12,6 +12,7 @@ SUITES = [
     "memory",
     "load",
     "headroom",
+    "pricing",
     "onnx",
     "contention",
     "streaming",

@@ -19,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="fewer repeats and loads (minutes, not tens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--scenario", choices=["all", "demo", "deit"], default="all", help="load: which scenario (default: both)"
+        "--scenario",
+        choices=["all", "demo", "deit"],
+        default="all",
+        help="load, pricing: which scenario (default: both)",
     )
     p.add_argument(
         "--simulate", action="store_true", help="load: only the simulated sweep (virtual clock), no real runs"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from elastic.bench import headroom
+from elastic.bench import headroom, pricing
 from elastic.bench.arrivals import BudgetDistribution
 from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist
 from elastic.bench.load_calibration import Calibration
@@ -167,7 +167,7 @@ def tiny_scenario(model, accuracy: dict[int, float], **options) -> Scenario:
 
 
 @pytest.mark.slow
-def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thread):
+def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thread, monkeypatch):
     torch.manual_seed(0)
     accuracy = {
         s.id: 0.5 + 0.4 * s.flops / max(t.flops for t in tiny_stitched.subnets()) for s in tiny_stitched.subnets()
@@ -244,6 +244,25 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
         )
     saved = json.loads((tmp_path / "headroom.json").read_text())
     assert saved["source"]["commit"] == real["commit"] and "fluid bound" in (tmp_path / "headroom.md").read_text()
+    # the price sweep on the same calibration: every price and the smallest anchor, with
+    # batches that never pause and with batches that pause at the model's block boundaries
+    monkeypatch.setattr(pricing, "LOADS", {"poisson": (1.0,)})
+    monkeypatch.setattr(pricing, "QUICK_REQUESTS", 200)
+    stages = {s.id: tiny_stitched.stage_fractions(s.id) for s in tiny_stitched.subnets()}
+    monkeypatch.setattr(pricing, "stage_fractions", lambda name, model_dir: stages)
+    args = argparse.Namespace(out=tmp_path, model=None, quick=True, scenario="all", command="test pricing")
+    swept = pricing.run(args)["scenarios"]["tiny"]
+    assert [(p["pausing"], p["pattern"], p["load"]) for p in swept["points"]] == [
+        (False, "poisson", 1.0),
+        (True, "poisson", 1.0),
+    ]
+    names = {*(f"elastic, price {x:g}" for x in pricing.PRICES), f"static smallest ({calib['smallest_anchor']})"}
+    for p in swept["points"]:
+        assert set(p["contenders"]) == names
+        assert p["contenders"]["elastic, price 1"]["minus_price_1"]["mean"] == 0.0
+        assert all(0 < c["expected_accuracy"]["mean"] <= 1 for c in p["contenders"].values())
+    saved = json.loads((tmp_path / "pricing.json").read_text())
+    assert saved["source"]["commit"] == real["commit"] and saved["requests_per_run"] == 200
 
 
 @pytest.mark.slow

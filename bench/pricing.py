@@ -1,0 +1,207 @@
+"""pricing: the elastic policy's busy-period price, swept in simulation on the load suite's calibration.
+
+The elastic policy charges a batch for the tight arrivals its busy period turns away, each
+weighted by `blocking_price` times the fastest subnet's accuracy (`ElasticPolicy`,
+docs/serving.md, "The price of a busy period"). Its default is 1 when batches cannot pause
+and `PAUSING_PRICE` when they pause at block boundaries (`Runtime(preempt=True)`): there the
+charge counts one stage of a batch. This suite is the evidence for that default.
+
+It reads the load suite's results (`<out>/load.json`): each scenario's calibration —
+profile medians and p99s, the runtime's fitted per-request / per-batch cost, the budgets,
+the capacity, the subnets' accuracies — and simulates (`bench/simulate.py`: the real
+scheduler on a virtual clock, forwards drawn around the profile) `elastic` at each price of
+`PRICES`, and the oracle best static's usual winner (the smallest anchor), at loads around
+the middle range, Poisson and on/off, with batches that never pause and with batches that
+pause at the scenario model's block boundaries (`stage_fractions`). Every contender runs
+on the same seeds (arrivals, budgets, forward and correctness draws). Reported per point:
+mean effective accuracy (the expected accuracy of on-time answers per request, no Bernoulli
+noise) with its 95 % interval over seeds, the rejected share, and each price's paired
+difference against price 1. Simulated only: no real forwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from elastic.errors import ConfigError
+from elastic.serving.elastic_policy import ElasticPolicy
+from elastic.serving.profile import LatencyProfile
+from elastic.subnet import Subnet
+
+from .arrivals import BudgetDistribution
+from .harness import markdown_table, write_results
+from .headroom import accuracy_of
+from .load import workload
+from .load_calibration import BATCH_WAIT_MS, MAX_BATCH
+from .outcomes import BernoulliJudge
+from .simulate import ServiceModel, simulate
+from .stats import mean_interval, paired_difference
+
+log = logging.getLogger(__name__)
+PRICES = (1.0, 2.0, 3.0, 5.0)
+LOADS = {"poisson": (1.0, 1.5, 2.0, 3.0), "on_off": (1.0, 1.5, 2.0)}
+REQUESTS = 3000  # per simulated run (the duration follows from the rate)
+QUICK_REQUESTS = 1000  # with --quick
+
+
+def run(args: argparse.Namespace) -> dict:
+    source = Path(args.out) / "load.json"
+    if not source.is_file():
+        raise ConfigError(f"{source} does not exist: run `elastic bench load --out {args.out}` first")
+    load = json.loads(source.read_text())
+    only = getattr(args, "scenario", None) or "all"
+    names = [n for n in load["scenarios"] if only in ("all", n)]
+    seeds = 2 if args.quick else 3
+    requests = QUICK_REQUESTS if args.quick else REQUESTS
+    scenarios = {}
+    for name in names:
+        sc = load["scenarios"][name]
+        stages = stage_fractions(name, args.model)
+        scenarios[name] = sweep(sc, accuracy_of(name, sc["calibration"], args.model), stages, seeds, requests)
+    table = tables(scenarios, load)
+    write_results(
+        args.out,
+        "pricing",
+        {
+            "source": {"file": str(source), "commit": load["commit"], "date": load["date"]},
+            "prices": list(PRICES),
+            "seeds": seeds,
+            "requests_per_run": requests,
+            "scenarios": scenarios,
+        },
+        table,
+        args.command,
+    )
+    return {"scenarios": scenarios, "table": table}
+
+
+def stage_fractions(name: str, model_dir: str | None) -> dict[int, tuple[float, ...]]:
+    """Where each subnet of the scenario's model can pause (`ElasticModel.stage_fractions`)."""
+    from .scenarios import deit_scenario
+
+    if name == "deit":
+        model = deit_scenario(profile_repeats=1).model
+    else:
+        import elastic
+
+        model = elastic.load(model_dir or "out/demo/model")
+    return {s.id: tuple(model.stage_fractions(s.id)) for s in model.subnets()}
+
+
+def sweep(
+    sc: dict[str, Any], accuracy: dict[int, float], stages: dict[int, tuple[float, ...]], seeds: int, requests: int
+) -> dict[str, Any]:
+    """Every (pausing?, pattern, load) point of one scenario: each price and the smallest anchor."""
+    calib = sc["calibration"]
+    p50 = {int(s): row for s, row in calib["profile_p50_ms"].items()}
+    p99 = {int(s): row for s, row in calib["profile_p99_ms"].items()}
+    profile = LatencyProfile.from_table(p50, p99)
+    over = calib["overhead_ms"]
+    service = ServiceModel(profile, over["per_request"], over["per_batch"])
+    budgets = BudgetDistribution(*calib["budget_bounds_ms"])
+    # the subnets with an accuracy: at least the front and both anchors (`Calibration.statics`)
+    known = [s for s in profile.subnet_ids if s in accuracy]
+    subnets = [Subnet(s, "stitch", f"s{s}", flops=1, params=1, accuracy=accuracy[s]) for s in known]
+    acc = {s.id: s.accuracy for s in subnets}
+    smallest = calib["smallest_anchor"]
+    contenders = {f"elastic, price {p:g}": p for p in PRICES} | {f"static smallest ({smallest})": None}
+    points = []
+    bar = tqdm(
+        total=2 * sum(map(len, LOADS.values())) * seeds,
+        desc=f"pricing, {sc['label'].split(' ')[0]}",
+        unit="seed",
+        leave=False,
+    )
+    for pausing in (False, True):
+        for pattern, loads in LOADS.items():
+            for load in loads:
+                runs: dict[str, list[tuple[float, float]]] = {c: [] for c in contenders}
+                for k in range(seeds):
+                    seed = f"pricing/{pattern}/{load}/{k}"
+                    rate = load * calib["capacity_per_s"]
+                    arrivals, budget = workload(pattern, rate, requests / rate, budgets, seed)
+                    for name, price in contenders.items():
+                        policy = ElasticPolicy(blocking_price=price) if price is not None else f"static:{smallest}"
+                        outcomes = simulate(
+                            subnets,
+                            service,
+                            policy,
+                            arrivals,
+                            budget,
+                            BernoulliJudge(acc, seed),
+                            max_batch_size=MAX_BATCH,
+                            batch_wait_ms=BATCH_WAIT_MS,
+                            seed=seed,
+                            stages=stages if pausing else None,
+                        )
+                        expected = sum(acc[o.subnet] for o in outcomes if o.on_time) / len(outcomes)
+                        rejected = sum(o.status == "rejected" for o in outcomes) / len(outcomes)
+                        runs[name].append((expected, rejected))
+                    bar.update()
+                base = [v[0] for v in runs[f"elastic, price {PRICES[0]:g}"]]
+                points.append(
+                    {
+                        "pausing": pausing,
+                        "pattern": pattern,
+                        "load": load,
+                        "contenders": {
+                            name: {
+                                "expected_accuracy": mean_interval([v[0] for v in values]).to_dict(),
+                                "rejected_share": mean_interval([v[1] for v in values]).to_dict(),
+                                "minus_price_1": paired_difference([v[0] for v in values], base).to_dict(),
+                            }
+                            for name, values in runs.items()
+                        },
+                    }
+                )
+    bar.close()
+    return {"label": sc["label"], "middle_range": calib["middle_range"], "points": points}
+
+
+def tables(scenarios: dict[str, dict[str, Any]], load: dict[str, Any]) -> str:
+    out = [
+        f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}): "
+        "expected effective accuracy (mean ± 95 % t-interval over seeds), rejected share, and the paired "
+        "difference against price 1, in points."
+    ]
+    for name, sc in scenarios.items():
+        lo, hi = sc["middle_range"]
+        out.append(f"\n## {name} — {sc['label']}\n\nMiddle range: {lo:g}× < load ≤ {hi:.3g}×.\n")
+        rows = []
+        for p in sc["points"]:
+            for contender, c in p["contenders"].items():
+                e, r, d = c["expected_accuracy"], c["rejected_share"], c["minus_price_1"]
+                rows.append(
+                    [
+                        "pause" if p["pausing"] else "never",
+                        p["pattern"],
+                        p["load"],
+                        contender,
+                        f"{e['mean']:.3f} ± {e['half_width']:.3f}",
+                        f"{100 * r['mean']:.1f} %",
+                        "–"
+                        if contender.endswith("price 1")
+                        else f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]",
+                    ]
+                )
+        out.append(
+            markdown_table(
+                [
+                    "batches",
+                    "pattern",
+                    "load ×",
+                    "contender",
+                    "expected acc.",
+                    "rejected",
+                    "− price 1 (points, 95 % CI)",
+                ],
+                rows,
+            )
+        )
+    return "\n".join(out)
