@@ -46,8 +46,9 @@ from .stats import mean_interval, paired_difference
 log = logging.getLogger(__name__)
 PRICES = (1.0, 2.0, 3.0, 5.0)
 LOADS = {"poisson": (1.0, 1.5, 2.0, 3.0), "on_off": (1.0, 1.5, 2.0)}
-REQUESTS = 3000  # per simulated run (the duration follows from the rate)
+REQUESTS = 3000  # per simulated run, about (the duration follows from the rate)
 QUICK_REQUESTS = 1000  # with --quick
+MIN_SECONDS = 10.0  # shortest simulated run: ten on/off periods, whatever the rate
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -125,7 +126,7 @@ def sweep(
                 for k in range(seeds):
                     seed = f"pricing/{pattern}/{load}/{k}"
                     rate = load * calib["capacity_per_s"]
-                    arrivals, budget = workload(pattern, rate, requests / rate, budgets, seed)
+                    arrivals, budget = workload(pattern, rate, max(requests / rate, MIN_SECONDS), budgets, seed)
                     for name, price in contenders.items():
                         policy = ElasticPolicy(blocking_price=price) if price is not None else f"static:{smallest}"
                         outcomes = simulate(

@@ -248,6 +248,7 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     # batches that never pause and with batches that pause at the model's block boundaries
     monkeypatch.setattr(pricing, "LOADS", {"poisson": (1.0,)})
     monkeypatch.setattr(pricing, "QUICK_REQUESTS", 200)
+    monkeypatch.setattr(pricing, "MIN_SECONDS", 0.5)
     stages = {s.id: tiny_stitched.stage_fractions(s.id) for s in tiny_stitched.subnets()}
     monkeypatch.setattr(pricing, "stage_fractions", lambda name, model_dir: stages)
     args = argparse.Namespace(out=tmp_path, model=None, quick=True, scenario="all", command="test pricing")
