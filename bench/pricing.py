@@ -1,10 +1,12 @@
 """pricing: the elastic policy's busy-period price, swept in simulation on the load suite's calibration.
 
 The elastic policy charges a batch for the tight arrivals its busy period turns away, each
-weighted by `blocking_price` times the fastest subnet's accuracy (`ElasticPolicy`,
-docs/serving.md, "The price of a busy period"). Its default is 1 when batches cannot pause
-and `PAUSING_PRICE` when they pause at block boundaries (`Runtime(preempt=True)`): there the
-charge counts one stage of a batch. This suite is the evidence for that default.
+weighted by `blocking_price` (default 1) times the fastest subnet's accuracy
+(`ElasticPolicy`, docs/serving.md, "The price of a busy period"). When batches pause at
+block boundaries (`Runtime(preempt=True)`) an arrival the batch would make late waits for
+one stage of it if the urgent path admits it and for all of it if not, and the charge
+counts the expected share (`block_fraction`). Whether another weight would serve better,
+with and without pausing, is what this suite measures: the evidence for the default.
 
 It reads the load suite's results (`<out>/load.json`): each scenario's calibration —
 profile medians and p99s, the runtime's fitted per-request / per-batch cost, the budgets,

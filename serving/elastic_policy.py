@@ -56,10 +56,6 @@ from .request import Request
 
 _INF = math.inf
 _NO_FLOOR = -math.inf
-# the default busy-period price when batches pause at block boundaries (`ElasticPolicy`): the
-# charge then counts one stage of a batch, and weighting it 3× did better than 1× at every
-# DeiT point simulated (docs/serving.md, "Preemption at block boundaries")
-PAUSING_PRICE = 3.0
 
 
 class ElasticPolicy(Policy):
@@ -77,23 +73,14 @@ class ElasticPolicy(Policy):
         blocking_price: weight of the busy-period charge, in units of the fastest
             subnet's accuracy per blocked arrival (1: what the arrival would have
             delivered; 0: no charge, the most accurate subnet that keeps deadlines).
-            Default (None): 1 when batches cannot pause, `PAUSING_PRICE` on a scheduler
-            whose batches pause for urgent requests (`block_fraction` < 1).
     """
 
     name = "elastic"
 
-    def __init__(self, horizon: int | None = None, utilisation: float = 0.9, blocking_price: float | None = None):
+    def __init__(self, horizon: int | None = None, utilisation: float = 0.9, blocking_price: float = 1.0):
         self.horizon = horizon
         self.utilisation = utilisation
         self.blocking_price = blocking_price
-
-    def price_for(self, block: float) -> float:
-        """The busy-period price on a scheduler whose batches make a tight arrival wait for
-        `block` of them (1.0: the whole batch, no preemption)."""
-        if self.blocking_price is not None:
-            return self.blocking_price
-        return 1.0 if block >= 1.0 else PAUSING_PRICE
 
     def choose(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
         if hasattr(costs, "best_within"):
@@ -177,10 +164,8 @@ class _OnFronts:
         self.acc_of = costs.accuracies()  # id -> accuracy, read many times per decision
         self.acc_fast = self.acc_of[fast[0]]
         self.n_hard = h - window.count(_INF)
-        # with preemption a tight arrival waits for one stage of a batch, not all of it
-        block = costs.block_fraction() if hasattr(costs, "block_fraction") else 1.0
         # the busy period's price: what the arrivals it turns away would have delivered
-        price = policy.price_for(block) * self.acc_fast if hasattr(costs, "blocked_curve") else 0.0
+        price = policy.blocking_price * self.acc_fast if hasattr(costs, "blocked_curve") else 0.0
         gap = costs.busy_arrival_gap_ms() if price > 0 else None
         if gap in (None, _INF):
             price = 0.0  # unknown, or nothing arrives while a batch runs: nobody to turn away
@@ -190,7 +175,9 @@ class _OnFronts:
         self.sat_weight = costs.saturation_weight(self.theta) if price else 0.0
         # (ms, rest_ms, fluid_ms) -> arrivals (`busy_charge`), bound once for this decision
         self.charge = costs.charge_curve(self.sat_weight) if price else None
-        self.block = block if price else 1.0
+        # with preemption a tight arrival waits for one stage of a batch when the urgent
+        # path admits it, else all of it (`block_fraction`: the expected share)
+        self.block = costs.block_fraction() if price and hasattr(costs, "block_fraction") else 1.0
         self.fast1 = self.fast_at[1][1]
         # and a batch pauses only with room for an urgent one: plan each with that room first
         self.reserve = self.fast1 if self.block < 1.0 else 0.0

@@ -40,6 +40,7 @@ from .output import ScheduledBatch, SchedulerOutput
 from .request import Request
 
 _INF = math.inf
+URGENT_ALPHA = 0.05  # EWMA weight of one urgent try in the share the urgent path admits
 
 
 def check_stages(stages: Mapping[int, Sequence[float]]) -> dict[int, tuple[float, ...]]:
@@ -140,10 +141,16 @@ class PreemptingScheduler:
     def _admit_urgent(self, request: Request, now: float, start: float) -> bool:
         """Admit a hard `request` the running batch would make late as urgent, to run at its
         next boundary, if that keeps it, the running batch and the queue's plan on time
-        (`serving/preemption.py`); False (nothing changed) otherwise."""
+        (`serving/preemption.py`); False (nothing changed) otherwise. Every try counts
+        towards the share of such requests the urgent path admits (`block_fraction`)."""
         pre = self._preempt
         if pre is None:
             return False
+        admitted = self._try_urgent(pre, request, now, start)
+        self._urgent_admitted += URGENT_ALPHA * (float(admitted) - self._urgent_admitted)
+        return admitted
+
+    def _try_urgent(self, pre: Preemption, request: Request, now: float, start: float) -> bool:
         at = pre.next_boundary(now)
         if at is None or len(pre.urgent) >= self.max_batch_size:
             return False
@@ -199,12 +206,18 @@ class PreemptingScheduler:
         return pre.stages.get(batch.subnet, ()) if pre is not None and pre.running is batch else ()
 
     def block_fraction(self) -> float:
-        """The largest share of a batch on a candidate that a tight arrival may have to wait
-        for: one stage with preemption, the whole batch (1.0) without. Every decision asks:
-        computed once per candidate set."""
+        """The share of a batch on a candidate that a tight arrival it would make late waits
+        for, in expectation: the whole batch (1.0) without preemption; with it, one stage
+        (the longest over the candidates) when the urgent path admits the arrival, and the
+        whole batch when it does not — so stage + (1 - stage) × (1 - the share of recent
+        tries it admitted). A batch cannot always pause for one: its own members' deadline,
+        the queue's plan and the one urgent batch per pause refuse some, and a charge that
+        counted one stage for all of them priced long batches as nearly free. Every
+        decision asks: the stage share is computed once per candidate set."""
         if self._preempt is None:
             return 1.0
         known = self._block
         if known is None or known[0] is not self.candidates:
             known = self._block = (self.candidates, self._preempt.block_fraction(self.candidates))
-        return known[1]
+        stage = known[1]
+        return stage + (1.0 - stage) * (1.0 - self._urgent_admitted)

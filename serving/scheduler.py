@@ -157,7 +157,8 @@ class BudgetScheduler(CostTable, QueuePlan, PreemptingScheduler, SchedulerInterf
         self._eligible_cache: dict[float | None, list[int]] = {}
         self._fast_any: list[tuple[int, float] | None] | None = None  # `fastest_at()`, until a prediction changes
         self._preempt = Preemption(stages) if stages is not None else None
-        self._block: tuple[list[int], float] | None = None  # (candidates, `block_fraction()`)
+        self._block: tuple[list[int], float] | None = None  # (candidates, their longest stage share)
+        self._urgent_admitted = 1.0  # EWMA: did the urgent path admit a request it was tried for?
         self.set_profile(profile)
 
     # ---- the queue, as policies read it -------------------------------------------------

@@ -4,12 +4,13 @@ Subnet 0 is fast (10 ms), subnet 1 slow (100 ms), both with boundaries every ten
 forward; planning at p50 = p99, no overhead, so every prediction below is exact arithmetic.
 """
 
+import contextlib
+
 import pytest
 
 from elastic.errors import BudgetInfeasible, ConfigError
-from elastic.serving import BudgetScheduler, ElasticPolicy, LatencyProfile, Request
-from elastic.serving.elastic_policy import PAUSING_PRICE
-from elastic.serving.preemption import check_stages, longest_stage
+from elastic.serving import BudgetScheduler, LatencyProfile, Request
+from elastic.serving.preemption import URGENT_ALPHA, check_stages, longest_stage
 from elastic.subnet import Subnet
 
 TENTHS = tuple(k / 10 for k in range(1, 10))
@@ -145,18 +146,24 @@ def test_the_policy_prices_a_pausable_batch_by_one_stage():
     assert make(stages={0: TENTHS, 1: ()}).block_fraction() == 1.0  # one candidate cannot pause
 
 
-def test_the_busy_period_price_is_higher_when_batches_pause():
-    # the charge counts one stage of a pausable batch: by default it weighs PAUSING_PRICE
-    # arrivals per blocked one there, one without preemption; an explicit price always holds
-    assert ElasticPolicy().price_for(1.0) == 1.0
-    assert ElasticPolicy().price_for(make().block_fraction()) == PAUSING_PRICE > 1.0
-    assert ElasticPolicy(blocking_price=2.0).price_for(0.1) == 2.0
-    assert ElasticPolicy(blocking_price=0.0).price_for(1.0) == 0.0
+def test_the_wait_a_pausable_batch_costs_follows_how_often_the_urgent_path_admits():
+    # a tight arrival the running batch would make late waits for one stage when admitted as
+    # urgent, and for the whole batch when refused: the expected share moves with the tries
+    sched = make(policy="elastic")
+    assert sched.block_fraction() == pytest.approx(0.1)  # no try yet: one stage
+    running_slow(sched)  # 100 ms on the slow subnet from t = 0, boundaries every 10 ms
+    for k in range(1, 40):  # the boundaries' urgent batches are full after 8: refused from then on
+        with contextlib.suppress(BudgetInfeasible):
+            sched.add_request(Request(k, 0.001 * k, 40.0), 0.001 * k)
+    assert len(sched.waiting()) == 8  # the first eight, as one urgent batch
+    share = (1 - URGENT_ALPHA) ** 31  # 8 tries admitted, then 31 refused
+    assert sched.block_fraction() == pytest.approx(0.1 + 0.9 * (1 - share))
     # cached per candidate set, and computed again for a new one
     sched = make(stages={0: (0.5,), 1: TENTHS}, policy="elastic")
     assert sched.block_fraction() == 0.5 and sched._block[0] is sched.candidates
     sched.set_profile(LatencyProfile.from_table({0: {1: 10.0}, 1: {1: 5.0}}))  # 1 now dominates 0
     assert sched.candidates == [1] and sched.block_fraction() == pytest.approx(0.1)
+    assert make(stages=None).block_fraction() == 1.0
 
 
 def test_stage_boundaries_are_checked():
