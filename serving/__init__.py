@@ -10,8 +10,8 @@
 Pieces: `LatencyProfile` (profile.py) and `measure_latency` (profiler.py);
 `LatencyModel` = corrected forward + fitted engine overhead (latency_model.py);
 `BudgetScheduler` (scheduler.py: queue-aware admission, expiry; its fronts in
-cost_table.py, the plan admission checks in queue_plan.py, its side of preemption in
-preemption.py) behind
+cost_table.py, the plan admission checks in queue_plan.py, batch holds in batch_hold.py,
+its side of preemption in preemption.py) behind
 `SchedulerInterface` (interface.py), emitting `SchedulerOutput` (output.py); policies
 `elastic`, `slackfit`, `static:<id>` (policies.py); `Runtime` (runtime.py), a front end
 (argument checks in admission.py) over `EngineCore` (engine.py: worker, deadline

@@ -44,13 +44,13 @@ import bisect
 import heapq
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral
 
 from elastic.errors import BudgetInfeasible, ConfigError, Overloaded
 from elastic.subnet import Subnet
 
+from .batch_hold import BatchHold
 from .cost_table import CostTable
 from .demand import Demand
 from .interface import SchedulerInterface
@@ -75,7 +75,7 @@ def check_positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-class BudgetScheduler(CostTable, QueuePlan, PreemptingScheduler, SchedulerInterface):
+class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, SchedulerInterface):
     """Deadline-aware batching over the subnets of one elastic model.
 
     Args:
@@ -145,15 +145,8 @@ class BudgetScheduler(CostTable, QueuePlan, PreemptingScheduler, SchedulerInterf
         self._queued: dict[int, Request] = {}
         self._expiry: list[tuple[float, int]] = []  # heap of (latest start, request id); lazy deletion
         self._busy_until: float | None = None  # predicted end of the batch running
-        self._gap_s: float | None = None  # EWMA of the time between arrivals (fast: for holds)
         self.demand = Demand()  # recent arrival rate and budgets, every request counted
-        self._last_arrival: float | None = None
-        self._wait_useful = 1.0  # EWMA: did holding a batch back bring another request?
-        self._waiting_for: int | None = None  # arrivals counted when the last hold began
-        self._held_until: float | None = None  # when the last hold was to end
-        self._wake_late: deque[float] = deque(maxlen=32)  # how late recent holds ended (s)
-        self._arrivals = 0
-        self._since_hold = 0  # decisions since the last hold (to probe again now and then)
+        self._init_holds()
         self._eligible_cache: dict[float | None, list[int]] = {}
         self._fast_any: list[tuple[int, float] | None] | None = None  # `fastest_at()`, until a prediction changes
         self._preempt = Preemption(stages) if stages is not None else None
@@ -270,11 +263,7 @@ class BudgetScheduler(CostTable, QueuePlan, PreemptingScheduler, SchedulerInterf
         """Book-keeping of an admitted request (queued or urgent): its expiry, the arrival gap."""
         if latest_start < _INF:
             heapq.heappush(self._expiry, (latest_start, request.id))
-        if self._last_arrival is not None:
-            gap = max(0.0, now - self._last_arrival)
-            self._gap_s = gap if self._gap_s is None else self._gap_s + 0.2 * (gap - self._gap_s)
-        self._last_arrival = now
-        self._arrivals += 1
+        self._arrived(now)
         return evicted if evicted is not None else []
 
     def schedule(self, now: float, hold: bool = True) -> SchedulerOutput:
@@ -296,18 +285,11 @@ class BudgetScheduler(CostTable, QueuePlan, PreemptingScheduler, SchedulerInterf
             decision = Decision(self.fastest(queue[0].min_accuracy, 1)[0], 1)
         size = decision.size
         predicted = self.predict_ms(decision.subnet, size)
-        if self._waiting_for is not None:  # the last hold ended: did it bring anyone?
-            useful = float(self._arrivals > self._waiting_for)
-            self._wait_useful += 0.2 * (useful - self._wait_useful)
-            self._waiting_for = None
-            if now > self._held_until:  # it ran to its end (an arrival did not end it early)
-                self._wake_late.append(now - self._held_until)
+        if self._waiting_for is not None:
+            self._hold_ended(now)
         if hold and self.batch_wait_ms > 0 and size == len(queue) and size < b_max:
-            wait_until = self._fill_wait_until(now, decision.subnet, size, predicted)
+            wait_until = self._hold(now, decision.subnet, size, predicted)
             if wait_until is not None:
-                self._waiting_for = self._arrivals
-                self._held_until = wait_until
-                self._since_hold = 0
                 out.wait_until = wait_until
                 return out
         members = queue[:size]
@@ -459,30 +441,3 @@ class BudgetScheduler(CostTable, QueuePlan, PreemptingScheduler, SchedulerInterf
         the queue's last, as it is kept sorted by that key (`Request.order_key`); O(1) on the
         path every submit to a full queue takes."""
         return self._reqs[-1] if self._reqs else None
-
-    def _fill_wait_until(self, now: float, subnet: int, size: int, predicted_ms: float) -> float | None:
-        """Until when to hold a partial batch back for more arrivals, or None to run now.
-
-        Only while every member keeps its deadline with the batch's predicted service time;
-        for at most `batch_wait_ms` since the oldest member arrived; only when requests
-        arrive faster than that (on average, or one arrived within the last half of it);
-        and only while holds do bring more requests (a client that waits for each answer
-        before sending the next would only be delayed).
-
-        The hold ends early enough for a worker that wakes late: by the latest of the last
-        32 holds' observed lateness (a timed wait returns when the thread gets the CPU and
-        the interpreter lock back, not at its timeout)."""
-        recent = self._last_arrival is not None and (now - self._last_arrival) * 2e3 < self.batch_wait_ms
-        if not recent and (self._gap_s is None or self._gap_s * 1e3 >= self.batch_wait_ms):
-            return None  # nobody arrived just now, and arrivals are not that frequent
-        self._since_hold += 1
-        if self._wait_useful < 0.5 and self._since_hold < 64:  # holds bring nobody (a closed
-            return None  # loop of single requests): stop holding, probe again every 64 batches
-        oldest = min(r.arrival for r in self._reqs[:size])
-        latest_start = min(self._hard[:size]) - predicted_ms / 1e3
-        # a fuller batch takes longer: keep the margin of one more request's service
-        latest_start -= (self.predict_ms(subnet, size + 1) - predicted_ms) / 1e3
-        if self._wake_late:
-            latest_start -= max(self._wake_late)
-        until = min(oldest + self.batch_wait_ms / 1e3, latest_start)
-        return until if until > now else None
