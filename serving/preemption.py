@@ -140,9 +140,9 @@ class PreemptingScheduler:
 
     def _admit_urgent(self, request: Request, now: float, start: float) -> bool:
         """Admit a hard `request` the running batch would make late as urgent, to run at its
-        next boundary, if that keeps it, the running batch and the queue's plan on time
-        (`serving/preemption.py`); False (nothing changed) otherwise. Every try counts
-        towards the share of such requests the urgent path admits (`block_fraction`)."""
+        next boundary, if that keeps it, the running batch and the queue's plan on time (the
+        module docstring); False (nothing changed) otherwise. Every try counts towards the
+        share of such requests the urgent path admits (`block_fraction`)."""
         pre = self._preempt
         if pre is None:
             return False
@@ -151,6 +151,7 @@ class PreemptingScheduler:
         return admitted
 
     def _try_urgent(self, pre: Preemption, request: Request, now: float, start: float) -> bool:
+        """`_admit_urgent`'s checks and, when they pass, the admission itself."""
         at = pre.next_boundary(now)
         if at is None or len(pre.urgent) >= self.max_batch_size:
             return False
