@@ -133,6 +133,11 @@ class PreemptingScheduler:
     the stages a batch may pause at. A mixin of `BudgetScheduler`, over its queue and its
     `Preemption` state (`_preempt`, None when batches never pause)."""
 
+    def _init_preemption(self, stages: Mapping[int, Sequence[float]] | None) -> None:
+        self._preempt = Preemption(stages) if stages is not None else None
+        self._block: tuple[list[int], float] | None = None  # (candidates, their longest stage share)
+        self._urgent_admitted = 1.0  # EWMA: did the urgent path admit a request it was tried for?
+
     def _urgent_service(self, urgent: Sequence[Request]) -> tuple[int, float] | None:
         """(id, service ms) of the batch `urgent` runs as: the fastest subnet their floors allow."""
         floors = [r.min_accuracy for r in urgent if r.min_accuracy is not None]

@@ -57,7 +57,7 @@ from .interface import SchedulerInterface
 from .latency_model import OverheadModel
 from .output import ScheduledBatch, SchedulerOutput, ShedRequest
 from .policies import Decision, Policy, make_policy
-from .preemption import PreemptingScheduler, Preemption
+from .preemption import PreemptingScheduler
 from .profile import QUANTILES, LatencyProfile
 from .queue_plan import QueuePlan
 from .request import Request
@@ -149,9 +149,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         self._init_holds()
         self._eligible_cache: dict[float | None, list[int]] = {}
         self._fast_any: list[tuple[int, float] | None] | None = None  # `fastest_at()`, until a prediction changes
-        self._preempt = Preemption(stages) if stages is not None else None
-        self._block: tuple[list[int], float] | None = None  # (candidates, their longest stage share)
-        self._urgent_admitted = 1.0  # EWMA: did the urgent path admit a request it was tried for?
+        self._init_preemption(stages)
         self.set_profile(profile)
 
     # ---- the queue, as policies read it -------------------------------------------------
