@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -101,6 +101,8 @@ def simulate(
     batch_wait_ms: float = 1.0,
     seed: int | str = 0,
     stages: Mapping[int, Sequence[float]] | None = None,
+    slo_target: float | None = 0.99,
+    on_end: Callable[[BudgetScheduler], None] | None = None,
 ) -> list[Outcome]:
     """Run one load on a virtual clock; one `Outcome` per request, as a real run gives.
 
@@ -108,8 +110,9 @@ def simulate(
     scheduler for a batch at every arrival; a batch that may wait to fill up (`wait_until`)
     is asked for again then or at the next arrival; while a batch runs, the deadline
     watchdog sheds queued requests at `next_expiry`; after each batch the scheduler gets
-    the forward time (`update_from_output`) and the overhead (`observe_overhead`), so its
-    latency model learns the overhead online as the real one does.
+    the forward time (`update_from_output`), the overhead (`observe_overhead`) and how many
+    of its requests ended late (`observe_outcomes`, as are deadline sheds), so its latency
+    model learns the overhead and its planning margin online as the real one does.
 
     Args:
         subnets: the model's subnet table, accuracies set.
@@ -123,6 +126,9 @@ def simulate(
         stages: subnet id -> stage boundaries (`ElasticModel.stage_fractions`): batches
             pause there, as a preemptive worker does (`BudgetScheduler.interrupt`), the
             boundaries placed at those shares of the drawn forward; None: they never pause.
+        slo_target: as `Runtime(slo_target=...)`: the planning quantile follows the late
+            share (None: fixed).
+        on_end: called with the scheduler once every request has ended (to read its state).
     """
     if len(arrivals_s) != len(budgets_ms):
         raise ValueError(f"{len(arrivals_s)} arrival times for {len(budgets_ms)} budgets")
@@ -135,6 +141,7 @@ def simulate(
         overhead=OverheadModel(),
         batch_wait_ms=batch_wait_ms,
         stages=stages,
+        slo_target=slo_target,
     )
     rng = random.Random(f"service/{seed}")
 
@@ -146,18 +153,24 @@ def simulate(
     n, i, now = len(arrivals_s), 0, 0.0
 
     def shed(items) -> None:
+        missed = 0
         for s in items:
             r = requests.pop(s.request_id)
             outcomes[r.id] = Outcome(SHED, r.budget_ms, reason=s.reason)
+            missed += s.reason == "deadline"
+        sched.observe_outcomes(missed, missed)  # as the engine reports them (`EngineCore._shed`)
 
     def answer(batch, forward: float, overhead: float) -> None:
+        late = 0
         for rid in batch.request_ids:
             r = requests.pop(rid)
             latency = 1e3 * (now - r.arrival)
+            late += latency > r.budget_ms
             correct = judge(rid, rid, batch.subnet)
             outcomes[rid] = Outcome(ANSWERED, r.budget_ms, batch.subnet, latency, batch.size, correct)
         sched.update_from_output(batch, forward, now)
         sched.observe_overhead(batch.size, overhead)
+        sched.observe_outcomes(late, batch.size)
 
     while i < n or running is not None or sched.has_waiting():
         t_arrival = arrivals_s[i] if i < n else _INF
@@ -223,4 +236,6 @@ def simulate(
     missing = [k for k, o in enumerate(outcomes) if o is None]
     if missing:
         raise RuntimeError(f"simulation lost {len(missing)} requests (first: {missing[:5]})")
+    if on_end is not None:
+        on_end(sched)
     return outcomes  # type: ignore[return-value]

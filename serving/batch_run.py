@@ -4,8 +4,9 @@
 copy), runs the forward through the executor — stage by stage when the scheduler lets the
 batch pause for urgent requests (`_run_pausing`) — checks the outputs, feeds the latency
 model (forward time, then the engine's own time around it) and answers every member with
-its row, or fails them with `ExecutionError`. A mixin of `EngineCore` (serving/engine.py),
-over its lock, pending table, executor, metrics and clock.
+its row, or fails them with `ExecutionError`; how many ended late feeds the scheduler's
+planning margin (`observe_outcomes`, folded with the overhead). A mixin of `EngineCore`
+(serving/engine.py), over its lock, pending table, executor, metrics and clock.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class BatchRunner:
             subnet, size = batch.subnet, batch.size
             rows: list[tuple[float, float, bool]] = []
             answers: list[tuple[Future, Result]] = []
+            ended = late = 0  # admitted, not best effort: what the planning margin answers for
             outputs = y.unbind(0) if size > 1 else (y[0],)  # views, no copies
             answered_at = clock()  # one instant for the batch: every answer is ready now
             for i, m in enumerate(members):
@@ -100,6 +102,9 @@ class BatchRunner:
                 latency_ms = 1e3 * (answered_at - r.arrival)
                 queue_ms = 1e3 * (start - r.arrival)
                 met = latency_ms <= r.budget_ms
+                if not r.best_effort:
+                    ended += 1
+                    late += not met
                 rows.append((latency_ms / 1e3, queue_ms / 1e3, met))
                 answers.append((m.future, Result(output, subnet, queue_ms, exec_ms, latency_ms, met, size, r.id)))
             if rows:
@@ -109,11 +114,14 @@ class BatchRunner:
         overhead_ms = 1e3 * (clock() - t_sched - paused) - exec_ms
         if woken_at is not None and t_sched > woken_at:
             overhead_ms += 1e3 * (t_sched - woken_at)
+        if error is not None:
+            ended = late = 0
         if inner:  # the paused batch's own overhead is stashed after this one's: fold this one now
             with self._lock:
                 scheduler.observe_overhead(batch.size, overhead_ms)
+                scheduler.observe_outcomes(late, ended)
         else:
-            self._overhead = (batch.size, overhead_ms, batch.subnet)
+            self._overhead = (batch.size, overhead_ms, late, ended)
 
     def _run_pausing(
         self, scheduler: BudgetScheduler, batch: ScheduledBatch, x: torch.Tensor

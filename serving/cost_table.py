@@ -12,8 +12,8 @@ fronts are never re-sorted. The busy-period pricing the elastic policy reads
 (`serving/demand.py`).
 
 A mixin: `BudgetScheduler.__init__` sets what it reads — `policy`, `quantile`,
-`ewma_alpha`, `overhead`, `max_batch_size`, `demand`, `_subnets`, `_eligible_cache`,
-`_fast_any` — and then calls `set_profile`. Pure Python, no torch.
+`ewma_alpha`, `overhead`, `max_batch_size`, `demand`, `tail_control`, `_subnets`,
+`_eligible_cache`, `_fast_any` — and then calls `set_profile`. Pure Python, no torch.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ class CostTable:
         self.candidates = candidates
         self.profile = profile
         self.latency = LatencyModel(profile, self.quantile, self.ewma_alpha, self.overhead)
+        if self.tail_control is not None:  # the planning quantile outlives a new profile
+            self.latency.forward.tail_quantile = self.tail_control.quantile
         self._eligible_cache.clear()
         self._build_fronts()
         log.info("scheduler %s: candidates %s", self.policy.name, self.candidates)

@@ -105,7 +105,8 @@ class EngineCore(Intake, BatchRunner):
         self._idle = False  # the worker is waiting for work
         self._woken_at: float | None = None  # when a submit woke the idle worker
         self._hold_until: float | None = None  # the worker holds a partial batch back until then
-        self._overhead: tuple[int, float, int] | None = None  # last batch: (size, overhead ms, subnet)
+        # last batch, folded into the scheduler under the next lock: (size, overhead ms, late, ended)
+        self._overhead: tuple[int, float, int, int] | None = None
         self._watch_at = math.inf  # when the watchdog next wakes by itself
         self._closing = False
         self._stopped = False
@@ -126,6 +127,7 @@ class EngineCore(Intake, BatchRunner):
             self.metrics.track_latency_model(
                 lambda: (scheduler.overhead.per_batch_ms, scheduler.overhead.per_request_ms),
                 lambda sid: scheduler.predictor.correction(sid),
+                lambda: scheduler.predictor.tail_quantile,
             )
             self._work.notify()
 
@@ -236,15 +238,25 @@ class EngineCore(Intake, BatchRunner):
             future.set_exception(e)
 
     def _fold_overhead(self) -> None:
-        """Fold the last batch's overhead into the latency model (under the lock)."""
-        size, ms, _ = self._overhead
+        """Fold the last batch's overhead, and how many of its requests ended late, into
+        the latency model (under the lock)."""
+        size, ms, late, ended = self._overhead
         self._overhead = None
-        self.scheduler.observe_overhead(size, ms)  # the metrics read the model at scrape time
+        scheduler = self.scheduler
+        scheduler.observe_overhead(size, ms)  # the metrics read the model at scrape time
+        if ended:
+            scheduler.observe_outcomes(late, ended)
 
     def _shed(self, shed: list[tuple[Pending, ShedRequest]]) -> None:
+        missed = 0  # admitted, not best effort, and no longer able to make its deadline
         for p, s in shed:
             self.metrics.shed(s.reason if s.reason in ("deadline", "evicted", "timeout", "error") else "closed")
             fail_future(p.future, Overloaded(f"request {s.request_id} shed: {s.detail or s.reason}"))
+            missed += s.reason == "deadline" and not p.request.best_effort
+        if missed:
+            with self._lock:  # a late ending, for the planning margin (`observe_outcomes`)
+                if self.scheduler is not None:
+                    self.scheduler.observe_outcomes(missed, missed)
 
     def _die(self, error: BaseException) -> None:
         """The worker is dying: fail everything pending, refuse new work, say so loudly."""

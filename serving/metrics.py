@@ -36,6 +36,7 @@ series; a NaN observation is dropped, where prometheus_client counted it in the 
 | elastic_overhead_per_batch_seconds | gauge | (latency model: fitted engine cost per batch) |
 | elastic_overhead_per_request_seconds | gauge | (latency model: fitted engine cost per request) |
 | elastic_latency_resets_total | counter | (stale online corrections dropped) |
+| elastic_planning_quantile | gauge | (quantile of the forwards' spread batches are planned at) |
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from elastic.errors import ConfigError
+
+from .predictor import TAIL_QUANTILE
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +162,7 @@ class ServingMetrics:
         self._queue_depth: Callable[[], int] = lambda: 0
         self._overhead_ms: Callable[[], tuple[float, float]] = lambda: (0.0, 0.0)  # (per batch, per request)
         self._correction: Callable[[int], float] = lambda sid: 1.0
+        self._planning_quantile: Callable[[], float] = lambda: TAIL_QUANTILE
         self.set_subnets(subnets)
         self._server = None
         self._thread = None
@@ -252,14 +256,21 @@ class ServingMetrics:
         self._queue_depth = depth
 
     def track_latency_model(
-        self, overhead_ms: Callable[[], tuple[float, float]], correction: Callable[[int], float]
+        self,
+        overhead_ms: Callable[[], tuple[float, float]],
+        correction: Callable[[int], float],
+        planning_quantile: Callable[[], float] | None = None,
     ) -> None:
         """Read the latency model at every scrape: `overhead_ms()` gives (per batch, per
         request) ms for the `elastic_overhead_*` gauges, `correction(subnet)` the online
         correction of each candidate subnet (`set_subnets`) — the factor the scheduler
-        applies now (the machine factor: the same for every subnet, observed or not)."""
+        applies now (the machine factor: the same for every subnet, observed or not), and
+        `planning_quantile()` the quantile of the forwards' spread it plans batches at (its
+        SLO feedback moves it; its starting value when not given)."""
         self._overhead_ms = overhead_ms
         self._correction = correction
+        if planning_quantile is not None:
+            self._planning_quantile = planning_quantile
 
     def _roll(self, weight: float, met: bool) -> None:
         """One request into the rolling window (the caller holds the lock)."""
@@ -312,6 +323,7 @@ class ServingMetrics:
         yield GaugeMetricFamily(
             "elastic_overhead_per_request_seconds", _DOC["overhead_request"], value=per_request_ms / 1e3
         )
+        yield GaugeMetricFamily("elastic_planning_quantile", _DOC["planning_quantile"], value=self._planning_quantile())
         resets_family = CounterMetricFamily("elastic_latency_resets", _DOC["latency_resets"])
         resets_family.add_metric([], resets, created=created)
         yield resets_family
@@ -367,6 +379,8 @@ _DOC = {
     "overhead_batch": "Latency model: the engine's fitted cost per batch around the forward (wake-up, "
     "scheduling, stacking, answering), added to every prediction.",
     "overhead_request": "Latency model: the engine's fitted cost per request in a batch (slicing, answering).",
+    "planning_quantile": "Latency model: the quantile of the forwards' recent spread every batch is planned at; it "
+    "rises while more admitted requests end late than the SLO target allows for, and falls while fewer do.",
     "latency_resets": "Times the online latency correction was dropped as stale: an idle engine was about to "
     "refuse a request on a correction no forward had renewed for stale_s (planning from the profile again).",
 }

@@ -29,9 +29,11 @@ deviates from that is in the residuals, and so in the measured tail below.
 
 A profile's p99 of a few repeats is a noisy tail, and the serving machine's spread is not
 the profiling run's. So once `TAIL_MIN` batches have run (planning quantile "p99"), the
-prediction becomes `profiled median × ratio × tail`, where `tail` is the 95th percentile of
-the recent residuals observed / (profiled median × ratio): the margin the machine really
-needs, measured while serving, the same for every subnet (so it never reorders them).
+prediction becomes `profiled median × ratio × tail`, where `tail` is a high quantile
+(`tail_quantile`, 0.95 to start) of the recent residuals observed / (profiled median ×
+ratio): the margin the machine really needs, measured while serving, the same for every
+subnet (so it never reorders them). The scheduler moves the quantile itself to keep the
+share of admitted requests that end late on its SLO target (serving/slo_margin.py).
 Until then the profiled quantile is capped at `COLD_TAIL_CAP` medians: one outlier in the
 profiling run must not make a subnet look unusable, or nothing is ever admitted to correct it.
 
@@ -52,7 +54,7 @@ from .profile import LatencyProfile
 TAIL_WINDOW = 256  # residuals kept for the tail estimate
 TAIL_MIN = 32  # observations before the measured tail replaces the profile's quantile
 TAIL_EVERY = 8  # re-estimate the tail every this many observations
-TAIL_QUANTILE = 0.95  # planning quantile of observed / expected-median forward time
+TAIL_QUANTILE = 0.95  # planning quantile of observed / expected-median forward time (the start, with an SLO target)
 TAIL_CLAMP = (1.0, 5.0)
 COLD_TAIL_CAP = 3.0  # until then, the profiled quantile is capped at this many medians
 
@@ -89,6 +91,7 @@ class LatencyPredictor:
         self._residuals: deque[float] = deque(maxlen=TAIL_WINDOW)  # observed / expected median
         self._seen = 0
         self.tail: float | None = None  # online tail factor once TAIL_MIN observations are in
+        self.tail_quantile = TAIL_QUANTILE  # which quantile of the residuals `tail` is (the scheduler may move it)
 
     def forget(self) -> None:
         """Drop everything learned online: predict from the profile again, as when new."""
@@ -175,7 +178,7 @@ class LatencyPredictor:
         self._seen += 1
         if self.quantile != "p50" and self._seen >= TAIL_MIN and self._seen % TAIL_EVERY == 0:
             ordered = sorted(self._residuals)
-            q = ordered[min(len(ordered) - 1, int(TAIL_QUANTILE * len(ordered)))]
+            q = ordered[min(len(ordered) - 1, int(self.tail_quantile * len(ordered)))]
             if self.tail is None:
                 self._planned.clear()  # from now on the ratio scales the median
             self.tail = min(TAIL_CLAMP[1], max(TAIL_CLAMP[0], q))

@@ -66,6 +66,7 @@ from .profile import QUANTILES, LatencyProfile
 from .profiler import device_name, measure_latency
 from .request import Result
 from .scheduler import BudgetScheduler, check_positive_int
+from .slo_margin import check_slo_target
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,11 @@ class Runtime:
             whole batch. Needs a pausable executor ("eager") and a model whose subnets have
             stage boundaries (`ElasticModel.stage_fractions`: the blocks of a `StitchedNet` or
             `LearngenePool`; a `SortedNet` cannot pause yet).
+        slo_target: the share of admitted, non-best-effort requests that should end within
+            budget. Every batch is planned at a quantile of the forwards' recent spread, and
+            that quantile follows the share that ends late (`serving/slo_margin.py`): up
+            while more than half the allowed misses happen, down while fewer do. None:
+            a fixed quantile (0.95).
 
     Raises:
         ConfigError: a bad setting; no thread is left running.
@@ -162,6 +168,7 @@ class Runtime:
         lane_split_ms: float | None = None,
         warm: bool = True,
         preempt: bool = False,
+        slo_target: float | None = 0.99,
     ):
         # every check first: a failure here leaves no thread behind
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
@@ -175,6 +182,7 @@ class Runtime:
             raise ConfigError(f"batch_wait_ms must be a number >= 0, got {batch_wait_ms!r}")
         if isinstance(stale_s, bool) or not isinstance(stale_s, (int, float)) or not stale_s > 0:
             raise ConfigError(f"stale_s must be a number > 0, got {stale_s!r}")
+        self.slo_target = check_slo_target(slo_target) if slo_target is not None else None
         if worker_threads is None:
             worker_threads = torch.get_num_threads()
         worker_threads = check_positive_int("worker_threads", worker_threads)
@@ -330,6 +338,7 @@ class Runtime:
                         batch_wait_ms=self.batch_wait_ms,
                         stale_s=self.stale_s,
                         stages=self._stages,
+                        slo_target=self.slo_target,
                     )
                     scheduler.on_forget = self.metrics.latency_reset
                 else:

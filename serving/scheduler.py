@@ -24,8 +24,10 @@ model whose subnets are the "model variants":
   searches; the queue is a sorted list with
   parallel deadline / floor arrays, and expiry is a heap, so no step loops over every subnet
   or (for shedding) over every queued request;
-- feedback: every batch's observed forward time corrects the forward predictions, and the
-  engine reports its overhead (`observe_overhead`).
+- feedback: every batch's observed forward time corrects the forward predictions, the
+  engine reports its overhead (`observe_overhead`), and how many admitted requests ended
+  late (`observe_outcomes`), which sets the quantile of the forwards' spread every batch
+  is planned at (`TailQuantile`, serving/slo_margin.py).
 - preemption (optional, `stages=`): a request the running batch would make late runs inside
   it at its next block boundary when the batch, the queue and it stay on time
   (`PreemptingScheduler`, serving/preemption.py; the worker calls `interrupt` at each
@@ -57,10 +59,12 @@ from .interface import SchedulerInterface
 from .latency_model import OverheadModel
 from .output import ScheduledBatch, SchedulerOutput, ShedRequest
 from .policies import Decision, Policy, make_policy
+from .predictor import TAIL_QUANTILE
 from .preemption import PreemptingScheduler
 from .profile import QUANTILES, LatencyProfile
 from .queue_plan import QueuePlan
 from .request import Request
+from .slo_margin import TailQuantile
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,10 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             batch would make late runs inside it at its next boundary when that keeps
             everyone on time (`serving/preemption.py`), and the worker must call
             `interrupt` at every boundary. None: batches never pause.
+        slo_target: the share of admitted, non-best-effort requests that should end within
+            budget; the quantile of the forwards' spread that plans every batch follows it
+            (`TailQuantile`, serving/slo_margin.py), fed by `observe_outcomes`. None: the
+            quantile stays at `predictor.TAIL_QUANTILE`.
 
     Raises:
         ConfigError: a bad setting (also a `ValueError`).
@@ -115,6 +123,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         batch_wait_ms: float = 0.0,
         stale_s: float = 0.5,
         stages: Mapping[int, Sequence[float]] | None = None,
+        slo_target: float | None = 0.99,
     ):
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
         self.max_queue = check_positive_int("max_queue", max_queue)
@@ -150,6 +159,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         self._eligible_cache: dict[float | None, list[int]] = {}
         self._fast_any: list[tuple[int, float] | None] | None = None  # `fastest_at()`, until a prediction changes
         self._init_preemption(stages)
+        self.tail_control = TailQuantile(slo_target, TAIL_QUANTILE) if slo_target is not None else None
         self.set_profile(profile)
 
     # ---- the queue, as policies read it -------------------------------------------------
@@ -335,6 +345,14 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         self._fast_any = None
         self._refresh_fronts()
         return exec_ms / predicted_forward if predicted_forward > 0 else None
+
+    def observe_outcomes(self, late: int, total: int) -> None:
+        """`total` admitted, non-best-effort requests ended, `late` of them after their
+        deadline or shed because they could no longer make it: the planning quantile
+        follows (`TailQuantile`; nothing without `slo_target`)."""
+        control = self.tail_control
+        if control is not None and total > 0:
+            self.latency.forward.tail_quantile = control.observe(late, total)
 
     def observe_overhead(self, batch_size: int, overhead_ms: float) -> None:
         """The engine's own time around one batch's forward (wake-up, scheduling, stacking,

@@ -23,6 +23,7 @@ from elastic.serving.metrics import (
     Buckets,
     ServingMetrics,
 )
+from elastic.serving.predictor import TAIL_QUANTILE
 
 
 class _Reference:
@@ -50,6 +51,7 @@ class _Reference:
         self.per_batch = Gauge("elastic_overhead_per_batch_seconds", "d", registry=r)
         self.per_request = Gauge("elastic_overhead_per_request_seconds", "d", registry=r)
         self.resets = Counter("elastic_latency_resets", "d", registry=r)
+        Gauge("elastic_planning_quantile", "d", registry=r).set(TAIL_QUANTILE)
         for o in OUTCOMES:
             self.requests.labels(o)
         for reason in REJECTION_REASONS:
@@ -176,8 +178,12 @@ def test_the_gauges_read_the_engine_at_scrape_time():
     metrics = ServingMetrics([0, 1])
     depth = [3]
     metrics.track_queue_depth(lambda: depth[0])
-    metrics.track_latency_model(lambda: (0.25, 0.05), lambda sid: 1.5 + sid)
+    quantile = [0.95]
+    metrics.track_latency_model(lambda: (0.25, 0.05), lambda sid: 1.5 + sid, lambda: quantile[0])
     reg = metrics.registry
+    assert reg.get_sample_value("elastic_planning_quantile") == 0.95
+    quantile[0] = 0.9
+    assert reg.get_sample_value("elastic_planning_quantile") == 0.9
     assert reg.get_sample_value("elastic_queue_depth") == 3
     depth[0] = 9
     assert reg.get_sample_value("elastic_queue_depth") == 9
