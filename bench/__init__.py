@@ -13,6 +13,7 @@ SUITES = [
     "load",
     "headroom",
     "pricing",
+    "margin",
     "onnx",
     "contention",
     "streaming",

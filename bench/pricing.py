@@ -33,16 +33,14 @@ from tqdm.auto import tqdm
 
 from elastic.errors import ConfigError
 from elastic.serving.elastic_policy import ElasticPolicy
-from elastic.serving.profile import LatencyProfile
-from elastic.subnet import Subnet
 
-from .arrivals import BudgetDistribution
+from .calibrated import from_calibration
 from .harness import markdown_table, write_results
 from .headroom import accuracy_of
 from .load import workload
 from .load_calibration import BATCH_WAIT_MS, MAX_BATCH
 from .outcomes import BernoulliJudge
-from .simulate import ServiceModel, simulate
+from .simulate import simulate
 from .stats import mean_interval, paired_difference
 
 log = logging.getLogger(__name__)
@@ -101,17 +99,9 @@ def sweep(
     sc: dict[str, Any], accuracy: dict[int, float], stages: dict[int, tuple[float, ...]], seeds: int, requests: int
 ) -> dict[str, Any]:
     """Every (pausing?, pattern, load) point of one scenario: each price and the smallest anchor."""
-    calib = sc["calibration"]
-    p50 = {int(s): row for s, row in calib["profile_p50_ms"].items()}
-    p99 = {int(s): row for s, row in calib["profile_p99_ms"].items()}
-    profile = LatencyProfile.from_table(p50, p99)
-    over = calib["overhead_ms"]
-    service = ServiceModel(profile, over["per_request"], over["per_batch"])
-    budgets = BudgetDistribution(*calib["budget_bounds_ms"])
-    # the subnets with an accuracy: at least the front and both anchors (`Calibration.statics`)
-    known = [s for s in profile.subnet_ids if s in accuracy]
-    subnets = [Subnet(s, "stitch", f"s{s}", flops=1, params=1, accuracy=accuracy[s]) for s in known]
-    acc = {s.id: s.accuracy for s in subnets}
+    scenario = from_calibration(sc, accuracy)
+    calib, subnets, acc = scenario.calibration, scenario.subnets, scenario.accuracy
+    service, budgets = scenario.service, scenario.budgets
     smallest = calib["smallest_anchor"]
     contenders = {f"elastic, price {p:g}": p for p in PRICES} | {f"static smallest ({smallest})": None}
     points = []

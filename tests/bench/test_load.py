@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from elastic.bench import headroom, pricing
+from elastic.bench import headroom, margin, pricing
 from elastic.bench.arrivals import BudgetDistribution
 from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist
 from elastic.bench.load_calibration import Calibration
@@ -263,6 +263,21 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
         assert p["contenders"]["elastic, price 1"]["minus_price_1"]["mean"] == 0.0
         assert all(0 < c["expected_accuracy"]["mean"] <= 1 for c in p["contenders"].values())
     saved = json.loads((tmp_path / "pricing.json").read_text())
+    assert saved["source"]["commit"] == real["commit"] and saved["requests_per_run"] == 200
+    # the planning margin, fixed and following the SLO, on the same calibration
+    monkeypatch.setattr(margin, "LOADS", {"poisson": (1.0,)})
+    monkeypatch.setattr(margin, "QUICK_REQUESTS", 200)
+    monkeypatch.setattr(margin, "MIN_SECONDS", 0.5)
+    args = argparse.Namespace(out=tmp_path, model=None, quick=True, scenario="all", command="test margin")
+    swept = margin.run(args)["scenarios"]["tiny"]
+    (point,) = swept["points"]
+    assert (point["pattern"], point["load"], set(point["contenders"])) == ("poisson", 1.0, set(margin.CONTENDERS))
+    fixed, fed = point["contenders"]["fixed quantile"], point["contenders"]["SLO feedback (0.99)"]
+    assert fixed["final_quantile"] == [margin.TAIL_QUANTILE] * 2  # never moved
+    assert all(0.5 <= q <= 0.99 for q in fed["final_quantile"])
+    assert fixed["minus_fixed"]["mean"] == 0.0
+    assert all(0 < c["admitted_in_budget"]["mean"] <= 1 for c in point["contenders"].values())
+    saved = json.loads((tmp_path / "margin.json").read_text())
     assert saved["source"]["commit"] == real["commit"] and saved["requests_per_run"] == 200
 
 
