@@ -13,7 +13,9 @@ cost (`elastic.serving.budget_range`): the profile's medians move by a few per c
 runs, where the served batch-1 median they replaced moved the tightest budget by 20–30 %.
 Arrivals are open-loop Poisson or bursty on/off (`bench/arrivals.py`).
 
-Contenders, all through the same `Runtime` (max batch 8): `elastic`; `slackfit` (SuperServe's
+Contenders, all through the same `Runtime` (max batch 8): `elastic`; `elastic, fixed margin`
+(the same with its planning quantile held at its start, `Runtime(slo_target=None)`: what
+following the SLO buys, serving/slo_margin.py); `slackfit` (SuperServe's
 SlackFit, NSDI'25); `infaas` (the anchors as separate models, one chosen per request, INFaaS
 ATC'21); static smallest / largest anchor; and the **oracle best static**: every front subnet
 served statically, the best mean effective accuracy at that load reported — an oracle, since
@@ -62,7 +64,16 @@ from elastic.serving import Runtime
 from .arrivals import BudgetDistribution, on_off, poisson
 from .harness import write_results
 from .load_calibration import BATCH_WAIT_MS, MAX_BATCH, Calibration, calibrate
-from .load_report import TARGET_ADMITTED, TARGET_DELTA, TARGET_SHED, plot, summarize, tables, target_summary
+from .load_report import (
+    FIXED_MARGIN,
+    TARGET_ADMITTED,
+    TARGET_DELTA,
+    TARGET_SHED,
+    plot,
+    summarize,
+    tables,
+    target_summary,
+)
 from .outcomes import BernoulliJudge, score
 from .replay import replay_outcomes
 from .scenarios import Scenario, deit_scenario, demo_scenario
@@ -139,6 +150,8 @@ def workload(
 
 
 def contender_name(policy: str, calib: Calibration) -> str:
+    if policy == FIXED_MARGIN:
+        return "elastic, fixed margin"
     if policy == f"static:{calib.smallest}":
         return f"static smallest ({calib.smallest})"
     if policy == f"static:{calib.largest}":
@@ -151,6 +164,9 @@ def run_one(
 ) -> dict[str, Any]:
     """One contender on one workload, real or simulated (one lane only); its score."""
     infaas = policy == "infaas"
+    fixed_margin = policy == FIXED_MARGIN
+    runtime_policy = "elastic" if infaas or fixed_margin else policy
+    slo_target = None if fixed_margin else 0.99
     extra: dict[str, Any] = {}
     if mode == "sim":
         if lanes != 1:
@@ -163,7 +179,7 @@ def run_one(
         outcomes = simulate(
             model.subnets(),
             calib.variants_service if infaas else calib.service,
-            "elastic" if infaas else policy,
+            runtime_policy,
             arrivals,
             budgets,
             BernoulliJudge(accuracy, seed),
@@ -171,6 +187,7 @@ def run_one(
             batch_wait_ms=BATCH_WAIT_MS,
             seed=seed,
             stages=stages,
+            slo_target=slo_target,
         )
     else:
         model = scenario.variants() if infaas else scenario.model
@@ -180,12 +197,13 @@ def run_one(
             Runtime(
                 model,
                 max_batch_size=MAX_BATCH,
-                policy="elastic" if infaas else policy,
+                policy=runtime_policy,
                 profile=profile,
                 batch_wait_ms=BATCH_WAIT_MS,
                 lanes=lanes,
                 executor=scenario.executor_for(model),
                 preempt=scenario.preempt,
+                slo_target=slo_target,
             ) as rt,
         ):
             lag: list[float] = []
@@ -231,7 +249,7 @@ def sweep(
     for pattern in patterns:
         for load in loads:
             statics = calib.statics() if statics_at is None else statics_at[(pattern, load)]
-            policies = ["elastic", "slackfit", "infaas"] + [f"static:{s}" for s in statics]
+            policies = ["elastic", FIXED_MARGIN, "slackfit", "infaas"] + [f"static:{s}" for s in statics]
             for r in range(repeats):
                 key = f"{seed}/{scenario.name}/{pattern}/{load}/{r}"
                 rate = load * calib.capacity_per_s
