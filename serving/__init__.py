@@ -8,7 +8,8 @@
         rt.serve_metrics(port=9400)               # Prometheus on 127.0.0.1
 
 Pieces: `LatencyProfile` (profile.py) and `measure_latency` (profiler.py);
-`LatencyModel` = corrected forward + fitted engine overhead (latency_model.py);
+`LatencyModel` = corrected forward + fitted engine overhead (latency_model.py), planned at
+a quantile of the forwards' spread that follows the SLO (slo_margin.py);
 `BudgetScheduler` (scheduler.py: queue-aware admission, expiry; its fronts in
 cost_table.py, the plan admission checks in queue_plan.py, batch holds in batch_hold.py,
 its side of preemption in preemption.py) behind
