@@ -188,6 +188,7 @@ def run_one(
             seed=seed,
             stages=stages,
             slo_target=slo_target,
+            on_end=lambda sched: extra.update(planning_quantile=sched.latency.forward.tail_quantile),
         )
     else:
         model = scenario.variants() if infaas else scenario.model
@@ -211,6 +212,8 @@ def run_one(
             outcomes = replay_outcomes(
                 rt, scenario.images, arrivals, budgets, scenario.real_judge(seed), lag=lag, forward_ms=forward
             )
+            # where the planning margin ended (with several lanes, the last one's; `slo_target=None` keeps its start)
+            extra["planning_quantile"] = rt.metrics.registry.get_sample_value("elastic_planning_quantile")
         extra["submit_lag_ms"] = {"p50": 1e3 * statistics.median(lag), "max": 1e3 * max(lag)} if lag else None
         forward.sort()
         extra["forward_ms"] = (

@@ -11,11 +11,12 @@ from elastic.bench import headroom, margin, pricing
 from elastic.bench.arrivals import BudgetDistribution
 from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist
 from elastic.bench.load_calibration import Calibration
-from elastic.bench.load_report import summarize, target_summary
+from elastic.bench.load_report import FIXED_MARGIN, summarize, target_summary
 from elastic.bench.outcomes import BernoulliJudge
 from elastic.bench.scenarios import Scenario
 from elastic.bench.simulate import ServiceModel
 from elastic.serving import LatencyProfile
+from elastic.serving.predictor import TAIL_QUANTILE
 
 
 def calibration(capacity=100.0, smallest_capacity=250.0) -> Calibration:
@@ -200,6 +201,14 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     assert {"elastic", "slackfit", "infaas", f"static:{calib['smallest_anchor']}"} <= policies
     assert f"static:{calib['largest_anchor']}" in policies
     assert point["contenders"]["elastic"]["seeds"] == 3
+    # elastic with its planning margin held fixed runs beside it, paired per point
+    assert FIXED_MARGIN in policies and point["elastic_minus_fixed_margin"]["n"] == 3
+    for doc in (real, sim):
+        for r in doc["scenarios"]["tiny"]["runs"]:
+            if r["policy"] == FIXED_MARGIN:
+                assert r["planning_quantile"] == TAIL_QUANTILE
+            else:
+                assert 0.5 <= r["planning_quantile"] <= 0.99
     runs = real["scenarios"]["tiny"]["runs"]
     # interleaving: at each load every contender runs on seed r before any runs on seed r + 1
     for load in {r["load"] for r in runs}:
