@@ -8,14 +8,33 @@ the accuracies the scenario judges by.
 
 from __future__ import annotations
 
+import argparse
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from elastic.errors import ConfigError
 from elastic.serving.profile import LatencyProfile
 from elastic.subnet import Subnet
 
 from .arrivals import BudgetDistribution
 from .simulate import ServiceModel
+
+
+def read_load_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any], list[str]]:
+    """The load run under `--out` (`<out>/load.json`), and the names of the scenarios the
+    command asks for (`--scenario`, default all): (file, its contents, names).
+
+    Raises:
+        ConfigError: no load run there.
+    """
+    source = Path(args.out) / "load.json"
+    if not source.is_file():
+        raise ConfigError(f"{source} does not exist: run `elastic bench load --out {args.out}` first")
+    load = json.loads(source.read_text())
+    only = getattr(args, "scenario", None) or "all"
+    return source, load, [n for n in load["scenarios"] if only in ("all", n)]
 
 
 @dataclass

@@ -22,10 +22,8 @@ separate models with their own profile and is not covered.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -35,6 +33,7 @@ from elastic.serving.profile import LatencyProfile
 
 from .arrivals import BudgetDistribution
 from .bounds import fluid_bound
+from .calibrated import read_load_run
 from .harness import markdown_table, write_results
 from .load import workload
 from .load_calibration import MAX_BATCH
@@ -46,10 +45,7 @@ RESOLUTION = 1 / 8  # grid step as a share of the tightest budget: widens window
 
 
 def run(args: argparse.Namespace) -> dict:
-    source = Path(args.out) / "load.json"
-    if not source.is_file():
-        raise ConfigError(f"{source} does not exist: run `elastic bench load --out {args.out}` first")
-    load = json.loads(source.read_text())
+    source, load, _ = read_load_run(args)  # every scenario of the run
     scenarios = {
         name: headroom(sc, accuracy_of(name, sc["calibration"], args.model)) for name, sc in load["scenarios"].items()
     }

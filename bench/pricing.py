@@ -24,17 +24,14 @@ difference against price 1. Simulated only: no real forwards.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from elastic.errors import ConfigError
 from elastic.serving.elastic_policy import ElasticPolicy
 
-from .calibrated import from_calibration
+from .calibrated import from_calibration, read_load_run
 from .harness import markdown_table, write_results
 from .headroom import accuracy_of
 from .load import workload
@@ -52,12 +49,7 @@ MIN_SECONDS = 10.0  # shortest simulated run: ten on/off periods, whatever the r
 
 
 def run(args: argparse.Namespace) -> dict:
-    source = Path(args.out) / "load.json"
-    if not source.is_file():
-        raise ConfigError(f"{source} does not exist: run `elastic bench load --out {args.out}` first")
-    load = json.loads(source.read_text())
-    only = getattr(args, "scenario", None) or "all"
-    names = [n for n in load["scenarios"] if only in ("all", n)]
+    source, load, names = read_load_run(args)
     seeds = 2 if args.quick else 3
     requests = QUICK_REQUESTS if args.quick else REQUESTS
     scenarios = {}

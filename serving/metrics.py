@@ -380,7 +380,8 @@ _DOC = {
     "scheduling, stacking, answering), added to every prediction.",
     "overhead_request": "Latency model: the engine's fitted cost per request in a batch (slicing, answering).",
     "planning_quantile": "Latency model: the quantile of the forwards' recent spread every batch is planned at; it "
-    "rises while more admitted requests end late than the SLO target allows for, and falls while fewer do.",
+    "rises (up to 0.95) while more admitted requests end late than the SLO target allows for, and falls while "
+    "fewer do.",
     "latency_resets": "Times the online latency correction was dropped as stale: an idle engine was about to "
     "refuse a request on a correction no forward had renewed for stale_s (planning from the profile again).",
 }

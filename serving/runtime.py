@@ -135,9 +135,9 @@ class Runtime:
             `LearngenePool`; a `SortedNet` cannot pause yet).
         slo_target: the share of admitted, non-best-effort requests that should end within
             budget. Every batch is planned at a quantile of the forwards' recent spread, and
-            that quantile follows the share that ends late (`serving/slo_margin.py`): up
-            while more than half the allowed misses happen, down while fewer do. None:
-            a fixed quantile (0.95).
+            that quantile follows the share that ends late (`serving/slo_margin.py`): down
+            while fewer than half the allowed misses happen, back up (never past 0.95) while
+            more do. None: a fixed quantile (0.95).
 
     Raises:
         ConfigError: a bad setting; no thread is left running.

@@ -19,6 +19,15 @@ controller on log(1 − quantile): each request moves it by `GAIN × (aim − sh
 so the quantile rises while more requests end late than aimed for and falls while fewer
 do, within `BOUNDS`. The half leaves room for the share's noise (at 0.5 % a window of
 `WINDOW` requests sees about 2.5 late ones). Pure Python; the scheduler owns one.
+
+It never rises above 0.95, the fixed value it replaced: a margin buys fewer late endings
+only where they come from the forwards' ordinary spread. On the development machine the
+demo's misses come from stalls no quantile covers: with a ceiling of 0.99 the feedback
+climbed to 0.97–0.99 in two load runs (8c3d3ed and one after it), refused up to 14 points
+more requests than the fixed quantile and put no more of them in budget (98.98 % against
+98.69 % at Poisson 1×), costing 3.6–10.6 points of effective accuracy under Poisson load
+(−10.6, interval −19.4 to −1.8, at 2×). Below the ceiling it only spends margin that the
+SLO shows to be unused.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from elastic.errors import ConfigError
 
 WINDOW = 512  # requests: the late share's exponential memory
 GAIN = 1e-3  # per request: the step of log(1 - quantile) at a relative error of 1
-BOUNDS = (0.5, 0.99)  # the quantile stays within (a p99 of 256 residuals is their 3rd largest)
+BOUNDS = (0.5, 0.95)  # the quantile stays within: down to a median, up to the fixed 0.95 it replaced
 
 
 def check_slo_target(slo: object) -> float:
