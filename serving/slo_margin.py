@@ -23,9 +23,10 @@ do, within `BOUNDS`. The half leaves room for the share's noise (at 0.5 % a wind
 It never rises above 0.95, the fixed value it replaced: a margin buys fewer late endings
 only where they come from the forwards' ordinary spread. On the development machine the
 demo's misses come from stalls no quantile covers: with a ceiling of 0.99 the feedback
-climbed to 0.97–0.99 in two load runs (8c3d3ed and one after it), refused up to 14 points
-more requests than the fixed quantile and put no more of them in budget (98.98 % against
-98.69 % at Poisson 1×), costing 3.6–10.6 points of effective accuracy under Poisson load
+climbed to 0.97–0.99 in two load runs (bench/results at 8c3d3ed, and `elastic bench load
+--scenario demo` at ca73fcb, not kept), refused up to 14 points more requests than the
+fixed quantile and put hardly more of them in budget (98.98 % against 98.69 % at Poisson
+1×), costing 3.6–10.6 points of effective accuracy under Poisson load in the second run
 (−10.6, interval −19.4 to −1.8, at 2×). Below the ceiling it only spends margin that the
 SLO shows to be unused.
 """
