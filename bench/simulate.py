@@ -158,7 +158,8 @@ def simulate(
             r = requests.pop(s.request_id)
             outcomes[r.id] = Outcome(SHED, r.budget_ms, reason=s.reason)
             missed += s.reason == "deadline"
-        sched.observe_outcomes(missed, missed)  # as the engine reports them (`EngineCore._shed`)
+        if missed:  # as the engine reports them (`EngineCore._shed`)
+            sched.observe_outcomes(missed, missed)
 
     def answer(batch, forward: float, overhead: float) -> None:
         late = 0
