@@ -58,7 +58,6 @@ from typing import Any
 
 import torch
 
-from elastic.errors import ConfigError
 from elastic.serving import Runtime
 
 from .arrivals import BudgetDistribution, on_off, poisson
@@ -203,7 +202,7 @@ def run_one(
                 batch_wait_ms=BATCH_WAIT_MS,
                 lanes=lanes,
                 executor=scenario.executor_for(model),
-                preempt=scenario.preempt,
+                preempt=None if scenario.preempt else False,  # None: the runtime's default
                 slo_target=slo_target,
             ) as rt,
         ):
@@ -319,10 +318,8 @@ def run(args: argparse.Namespace) -> dict:
     executor = getattr(args, "executor", None) or "eager"
     if executor != "eager":
         chosen = {name: _served_by(build, executor) for name, build in chosen.items()}
-    if getattr(args, "preempt", False):
-        if executor != "eager":
-            raise ConfigError(f"--preempt needs the eager executor (the {executor} executor cannot pause)")
-        chosen = {name: _preempting(build) for name, build in chosen.items()}
+    if getattr(args, "no_preempt", False):
+        chosen = {name: _never_pausing(build) for name, build in chosen.items()}
     return run_scenarios(chosen, plan, args.out, args.command, args.seed, bool(getattr(args, "simulate", False)))
 
 
@@ -332,20 +329,21 @@ def _served_by(build: Callable[[], Scenario], executor: str) -> Callable[[], Sce
     def built() -> Scenario:
         scenario = build()
         scenario.executor = executor
+        scenario.preempt = False  # it runs a forward as one call
         scenario.label += f"; forwards through the {executor} executor (INFaaS's separate models: eager)"
         return scenario
 
     return built
 
 
-def _preempting(build: Callable[[], Scenario]) -> Callable[[], Scenario]:
-    """`build`, with batches pausing at block boundaries for urgent requests, real and
-    simulated (`Runtime(preempt=True)`), and labelled so."""
+def _never_pausing(build: Callable[[], Scenario]) -> Callable[[], Scenario]:
+    """`build`, with batches that never pause at block boundaries, real and simulated
+    (`Runtime(preempt=False)`; the default pauses them for urgent requests), and labelled so."""
 
     def built() -> Scenario:
         scenario = build()
-        scenario.preempt = True
-        scenario.label += "; batches pause at block boundaries for urgent requests (INFaaS's separate models: never)"
+        scenario.preempt = False
+        scenario.label += "; batches never pause (preempt=False)"
         return scenario
 
     return built
@@ -423,6 +421,7 @@ def _run_scenario(
     common = {
         "label": scenario.label,
         "executor": scenario.executor,
+        "preempt": scenario.preempt,
         "accuracy_source": scenario.accuracy_source,
         "notes": scenario.notes,
         "calibration": calib.to_dict(),

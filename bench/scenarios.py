@@ -58,7 +58,7 @@ class Scenario:
     capacity_singles: int = 30  # single requests timed for the served batch-1 latency
     notes: dict[str, Any] = field(default_factory=dict)  # recorded in the results
     executor: str = "eager"  # how real runs execute the model's forwards (`elastic.serving.EXECUTORS`)
-    preempt: bool = False  # batches pause at the model's stage boundaries for urgent requests
+    preempt: bool = True  # batches pause at stage boundaries for urgent requests (`Runtime`'s default)
     _variants: AnchorVariants | None = None
     _executors: dict[int, Executor] = field(default_factory=dict)
 

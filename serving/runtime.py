@@ -129,10 +129,11 @@ class Runtime:
         preempt: let a running batch pause between two blocks for a request it would
             otherwise make late (`serving/preemption.py`): admitted as urgent, that request
             runs at the batch's next block boundary when the batch, the queue and it all stay
-            on time; the scheduler prices a batch's busy period by one block instead of the
-            whole batch. Needs a pausable executor ("eager") and a model whose subnets have
+            on time; the scheduler prices a batch's busy period by the wait a tight arrival can
+            expect from it. Needs a pausable executor ("eager") and a model whose subnets have
             stage boundaries (`ElasticModel.stage_fractions`: the blocks of a `StitchedNet` or
-            `LearngenePool`; a `SortedNet` cannot pause yet).
+            `LearngenePool`; a `SortedNet` cannot pause yet). None (default): on exactly when
+            both hold; True: required (`ConfigError` otherwise); False: batches never pause.
         slo_target: the share of admitted, non-best-effort requests that should end within
             budget. Every batch is planned at a quantile of the forwards' recent spread, and
             that quantile follows the share that ends late (`serving/slo_margin.py`): down
@@ -167,7 +168,7 @@ class Runtime:
         lanes: int = 1,
         lane_split_ms: float | None = None,
         warm: bool = True,
-        preempt: bool = False,
+        preempt: bool | None = None,
         slo_target: float | None = 0.99,
     ):
         # every check first: a failure here leaves no thread behind
@@ -211,12 +212,14 @@ class Runtime:
             raise ConfigError(str(e)) from e
         self._owns_executor = not isinstance(executor, Executor)  # made here: closed here
         self._stages = None  # subnet id -> stage boundaries, with preemption
-        if preempt:
-            if not self.executor.pausable:
-                if self._owns_executor:
-                    self.executor.close()
-                raise ConfigError(f"preempt=True needs an executor that can pause; {self.executor.name!r} cannot")
-            self._stages = {s.id: self.model.stage_fractions(s.id) for s in self.model.subnets()}
+        if preempt and not self.executor.pausable:
+            if self._owns_executor:
+                self.executor.close()
+            raise ConfigError(f"preempt=True needs an executor that can pause; {self.executor.name!r} cannot")
+        if preempt or (preempt is None and self.executor.pausable):
+            stages = {s.id: self.model.stage_fractions(s.id) for s in self.model.subnets()}
+            if preempt or any(stages.values()):  # auto: only a model that can pause somewhere
+                self._stages = stages
         self._check_sample = SampleCheck(self.model, self.dtype)
         self._clock = clock
         self.metrics = ServingMetrics(window=metrics_window)
@@ -371,6 +374,11 @@ class Runtime:
     @property
     def latency_profile(self) -> LatencyProfile | None:
         return self._engine.scheduler.profile if self._engine.scheduler is not None else None
+
+    @property
+    def preempts(self) -> bool:
+        """Whether a running batch may pause at block boundaries for urgent requests."""
+        return self._stages is not None
 
     @property
     def scheduler(self) -> BudgetScheduler | None:

@@ -28,10 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--simulate", action="store_true", help="load: only the simulated sweep (virtual clock), no real runs"
     )
     p.add_argument(
-        "--preempt",
+        "--no-preempt",
         action="store_true",
-        help="load: batches pause at block boundaries for urgent requests, real and simulated "
-        "(Runtime(preempt=True), serving/preemption.py)",
+        help="load: batches never pause at block boundaries for urgent requests, real and simulated "
+        "(Runtime(preempt=False); by default they do, serving/preemption.py)",
     )
     p.add_argument(
         "--executor",
@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         read_manifest(args.model)  # a missing or malformed --model
     require_writable_dir(args.out)
-    if getattr(args, "preempt", False) and args.suite != "load":
+    if getattr(args, "no_preempt", False) and args.suite != "load":
         from elastic.errors import ConfigError
 
-        raise ConfigError("--preempt goes with the load suite only")
+        raise ConfigError("--no-preempt goes with the load suite only")
     suites = SUITES if args.suite == "all" else [args.suite]
     if getattr(args, "threads", 0):
         import torch

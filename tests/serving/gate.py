@@ -1,6 +1,22 @@
-"""A forward that blocks: hold the runtime's worker inside a batch while a test acts."""
+"""Injected forwards: hold the runtime's worker inside a batch, or make a forward fail, while a
+test acts.
+
+A runtime runs a forward through `model.forward`, or through `model.forward_stages` when the
+batch may pause at block boundaries (preemption, on by default for a stitched model): an
+injected forward replaces both, the staged one running it whole (no pause)."""
 
 import threading
+
+
+def patch_forward(monkeypatch, model, forward) -> None:
+    """Serve `model` with `forward(x, subnet=0)` on both of the runtime's paths."""
+
+    def forward_stages(x, subnet=0):
+        return forward(x, subnet=subnet)
+        yield  # unreachable: makes this a generator that never pauses
+
+    monkeypatch.setattr(model, "forward", forward)
+    monkeypatch.setattr(model, "forward_stages", forward_stages)
 
 
 class Gate:
@@ -18,4 +34,4 @@ class Gate:
                 self.release.wait(60)
             return original(x, subnet=subnet)
 
-        monkeypatch.setattr(model, "forward", forward)
+        patch_forward(monkeypatch, model, forward)

@@ -12,6 +12,7 @@ from concurrent.futures import Future, wait
 
 import pytest
 import torch
+from gate import patch_forward  # sibling helper module
 
 from elastic.errors import BudgetInfeasible, ElasticError, ExecutionError, InvalidInput, Overloaded
 from elastic.serving import LatencyProfile, Result, Runtime
@@ -32,7 +33,7 @@ def poison_forward(monkeypatch, model):
             raise RuntimeError("injected forward failure")
         return original(x, subnet=subnet)
 
-    monkeypatch.setattr(model, "forward", forward)
+    patch_forward(monkeypatch, model, forward)
 
 
 def count(rt, outcome):
@@ -191,7 +192,7 @@ def test_close_without_drain_sheds_the_queue_with_a_typed_error(served_model, se
         gate.wait(60)
         return original(x, subnet=subnet)
 
-    monkeypatch.setattr(served_model, "forward", blocked_forward)
+    patch_forward(monkeypatch, served_model, blocked_forward)
     rt = Runtime(served_model, max_batch_size=2, max_queue=1024, profile=served_profile, warm=False)
     running = rt.submit(sample(0), GENEROUS_MS)
     assert entered.wait(30)  # the worker holds request 0; the 200 below stay queued
@@ -220,7 +221,7 @@ def test_full_queue_sheds_load_and_priority_evicts(served_model, served_profile,
         gate.wait(60)
         return original(x, subnet=subnet)
 
-    monkeypatch.setattr(served_model, "forward", blocked_forward)
+    patch_forward(monkeypatch, served_model, blocked_forward)
     rt = Runtime(served_model, max_batch_size=1, max_queue=2, profile=served_profile, warm=False)
     try:
         running = rt.submit(sample(0), GENEROUS_MS)
@@ -250,7 +251,7 @@ def test_infer_async(rt, served_model, monkeypatch):
             gate.wait(60)
         return original(x, subnet=subnet)
 
-    monkeypatch.setattr(served_model, "forward", blocked_forward)
+    patch_forward(monkeypatch, served_model, blocked_forward)
     plug = rt.submit(sample(99), GENEROUS_MS)
     assert entered.wait(30)
 
@@ -344,7 +345,7 @@ def test_admitted_request_whose_deadline_passes_in_the_queue_is_shed(served_mode
         gate.wait(60)
         return original(x, subnet=subnet)
 
-    monkeypatch.setattr(served_model, "forward", blocked_forward)
+    patch_forward(monkeypatch, served_model, blocked_forward)
     rt = Runtime(served_model, max_batch_size=1, profile=served_profile, warm=False)
     try:
         running = rt.submit(sample(0), GENEROUS_MS)

@@ -1,5 +1,6 @@
 """`Runtime(preempt=True)`: a real StitchedNet pauses a long batch between two blocks for an
-urgent request, and both answers equal the model's own forward."""
+urgent request, and both answers equal the model's own forward; by default (`preempt=None`)
+a runtime preempts exactly when its executor and model can pause."""
 
 import threading
 from concurrent.futures import wait
@@ -78,6 +79,24 @@ def test_a_tight_request_runs_between_two_blocks_of_a_long_batch(tiny_stitched, 
 def test_preempt_needs_an_executor_that_can_pause(tiny_stitched):
     with pytest.raises(ConfigError, match="cannot"):
         Runtime(tiny_stitched, profile=profile(), executor="compiled", preempt=True, warm=False)
+
+
+def test_by_default_a_runtime_preempts_where_executor_and_model_can_pause(tiny_stitched):
+    with Runtime(tiny_stitched, profile=profile(), warm=False) as rt:
+        assert rt.preempts  # eager executor, a stitched model with block boundaries
+        assert rt.scheduler.block_fraction() < 1.0  # a long batch is priced by one stage
+    with Runtime(tiny_stitched, profile=profile(), warm=False, preempt=False) as rt:
+        assert not rt.preempts and rt.scheduler.block_fraction() == 1.0
+    with Runtime(tiny_stitched, profile=profile(), executor="compiled", warm=False) as rt:
+        assert not rt.preempts  # the executor runs a forward as one call: no error, no pausing
+
+
+def test_by_default_a_model_that_cannot_pause_does_not_preempt(tiny_stitched, monkeypatch):
+    monkeypatch.setattr(tiny_stitched, "stage_fractions", lambda subnet: ())  # as a SortedNet
+    with Runtime(tiny_stitched, profile=profile(), warm=False) as rt:
+        assert not rt.preempts
+    with Runtime(tiny_stitched, profile=profile(), warm=False, preempt=True) as rt:
+        assert rt.preempts  # asked for: a preempting scheduler, though nothing pauses
 
 
 def test_two_lanes_that_preempt_end_every_request_once(tiny_stitched):

@@ -13,7 +13,7 @@ from concurrent.futures import wait
 
 import pytest
 import torch
-from gate import Gate  # sibling helper module
+from gate import Gate, patch_forward  # sibling helper module
 
 from elastic.errors import (
     BudgetInfeasible,
@@ -157,7 +157,7 @@ def test_a_base_exception_in_forward_fails_everything_pending_and_refuses_new_wo
         original(x, subnet=subnet)  # blocks the first time (the gate)
         raise Fatal("the forward pulled the rug")
 
-    monkeypatch.setattr(served_model, "forward", forward)
+    patch_forward(monkeypatch, served_model, forward)
     rt = Runtime(served_model, max_batch_size=2, profile=served_profile, warm=False)
     try:
         running = rt.submit(sample(0), GENEROUS_MS)
@@ -187,7 +187,7 @@ def test_an_error_inside_the_error_handler_still_fails_every_request(served_mode
         original(x, subnet=subnet)
         raise RuntimeError("injected forward failure")
 
-    monkeypatch.setattr(served_model, "forward", forward)
+    patch_forward(monkeypatch, served_model, forward)
     rt = Runtime(served_model, max_batch_size=2, profile=served_profile, warm=False)
 
     def broken(*args, **kwargs):
@@ -213,7 +213,7 @@ def test_close_after_a_dead_worker_leaves_nothing_pending(served_model, served_p
     def forward(x, subnet=0):
         raise Fatal("dead on arrival")
 
-    monkeypatch.setattr(served_model, "forward", forward)
+    patch_forward(monkeypatch, served_model, forward)
     rt = Runtime(served_model, profile=served_profile, warm=False)
     futures = []
     for i in range(20):

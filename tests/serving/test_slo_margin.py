@@ -101,7 +101,8 @@ def test_the_engine_reports_late_answers_and_deadline_sheds_not_best_effort_or_o
     served_model, served_profile, monkeypatch
 ):
     offset = [0.0]
-    rt = Runtime(served_model, profile=served_profile, clock=lambda: time.perf_counter() + offset[0])
+    # preempt=False: every forward goes through `executor.run`, which the test slows
+    rt = Runtime(served_model, profile=served_profile, clock=lambda: time.perf_counter() + offset[0], preempt=False)
     try:
         engine = rt._engine
         seen: list[tuple[int, int]] = []

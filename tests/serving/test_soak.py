@@ -104,7 +104,12 @@ def soak(served_model, served_profile):
             raise InjectedFailure("a marked sample reached the forward")
         return original(x, subnet=subnet)
 
+    def forward_stages(x, subnet=0):  # the path of a batch that may pause: the same, whole
+        return forward(x, subnet=subnet)
+        yield  # unreachable: makes this a generator
+
     served_model.forward = forward  # an instance attribute: nn.Module.__call__ finds it first
+    served_model.forward_stages = forward_stages
     rng = random.Random(0)
     kinds = rng.choices(list(KINDS), weights=list(KINDS.values()), k=REQUESTS)
     inputs = _inputs()
@@ -151,7 +156,7 @@ def soak(served_model, served_profile):
         }
         rt.close(drain=True, timeout=60)
     finally:
-        del served_model.forward
+        del served_model.forward, served_model.forward_stages
 
 
 def _outcomes(soak) -> list[tuple[str, str, object]]:

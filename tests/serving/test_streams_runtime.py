@@ -15,6 +15,7 @@ from concurrent.futures import Future
 
 import pytest
 import torch
+from gate import patch_forward  # sibling helper module
 from test_streams import solo  # sibling test module: one stream stepped alone
 from torch import nn
 
@@ -125,7 +126,7 @@ def test_refused_and_failed_encodings_are_typed_errors_and_skipped(served_model,
             raise RuntimeError("encoder died")
         return forward(x, subnet)
 
-    monkeypatch.setattr(served_model, "forward", failing)
+    patch_forward(monkeypatch, served_model, failing)
     with Runtime(served_model, max_batch_size=4, policy="static:0", profile=served_profile, warm=False) as rt:
         a, b = open_stream(rt, head, budget_ms=1e6), open_stream(rt, head, budget_ms=1e6)
         out_a, out_b, kept_a = [], [], []
