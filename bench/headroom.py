@@ -1,10 +1,10 @@
 """headroom: how far the load suite's contenders sit below what any schedule could reach.
 
 Reads the load suite's real results (`<out>/load.json`), regenerates each run's trace from
-its seed — the arrivals and budgets every contender got — and solves the fluid bound
-(`bench/bounds.py`) on it twice: over every subnet the contenders could serve (the front and
-the two anchors: `Calibration.statics`), and over the oracle best static's one subnet. The
-bound uses the run's own calibration (profile medians, the runtime's fitted per-batch and
+its seed — the arrivals and budgets every contender got, past the unscored warm-up — and
+solves the fluid bound (`bench/bounds.py`) on it twice: over every subnet the contenders
+could serve (the front and the two anchors: `Calibration.statics`), and over the oracle best
+static's one subnet. The bound uses the run's own calibration (profile medians, the runtime's fitted per-batch and
 per-request cost, the budgets), so a rerun on the same file gives the same numbers.
 
 What it tells: the bound over all subnets minus the oracle is what per-request choice could
@@ -35,7 +35,7 @@ from .arrivals import BudgetDistribution
 from .bounds import fluid_bound
 from .calibrated import read_load_run
 from .harness import markdown_table, write_results
-from .load import workload
+from .load import warmed_workload
 from .load_calibration import MAX_BATCH
 from .simulate import ServiceModel
 from .stats import mean_interval, paired_difference
@@ -100,9 +100,12 @@ def headroom(sc: dict[str, Any], accuracy: dict[int, float]) -> dict[str, Any]:
         statics = [r for r in runs if r["policy"] == p["oracle"]["policy"]]
         every, alone = [], []
         for r in elastic:
-            arrivals, budget = workload(
-                p["pattern"], p["load"] * calib["capacity_per_s"], r["duration_s"], budgets, r["seed"]
+            warm_s = r.get("warmup_s", 0.0)  # runs before warm-ups were scored from their start
+            arrivals, budget, first = warmed_workload(
+                p["pattern"], p["load"] * calib["capacity_per_s"], warm_s, r["duration_s"], budgets, r["seed"]
             )
+            # the scored part alone (a ceiling: the warm-up's backlog could only lower it)
+            arrivals, budget = [t - warm_s for t in arrivals[first:]], budget[first:]
             if len(arrivals) != r["requests"]:
                 raise ValueError(
                     f"seed {r['seed']!r} gives {len(arrivals)} arrivals, the run had {r['requests']}: "

@@ -22,7 +22,7 @@ import logging
 import statistics
 
 from .harness import markdown_table, write_results
-from .load import FULL, QUICK, Span, run_one, workload
+from .load import FULL, QUICK, Span, run_one, warmed_workload
 from .load_calibration import BATCH_WAIT_MS, MAX_BATCH, calibrate
 from .scenarios import deit_scenario
 from .stats import mean_interval, paired_difference
@@ -47,10 +47,12 @@ def run(args: argparse.Namespace) -> dict:
             scores: dict[str, list[dict]] = {f"{p} × {n}": [] for p, n in contenders}
             for r in range(seeds):
                 key = f"lanes/deit/{pattern}/{load}/{r}"
-                arrivals, budgets = workload(pattern, rate, span.seconds(rate), calib.budgets, key)
+                arrivals, budgets, first = warmed_workload(
+                    pattern, rate, plan.warmup.seconds(rate), span.seconds(rate), calib.budgets, key
+                )
                 order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
                 for policy, lanes in order:
-                    s = run_one("real", scenario, calib, policy, arrivals, budgets, key, lanes=lanes)
+                    s = run_one("real", scenario, calib, policy, arrivals, budgets, key, lanes=lanes, scored_from=first)
                     scores[f"{policy} × {lanes}"].append(s)
                     log.info("%s %.2gx seed %d %s × %d: %.3f", pattern, load, r, policy, lanes, s["effective_accuracy"])
             acc = {name: [s["effective_accuracy"] for s in ss] for name, ss in scores.items()}
@@ -103,12 +105,20 @@ def run(args: argparse.Namespace) -> dict:
     )
     head = (
         f"DeiT scenario, real runs: capacity (1×) {calib.capacity_per_s:.1f} req/s (largest anchor served, one lane);"
-        f" budgets {calib.budgets.describe()}; {seeds} seeds; max batch {MAX_BATCH}, batch wait {BATCH_WAIT_MS} ms."
+        f" budgets {calib.budgets.describe()}; {seeds} seeds; max batch {MAX_BATCH}, batch wait {BATCH_WAIT_MS} ms;"
+        f" each run scored after an unscored warm-up of {plan.warmup.min_s:g}–{plan.warmup.max_s:g} s of its trace"
+        " (bench/load.py)."
         " The two-lane runtime splits budgets at four times the fastest candidate's batch-1 service (elastic);"
         " the static subnet's lanes take requests least loaded first.\n\n"
     )
     table = head + table + "\n\n" + diffs
-    method = {"loads": list(LOADS), "patterns": list(PATTERNS), "seeds": seeds, "span": vars(span)}
+    method = {
+        "loads": list(LOADS),
+        "patterns": list(PATTERNS),
+        "seeds": seeds,
+        "span": vars(span),
+        "warmup": vars(plan.warmup),
+    }
     write_results(args.out, "lanes", {"method": method, "points": points}, table, args.command)
     return {"points": points, "table": table}
 

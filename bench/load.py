@@ -25,6 +25,11 @@ Method: each (scenario, pattern, load) is run with `repeats` seeds; a seed fixes
 the budgets and (for drawn correctness) the draws, and every contender runs on it — in a
 shuffled order, all of them before the next seed. Reported: the mean over seeds and its 95 %
 Student-t interval; elastic vs the oracle as a paired difference per seed with its interval.
+Every run is one continuous trace whose first `warmup` seconds are not scored: each contender
+gets a fresh runtime, and a run scored from its first request would weigh what the runtime
+learns in its first second (arrival rate, forward correction, measured tail, planning
+margin) as much as the steady state of a server that runs for hours; the warm-up requests
+run like all others, on the same process, and only the rest count.
 
 Two modes, reported apart (`load.*` real, `load_sim.*` simulated), never mixed:
 - simulated (`bench/simulate.py`): the real scheduler on a virtual clock over the measured
@@ -47,6 +52,7 @@ the tables and the plot in `bench/load_report.py`; the runs and the sweep here.
 from __future__ import annotations
 
 import argparse
+import bisect
 import logging
 import random
 import statistics
@@ -106,6 +112,7 @@ class LoadPlan:
     sim_span: Span  # arrivals of one simulated run (virtual seconds)
     oracle_extra: int  # front subnets run statically for real besides the two anchors
     deit_front: int  # published-front subnets of the DeiT scenario to profile and serve
+    warmup: Span = Span(0.0, 0.0, 0)  # unscored arrivals before every run's scored ones
 
 
 FULL = LoadPlan(
@@ -120,6 +127,9 @@ FULL = LoadPlan(
     sim_span=Span(4.0, 60.0, 4000),
     oracle_extra=2,
     deit_front=6,
+    # DeiT: 3 s up to 2x (the 32 batches before the measured tail replaces the profile's at
+    # about 1x), 2 s at 3x; the demo: 1 s, a thousand requests and more
+    warmup=Span(1.0, 3.0, 200),
 )
 QUICK = LoadPlan(
     patterns=("poisson",),
@@ -131,6 +141,7 @@ QUICK = LoadPlan(
     sim_span=Span(2.0, 30.0, 200),
     oracle_extra=1,
     deit_front=2,
+    warmup=Span(0.5, 1.0, 20),
 )
 
 
@@ -148,6 +159,15 @@ def workload(
     return arrivals, [budgets.sample(rng) for _ in arrivals]
 
 
+def warmed_workload(
+    pattern: str, rate: float, warmup_s: float, duration_s: float, budgets: BudgetDistribution, seed: str
+) -> tuple[list[float], list[float], int]:
+    """One continuous trace of `warmup_s` + `duration_s` seconds (`workload`) and the index of
+    its first request at or after `warmup_s`: the ones before it warm the runtime up, unscored."""
+    arrivals, budget = workload(pattern, rate, warmup_s + duration_s, budgets, seed)
+    return arrivals, budget, bisect.bisect_left(arrivals, warmup_s)
+
+
 def contender_name(policy: str, calib: Calibration) -> str:
     if policy == FIXED_MARGIN:
         return "elastic, fixed margin"
@@ -159,9 +179,18 @@ def contender_name(policy: str, calib: Calibration) -> str:
 
 
 def run_one(
-    mode: str, scenario: Scenario, calib: Calibration, policy: str, arrivals, budgets, seed: str, lanes: int = 1
+    mode: str,
+    scenario: Scenario,
+    calib: Calibration,
+    policy: str,
+    arrivals,
+    budgets,
+    seed: str,
+    lanes: int = 1,
+    scored_from: int = 0,
 ) -> dict[str, Any]:
-    """One contender on one workload, real or simulated (one lane only); its score."""
+    """One contender on one workload, real or simulated (one lane only); its score over the
+    requests from `scored_from` on (those before warm the runtime up, `warmed_workload`)."""
     infaas = policy == "infaas"
     fixed_margin = policy == FIXED_MARGIN
     runtime_policy = "elastic" if infaas or fixed_margin else policy
@@ -188,7 +217,7 @@ def run_one(
             stages=stages,
             slo_target=slo_target,
             on_end=lambda sched: extra.update(planning_quantile=sched.latency.forward.tail_quantile),
-        )
+        )[scored_from:]
     else:
         model = scenario.variants() if infaas else scenario.model
         profile = calib.variants_profile if infaas else calib.profile
@@ -209,7 +238,14 @@ def run_one(
             lag: list[float] = []
             forward: list[float] = []
             outcomes = replay_outcomes(
-                rt, scenario.images, arrivals, budgets, scenario.real_judge(seed), lag=lag, forward_ms=forward
+                rt,
+                scenario.images,
+                arrivals,
+                budgets,
+                scenario.real_judge(seed),
+                lag=lag,
+                forward_ms=forward,
+                scored_from=scored_from,
             )
             # where the planning margin ended (with several lanes, the last one's; `slo_target=None` keeps its start)
             extra["planning_quantile"] = rt.metrics.registry.get_sample_value("elastic_planning_quantile")
@@ -241,11 +277,13 @@ def sweep(
     span: Span,
     statics_at: dict[tuple[str, float], list[int]] | None,
     seed: int,
+    warmup: Span = Span(0.0, 0.0, 0),
 ) -> list[dict[str, Any]]:
     """Every contender at every (pattern, load), `repeats` seeds, interleaved within a seed.
 
     Args:
         statics_at: (pattern, load) -> static subnets to run there; None runs every static.
+        warmup: the unscored start of every run (`warmed_workload`).
     """
     runs = []
     for pattern in patterns:
@@ -255,12 +293,15 @@ def sweep(
             for r in range(repeats):
                 key = f"{seed}/{scenario.name}/{pattern}/{load}/{r}"
                 rate = load * calib.capacity_per_s
-                arrivals, budgets = workload(pattern, rate, span.seconds(rate), calib.budgets, key)
+                warm_s = warmup.seconds(rate)
+                arrivals, budgets, first = warmed_workload(
+                    pattern, rate, warm_s, span.seconds(rate), calib.budgets, key
+                )
                 order = policies[:]
                 random.Random(f"order/{key}").shuffle(order)
                 for policy in order:
                     t0 = time.perf_counter()
-                    result = run_one(mode, scenario, calib, policy, arrivals, budgets, key)
+                    result = run_one(mode, scenario, calib, policy, arrivals, budgets, key, scored_from=first)
                     runs.append(
                         {
                             "scenario": scenario.name,
@@ -271,6 +312,8 @@ def sweep(
                             "policy": policy,
                             "contender": contender_name(policy, calib),
                             "duration_s": span.seconds(rate),
+                            "warmup_s": warm_s,
+                            "warmup_requests": first,
                             "wall_s": time.perf_counter() - t0,
                             **result,
                         }
@@ -376,6 +419,8 @@ def run_scenarios(
     method = {
         "repeats": "each (scenario, pattern, load) run on several seeds; every contender on each seed, in a "
         "shuffled order, all before the next seed",
+        "warmup": "each run is one continuous trace; the requests of its first `warmup` seconds (per scenario, "
+        "from the offered rate) run like the others but are not scored",
         "interval": "mean over seeds, two-sided 95 % Student-t interval; elastic − oracle as a paired difference",
         "oracle": "oracle best static = the static subnet with the best mean effective accuracy at that point",
         "targets": {
@@ -427,7 +472,9 @@ def _run_scenario(
         "calibration": calib.to_dict(),
     }
     t0 = time.perf_counter()
-    sim_runs = sweep("sim", scenario, calib, plan.patterns, plan.sim_loads, plan.sim_repeats, plan.sim_span, None, seed)
+    sim_runs = sweep(
+        "sim", scenario, calib, plan.patterns, plan.sim_loads, plan.sim_repeats, plan.sim_span, None, seed, plan.warmup
+    )
     sim_points = summarize(sim_runs, calib)
     sim_result = {
         **common,
@@ -435,6 +482,7 @@ def _run_scenario(
         + "; in simulation every answer's correctness is drawn with its subnet's accuracy",
         "seeds": plan.sim_repeats,
         "span": vars(plan.sim_span),
+        "warmup": vars(plan.warmup),
         "seconds": time.perf_counter() - t0,
         "points": sim_points,
         "runs": sim_runs,
@@ -444,11 +492,14 @@ def _run_scenario(
     t0 = time.perf_counter()
     statics_at = shortlist(sim_points, plan, calib)
     real_loads = calib.real_loads(plan.real_loads)
-    real_runs = sweep("real", scenario, calib, plan.patterns, real_loads, plan.repeats, plan.span, statics_at, seed)
+    real_runs = sweep(
+        "real", scenario, calib, plan.patterns, real_loads, plan.repeats, plan.span, statics_at, seed, plan.warmup
+    )
     real_result = {
         **common,
         "seeds": plan.repeats,
         "span": vars(plan.span),
+        "warmup": vars(plan.warmup),
         "seconds": time.perf_counter() - t0,
         "oracle_note": (
             "statics run for real at each point: the smallest and largest anchors plus the "

@@ -149,7 +149,9 @@ def tables(scenarios: dict[str, dict[str, Any]], mode: str) -> str:
             f"## {label}: {name} — {sc['label']}\n\nAccuracy: {sc['accuracy_source']}.\n"
             f"Capacity (1×) = {sc['calibration']['capacity_per_s']:.1f} req/s (largest anchor served); "
             f"budgets {sc['calibration']['budgets']}; middle range (largest anchor cannot keep up, smallest can): "
-            f"{lo:.2g}× < load ≤ {hi:.2g}×. Mean ± 95 % t-interval over {sc['seeds']} seeds.\n"
+            f"{lo:.2g}× < load ≤ {hi:.2g}×. Mean ± 95 % t-interval over {sc['seeds']} seeds."
+            + _warmup_note(sc.get("warmup"))
+            + "\n"
             + _bound_line(sc["calibration"].get("no_queue_bound"))
         )
         rows = []
@@ -280,6 +282,16 @@ def _machine_table(sc: dict[str, Any]) -> str:
     )
     return head + markdown_table(
         ["pattern", "load ×", "forward p50 ms", "forward p99 ms", "forward max ms", "submit lag p50 ms"], rows
+    )
+
+
+def _warmup_note(warmup: dict | None) -> str:
+    """How much of each run warmed the runtime up, unscored (nothing for results without it)."""
+    if not warmup or not warmup["max_s"]:
+        return ""
+    return (
+        f" Each run is scored after an unscored warm-up of its own trace: {warmup['requests']} requests' worth"
+        f" at the offered rate, {warmup['min_s']:g}–{warmup['max_s']:g} s."
     )
 
 

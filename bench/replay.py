@@ -34,8 +34,10 @@ def replay_outcomes(
     timeout_s: float = 60.0,
     lag: list[float] | None = None,
     forward_ms: list[float] | None = None,
+    scored_from: int = 0,
 ) -> list[Outcome]:
-    """Submit request k at `arrivals_s[k]` seconds from now; one `Outcome` per request.
+    """Submit request k at `arrivals_s[k]` seconds from now; one `Outcome` per request from
+    `scored_from` on.
 
     Args:
         runtime: a profiled `elastic.serving.Runtime`.
@@ -49,6 +51,8 @@ def replay_outcomes(
             (a driver that falls behind offers less load than asked).
         forward_ms: if given, receives the forward time (`Result.exec_ms`) of each answered
             request's batch: what the machine gave the worker under this load.
+        scored_from: the requests before it warm the runtime up: they run and are waited
+            for like the others, but get no `Outcome`, lag or forward time.
 
     Shape:
         images: (N, C, H, W)
@@ -64,7 +68,7 @@ def replay_outcomes(
         delay = t0 + at - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        if lag is not None:
+        if lag is not None and k >= scored_from:
             lag.append(time.perf_counter() - t0 - at)
         try:
             future = runtime.submit(images[k % len(images)], budget)
@@ -90,14 +94,14 @@ def replay_outcomes(
             outcomes[k] = Outcome(FAILED, budget, reason=type(error).__name__)
         elif error is not None:  # not a typed error: the runtime broke its contract
             raise RuntimeError(f"request {k} failed with an untyped error") from error
-        else:
+        elif k >= scored_from:
             r = future.result()
             if forward_ms is not None:
                 forward_ms.append(r.exec_ms)
             index = k % len(images)
             correct = judge(k, index, r.subnet, r.output)
             outcomes[k] = Outcome(ANSWERED, budget, r.subnet, r.latency_ms, r.batch_size, correct)
-    return [o for o in outcomes if o is not None]
+    return [o for o in outcomes[scored_from:] if o is not None]
 
 
 def _shed_reason(error: Exception) -> str:

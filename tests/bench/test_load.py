@@ -9,13 +9,14 @@ import torch
 
 from elastic.bench import headroom, margin, pricing
 from elastic.bench.arrivals import BudgetDistribution
-from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist
+from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist, warmed_workload, workload
 from elastic.bench.load_calibration import Calibration
 from elastic.bench.load_report import FIXED_MARGIN, summarize, target_summary
-from elastic.bench.outcomes import BernoulliJudge
+from elastic.bench.outcomes import ANSWERED, BernoulliJudge
+from elastic.bench.replay import replay_outcomes
 from elastic.bench.scenarios import Scenario
 from elastic.bench.simulate import ServiceModel
-from elastic.serving import LatencyProfile
+from elastic.serving import LatencyProfile, Runtime
 from elastic.serving.predictor import TAIL_QUANTILE
 
 
@@ -175,7 +176,16 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     }
     scenario = tiny_scenario(tiny_stitched, accuracy)
     plan = LoadPlan(
-        ("poisson",), (0.5,), (0.5, 2.0), 3, 2, Span(0.25, 0.5, 10), Span(0.5, 5.0, 100), oracle_extra=1, deit_front=3
+        ("poisson",),
+        (0.5,),
+        (0.5, 2.0),
+        3,
+        2,
+        Span(0.25, 0.5, 10),
+        Span(0.5, 5.0, 100),
+        oracle_extra=1,
+        deit_front=3,
+        warmup=Span(0.25, 0.25, 10),
     )
     result = run_scenarios({"tiny": lambda: scenario}, plan, tmp_path, "test command")
     real = json.loads((tmp_path / "load.json").read_text())
@@ -215,6 +225,12 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
         order = [r["repeat"] for r in runs if r["load"] == load]
         assert order == sorted(order)
     assert all(r["requests"] > 0 and 0.25 <= r["duration_s"] <= 0.5 for r in runs)
+    # every run warmed up on the first 0.25 s of its trace, unscored (headroom below
+    # regenerates each trace and checks its scored part has the run's request count)
+    for doc in (real, sim):
+        assert doc["scenarios"]["tiny"]["warmup"] == {"min_s": 0.25, "max_s": 0.25, "requests": 10}
+        assert all(r["warmup_s"] == 0.25 and r["warmup_requests"] > 0 for r in doc["scenarios"]["tiny"]["runs"])
+    assert "unscored warm-up" in (tmp_path / "load.md").read_text()
     assert all(r["submit_lag_ms"]["max"] >= r["submit_lag_ms"]["p50"] >= 0 for r in runs)
     answered = [r for r in runs if r["answered"]]
     assert answered and all(
@@ -326,3 +342,28 @@ def test_span_aims_for_a_request_count_within_bounds():
     assert span.seconds(1000.0) == 2.0  # a fast model: the floor
     assert span.seconds(10.0) == 4.0  # 40 requests at 10 / s
     assert span.seconds(1.0) == 6.0  # a slow one: the ceiling
+
+
+def test_a_warm_up_is_the_start_of_one_trace():
+    budgets = BudgetDistribution(5.0, 50.0)
+    arrivals, budget, first = warmed_workload("on_off", 400.0, 0.5, 1.0, budgets, "seed")
+    assert (arrivals, budget) == workload("on_off", 400.0, 1.5, budgets, "seed")
+    assert 0 < first < len(arrivals) and arrivals[first - 1] < 0.5 <= arrivals[first]
+    assert warmed_workload("poisson", 400.0, 0.0, 1.0, budgets, "seed")[2] == 0  # no warm-up: all scored
+
+
+def test_warm_up_requests_run_but_are_not_scored(tiny_stitched, one_thread):
+    accuracy = {s.id: 0.9 for s in tiny_stitched.subnets()}
+    scenario = tiny_scenario(tiny_stitched, accuracy)
+    arrivals = [0.002 * k for k in range(12)]
+    budgets = [1e5] * 12  # a static subnet and budgets no forward misses: every request is answered
+    profile = LatencyProfile.from_table({s.id: {1: 1.0, 8: 2.0} for s in tiny_stitched.subnets()})
+    with torch.inference_mode(), Runtime(tiny_stitched, policy="static:0", profile=profile) as rt:
+        lag, forward = [], []
+        outcomes = replay_outcomes(
+            rt, scenario.images, arrivals, budgets, scenario.real_judge(0), lag=lag, forward_ms=forward, scored_from=5
+        )
+        answered = rt.metrics.registry.get_sample_value("elastic_requests_total", {"outcome": "ok"})
+    assert len(outcomes) == len(lag) == len(forward) == 7  # requests 5..11 only
+    assert all(o.status == ANSWERED for o in outcomes)
+    assert answered == 12  # the five before them ran too, and were waited for
