@@ -101,8 +101,15 @@ def headroom(sc: dict[str, Any], accuracy: dict[int, float]) -> dict[str, Any]:
         every, alone = [], []
         for r in elastic:
             warm_s = r.get("warmup_s", 0.0)  # runs before warm-ups were scored from their start
+            # a run with no scored request predates redrawing such traces (6126bc1 and earlier)
             arrivals, budget, first = warmed_workload(
-                p["pattern"], p["load"] * calib["capacity_per_s"], warm_s, r["duration_s"], budgets, r["seed"]
+                p["pattern"],
+                p["load"] * calib["capacity_per_s"],
+                warm_s,
+                r["duration_s"],
+                budgets,
+                r["seed"],
+                redraw=r["requests"] > 0,
             )
             # the scored part alone (a ceiling: the warm-up's backlog could only lower it)
             arrivals, budget = [t - warm_s for t in arrivals[first:]], budget[first:]

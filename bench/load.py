@@ -145,6 +145,9 @@ QUICK = LoadPlan(
 )
 
 
+REDRAWS = 20  # traces `warmed_workload` draws for one with a scored arrival
+
+
 def workload(
     pattern: str, rate: float, duration_s: float, budgets: BudgetDistribution, seed: str
 ) -> tuple[list[float], list[float]]:
@@ -160,12 +163,37 @@ def workload(
 
 
 def warmed_workload(
-    pattern: str, rate: float, warmup_s: float, duration_s: float, budgets: BudgetDistribution, seed: str
+    pattern: str,
+    rate: float,
+    warmup_s: float,
+    duration_s: float,
+    budgets: BudgetDistribution,
+    seed: str,
+    *,
+    redraw: bool = True,
 ) -> tuple[list[float], list[float], int]:
     """One continuous trace of `warmup_s` + `duration_s` seconds (`workload`) and the index of
-    its first request at or after `warmup_s`: the ones before it warm the runtime up, unscored."""
-    arrivals, budget = workload(pattern, rate, warmup_s + duration_s, budgets, seed)
-    return arrivals, budget, bisect.bisect_left(arrivals, warmup_s)
+    its first request at or after `warmup_s`: the ones before it warm the runtime up, unscored.
+
+    A trace with no arrival in its scored part (an on/off off period that outlasts a short
+    window) measures nothing, yet would score 0 for every contender. With `redraw` such a
+    trace is drawn again, from `seed` + "/redraw k" for k = 1, 2, ...: still a function of
+    `seed` alone, so the trace can be regenerated from it (`bench/headroom.py`).
+
+    Raises:
+        ValueError: `REDRAWS` traces in a row held no scored arrival (the rate is too low
+            for the window).
+    """
+    key = seed
+    for k in range(1, REDRAWS + 1):
+        arrivals, budget = workload(pattern, rate, warmup_s + duration_s, budgets, key)
+        first = bisect.bisect_left(arrivals, warmup_s)
+        if first < len(arrivals) or not redraw or rate <= 0:
+            return arrivals, budget, first
+        key = f"{seed}/redraw {k}"
+    raise ValueError(
+        f"{REDRAWS} {pattern} traces at {rate:g} requests/s held no arrival in their scored {duration_s:g} s"
+    )
 
 
 def contender_name(policy: str, calib: Calibration) -> str:

@@ -352,6 +352,24 @@ def test_a_warm_up_is_the_start_of_one_trace():
     assert warmed_workload("poisson", 400.0, 0.0, 1.0, budgets, "seed")[2] == 0  # no warm-up: all scored
 
 
+def test_a_trace_with_no_scored_arrival_is_drawn_again():
+    # on/off at a low rate behind a warm-up: some seeds leave the scored second empty
+    budgets = BudgetDistribution(5.0, 50.0)
+    empty = [
+        s
+        for s in (f"seed {k}" for k in range(200))
+        if warmed_workload("on_off", 20.0, 1.0, 1.0, budgets, s, redraw=False)[2]
+        == len(workload("on_off", 20.0, 2.0, budgets, s)[0])
+    ]
+    assert empty  # the case exists
+    for seed in empty[:5]:
+        arrivals, budget, first = warmed_workload("on_off", 20.0, 1.0, 1.0, budgets, seed)
+        assert first < len(arrivals) and arrivals[first] >= 1.0  # a scored arrival, after the warm-up
+        assert (arrivals, budget, first) == warmed_workload("on_off", 20.0, 1.0, 1.0, budgets, seed)  # from the seed
+    with pytest.raises(ValueError, match="no arrival"):  # a rate too low for the window
+        warmed_workload("poisson", 1e-9, 1.0, 1.0, budgets, "seed")
+
+
 def test_warm_up_requests_run_but_are_not_scored(tiny_stitched, one_thread):
     accuracy = {s.id: 0.9 for s in tiny_stitched.subnets()}
     scenario = tiny_scenario(tiny_stitched, accuracy)
