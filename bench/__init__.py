@@ -14,6 +14,7 @@ SUITES = [
     "headroom",
     "pricing",
     "margin",
+    "ride_along",
     "onnx",
     "contention",
     "streaming",

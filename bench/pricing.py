@@ -76,14 +76,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def stage_fractions(name: str, model_dir: str | None) -> dict[int, tuple[float, ...]]:
     """Where each subnet of the scenario's model can pause (`ElasticModel.stage_fractions`)."""
+    from .models import demo_model_or_architecture
     from .scenarios import deit_scenario
 
-    if name == "deit":
-        model = deit_scenario(profile_repeats=1).model
-    else:
-        import elastic
-
-        model = elastic.load(model_dir or "out/demo/model")
+    # the stages follow from the architecture: without a saved demo model, its random-weight twin
+    model = deit_scenario(profile_repeats=1).model if name == "deit" else demo_model_or_architecture(model_dir)[0]
     return {s.id: tuple(model.stage_fractions(s.id)) for s in model.subnets()}
 
 

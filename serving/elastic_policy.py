@@ -27,6 +27,17 @@ time, it plans the rest exactly (the engine's plan splits batches where deadline
 when no choice does (a prediction went wrong), the whole head runs on the fastest subnet:
 the worker's best rate, as a static policy serves.
 
+What a request left for a later batch is worth: the look-ahead counts the rest at the
+fastest subnet's accuracy, a lower bound that left a loose-budget request indifferent
+between riding in a tight request's batch on the fastest subnet and waiting for a batch of
+its own on an accurate one — and ties went to the larger batch, so loose requests rode
+along on the fastest subnet. A request the batch leaves behind is credited with what it can
+still get later when that beats the batch's subnet (`_OnFronts.later_accuracies`): the most
+accurate subnet whose full batch, started after one full batch on the fastest subnet, ends
+by its deadline, provided full batches on it keep up with the recent arrivals on at most
+`later_utilisation` of the worker — where capacity binds, waiting buys nothing, and the
+credit vanishes.
+
 It also prices the busy period (docs/serving.md, "The price of a busy period"): a forward
 cannot be interrupted, so a long batch turns away the tight-budget requests that arrive
 while it runs. From the rate of arrivals while batches run and the recent budgets
@@ -51,6 +62,8 @@ import math
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 
+from elastic.errors import ConfigError
+
 from .decision import CostView, Decision, Policy, prefixes
 from .request import Request
 
@@ -73,14 +86,31 @@ class ElasticPolicy(Policy):
         blocking_price: weight of the busy-period charge, in units of the fastest
             subnet's accuracy per blocked arrival (1: what the arrival would have
             delivered; 0: no charge, the most accurate subnet that keeps deadlines).
+        later_utilisation: a request left for a later batch is credited with the most
+            accurate subnet whose full batches would take at most this share of the worker
+            at the recent arrival rate (and still meet its deadline); 0: credited with the
+            fastest subnet's accuracy, as before; inf: any subnet its deadline allows
+            (docs/serving.md, "Batching"; `elastic bench ride_along`).
+
+    Raises:
+        ConfigError: `later_utilisation` is negative or not a number.
     """
 
     name = "elastic"
 
-    def __init__(self, horizon: int | None = None, utilisation: float = 0.9, blocking_price: float = 1.0):
+    def __init__(
+        self,
+        horizon: int | None = None,
+        utilisation: float = 0.9,
+        blocking_price: float = 1.0,
+        later_utilisation: float = 0.6,
+    ):
+        if isinstance(later_utilisation, bool) or not later_utilisation >= 0:
+            raise ConfigError(f"later_utilisation must be a number >= 0, got {later_utilisation!r}")
         self.horizon = horizon
         self.utilisation = utilisation
         self.blocking_price = blocking_price
+        self.later_utilisation = later_utilisation
 
     def choose(self, queue: Sequence[Request], now: float, costs: CostView, max_batch: int) -> Decision | None:
         if hasattr(costs, "best_within"):
@@ -146,6 +176,7 @@ class _OnFronts:
     def __init__(self, policy: ElasticPolicy, queue: Sequence[Request], now: float, costs, max_batch: int, fast):
         self.queue, self.now, self.costs, self.max_batch, self.fast = queue, now, costs, max_batch, fast
         self.utilisation = policy.utilisation
+        self.later_utilisation = policy.later_utilisation
         horizon = policy.horizon if policy.horizon is not None else 4 * max_batch
         self.hard, self.floors = hard, floors = costs.queue_arrays(queue)
         self.n = min(len(queue), max_batch)
@@ -238,6 +269,45 @@ class _OnFronts:
             ends.append(latest)
         return ends
 
+    def later_accuracies(self) -> list[float]:
+        """[i] = the accuracy queued request i (1 .. n-1) can still get if this batch leaves it
+        for later, where that beats the fastest subnet's; else 0 ([0] unused: the head is in
+        every batch). The most accurate subnet whose full batch, after one full batch on the
+        fastest, ends by the request's deadline, among those whose full batches keep up with
+        the recent arrival rate on `later_utilisation` of the worker (the module docstring).
+        At most n - 1 binary searches; empty when no request can gain."""
+        n, costs = self.n, self.costs
+        if n < 2 or not self.later_utilisation or not hasattr(costs, "arrival_gap_ms"):
+            return []
+        gap = costs.arrival_gap_ms()
+        cap_ms = gap * self.max_batch * self.later_utilisation if gap is not None and gap > 0 else 0.0
+        if cap_ms < self.t_full * 1e3:  # not even the fastest subnet keeps up: nothing to gain
+            return []
+        hard, floors, now, lead = self.hard, self.floors, self.now, self.t_full
+        acc_of, acc_fast, max_batch, best_within = self.acc_of, self.acc_fast, self.max_batch, costs.best_within
+        later = [0.0] * n
+        for i in range(1, n):
+            d = hard[i]
+            if d < _INF:
+                window_ms = (d - now - lead) * 1e3
+                if window_ms <= cap_ms:
+                    found = best_within(max_batch, floors[i], window_ms)
+                else:  # the rate bounds the mean (`expected`), the deadline the planned time
+                    found = best_within(max_batch, floors[i], cap_ms, expected=True)
+                if found is not None and found[1] <= window_ms and acc_of[found[0]] > acc_fast:
+                    later[i] = acc_of[found[0]]
+        return later if any(later) else []
+
+    def left_credit(self, later: list[float], b: int, acc: float) -> float:
+        """What the requests a batch of b on a subnet of accuracy `acc` leaves behind gain over
+        the fastest subnet's accuracy by waiting: only those that can get more than `acc`
+        later (the others would do as well riding along, and batching is cheaper)."""
+        credit = 0.0
+        for a in later[b:]:
+            if a > acc:
+                credit += a - self.acc_fast
+        return credit
+
     def with_room(self, pick: Callable) -> Callable:
         """`pick` within the window less the room an urgent batch needs (`reserve`), so that the
         batch can pause for one; else within the whole window."""
@@ -290,6 +360,7 @@ class _OnFronts:
         hard_b = soft_b = 0
         soft_d = _INF  # earliest deadline of the best-effort members (they never bind)
         latest_ends = self.latest_ends()
+        later = self.later_accuracies()
         pick = self.pick if self.gap is not None else costs.best_within  # no backlog rate: the window alone
         if self.reserve:
             pick = self.with_room(pick)
@@ -314,6 +385,8 @@ class _OnFronts:
                 sid, t = found
                 acc = acc_of[sid]
                 rest_on_fast = (n_hard - hard_b) * acc_fast
+                if later:
+                    rest_on_fast += self.left_credit(later, b, acc)
                 if price and members:
                     deferred.append(
                         ((1, members * acc + rest_on_fast, b, acc, -t), sid, members, f, rest_on_fast, window)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from elastic.bench import headroom, margin, pricing
+from elastic.bench import headroom, margin, pricing, ride_along
 from elastic.bench.arrivals import BudgetDistribution
 from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist, warmed_workload, workload
 from elastic.bench.load_calibration import Calibration
@@ -304,6 +304,18 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     assert all(0 < c["admitted_in_budget"]["mean"] <= 1 for c in point["contenders"].values())
     saved = json.loads((tmp_path / "margin.json").read_text())
     assert saved["source"]["commit"] == real["commit"] and saved["requests_per_run"] == 200
+    # a request left for a later batch, credited or not, on the same calibration
+    monkeypatch.setattr(ride_along, "LOADS", {"poisson": (1.0,)})
+    monkeypatch.setattr(ride_along, "QUICK_REQUESTS", 200)
+    monkeypatch.setattr(ride_along, "MIN_SECONDS", 0.5)
+    monkeypatch.setattr(ride_along, "stage_fractions", lambda name, model_dir: stages)
+    args = argparse.Namespace(out=tmp_path, model=None, quick=True, scenario="all", command="test ride_along")
+    (point,) = ride_along.run(args)["scenarios"]["tiny"]["points"]
+    assert (point["pattern"], point["load"], set(point["contenders"])) == ("poisson", 1.0, set(ride_along.CONTENDERS))
+    assert point["contenders"][ride_along.BASE]["minus_no_credit"]["mean"] == 0.0
+    assert all(0 < c["expected_accuracy"]["mean"] <= 1 for c in point["contenders"].values())
+    saved = json.loads((tmp_path / "ride_along.json").read_text())
+    assert saved["source"]["commit"] == real["commit"] and "− no credit" in (tmp_path / "ride_along.md").read_text()
 
 
 @pytest.mark.slow

@@ -123,3 +123,29 @@ def test_elastic_look_ahead_matches_a_step_by_step_simulation():
             t += ms / 1e3
             expected += s.accuracy(sid) * sum(t <= r.deadline for r in chunk)
         assert ElasticPolicy.rest_curve(rest, s, 8)(end) == pytest.approx(expected), trial
+
+
+def _tight_then_loose(later_utilisation, gap_s):
+    """A tight request (only the fast subnet makes it) and a loose one queued together after
+    earlier traffic at one arrival per `gap_s`: the two batches served, as (subnet, size)."""
+    s, c = make(ElasticPolicy(later_utilisation=later_utilisation)), Clock()
+    t = 0.0
+    for _ in range(8):  # the arrival rate the credit checks the worker's capacity against
+        s.demand.record(t, 100.0)
+        t += gap_s
+    s.add_request(c.request(3.5, at=t), now=t)
+    s.add_request(c.request(500.0, at=t), now=t)
+    first = s.schedule(t, hold=False).batch
+    end = t + first.predicted_ms / 1e3
+    s.update_from_output(first, first.predicted_ms, end)
+    second = s.schedule(end, hold=False).batch
+    return [(b.subnet, b.size) for b in (first, second) if b is not None]
+
+
+def test_a_loose_request_waits_for_an_accurate_batch_instead_of_riding_along_on_the_fastest():
+    # valued at the fastest subnet's accuracy once left behind, the loose request rode along
+    assert _tight_then_loose(0.0, gap_s=0.05) == [(0, 2)]
+    # credited with the slow subnet it can still get, it waits: the tight one alone, then it
+    assert _tight_then_loose(0.6, gap_s=0.05) == [(0, 1), (2, 1)]
+    # arrivals every 0.5 ms: not even full batches of the fastest keep up, waiting buys nothing
+    assert _tight_then_loose(0.6, gap_s=0.0005) == [(0, 2)]
