@@ -20,4 +20,5 @@ SUITES = [
     "streaming",
     "ray_load",
     "lanes",
+    "targets",
 ]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from elastic.bench import headroom, margin, pricing, ride_along
+from elastic.bench import headroom, margin, pricing, ride_along, targets
 from elastic.bench.arrivals import BudgetDistribution
 from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist, warmed_workload, workload
 from elastic.bench.load_calibration import Calibration
@@ -316,6 +316,16 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     assert all(0 < c["expected_accuracy"]["mean"] <= 1 for c in point["contenders"].values())
     saved = json.loads((tmp_path / "ride_along.json").read_text())
     assert saved["source"]["commit"] == real["commit"] and "− no credit" in (tmp_path / "ride_along.md").read_text()
+    # the targets summary counts what the load files count, real and simulated apart
+    args = argparse.Namespace(out=tmp_path, command="test targets")
+    rows = targets.run(args)["rows"]
+    for name, mode in (("load", "real"), ("load_sim", "simulated")):
+        counted = json.loads((tmp_path / f"{name}.json").read_text())["targets"]
+        for key, (asks, _) in targets.LOAD_TARGETS.items():
+            mine = [r for r in rows if r["target"] == asks and r["scope"] == f"tiny, {mode}"]
+            assert sum(r["met"] for r in mine) == counted[key]["pass"]
+            assert sum(r["of"] - r["met"] for r in mine) == counted[key]["fail"]
+    assert json.loads((tmp_path / "targets.json").read_text())["missing"] == ["scheduler", "overhead"]
 
 
 @pytest.mark.slow
