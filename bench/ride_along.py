@@ -4,10 +4,11 @@ A batch is a prefix of the queue in deadline order, so a loose-budget request qu
 a tight one rides in the tight one's batch, on the fast subnet the tight deadline allows,
 unless the policy leaves it for a later batch on an accurate subnet. `ElasticPolicy` credits
 a request left behind with the most accurate subnet it can still get, capped by the worker's
-capacity at the recent arrival rate (`later_utilisation`, default 0.6; docs/serving.md,
-"Batching"). This suite measures what the credit buys: `elastic` with it, without it
-(`later_utilisation=0`, the rest valued at the fastest subnet's accuracy, as before) and
-with it uncapped (any subnet the deadline allows), on the same seeds.
+capacity at the recent arrival rate (`later_utilisation`, default 0.8; docs/serving.md,
+"Batching"). This suite measures what the credit buys: `elastic` without it
+(`later_utilisation=0`, the rest valued at the fastest subnet's accuracy, as before), with it
+capped at 0.6 and at the default, and uncapped (any subnet the deadline allows), on the
+same seeds.
 
 It reads the load suite's results (`<out>/load.json`), each scenario's calibration, and
 simulates (`bench/simulate.py`) runs of `REQUESTS` requests, batches pausing at block
@@ -26,7 +27,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from elastic.serving.elastic_policy import ElasticPolicy
+from elastic.serving.elastic_policy import LATER_UTILISATION, ElasticPolicy
 
 from .calibrated import from_calibration, read_load_run
 from .harness import markdown_table, write_results
@@ -41,7 +42,12 @@ from .stats import mean_interval, paired_difference
 log = logging.getLogger(__name__)
 LOADS = {"poisson": (0.5, 1.0, 1.5, 2.0, 3.0), "on_off": (0.5, 1.0, 1.5, 2.0)}
 BASE = "no credit"
-CONTENDERS = {BASE: 0.0, "credit, capped (0.6)": 0.6, "credit, uncapped": math.inf}  # name -> later_utilisation
+CONTENDERS = {  # name -> later_utilisation
+    BASE: 0.0,
+    "credit, capped (0.6)": 0.6,
+    f"credit, capped ({LATER_UTILISATION:g}, the default)": LATER_UTILISATION,
+    "credit, uncapped": math.inf,
+}
 REQUESTS = 3000  # per simulated run, about (the duration follows from the rate)
 QUICK_REQUESTS = 800  # with --quick
 MIN_SECONDS = 10.0  # shortest simulated run: ten on/off periods, whatever the rate

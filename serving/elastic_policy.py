@@ -69,6 +69,9 @@ from .request import Request
 
 _INF = math.inf
 _NO_FLOOR = -math.inf
+# share of the worker a credited later subnet's full batches may take at the arrival rate
+# (`later_utilisation`; `elastic bench ride_along` compares 0.6, this and no cap)
+LATER_UTILISATION = 0.8
 
 
 class ElasticPolicy(Policy):
@@ -103,7 +106,7 @@ class ElasticPolicy(Policy):
         horizon: int | None = None,
         utilisation: float = 0.9,
         blocking_price: float = 1.0,
-        later_utilisation: float = 0.6,
+        later_utilisation: float = LATER_UTILISATION,
     ):
         if isinstance(later_utilisation, bool) or not later_utilisation >= 0:
             raise ConfigError(f"later_utilisation must be a number >= 0, got {later_utilisation!r}")
