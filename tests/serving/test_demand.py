@@ -277,7 +277,7 @@ def test_pricing_only_the_batch_sizes_that_can_win_gives_the_same_decisions(monk
     # never negative) down and stops at the first bound that cannot beat the best key;
     # pricing every size must pick the same (subnet, size) in every state of a loaded queue
     from elastic.bench.scheduler import synthetic
-    from elastic.serving.elastic_policy import _OnFronts
+    from elastic.serving.fronts_decision import OnFronts
 
     subnets, profile = synthetic(30)
     s = BudgetScheduler(subnets, profile, ElasticPolicy(), max_batch_size=8, max_queue=10_000)
@@ -294,7 +294,7 @@ def test_pricing_only_the_batch_sizes_that_can_win_gives_the_same_decisions(monk
             s.update_from_output(running, profile.latency_ms(running.subnet, running.size, "p50"), now)
         decisions = []
         for prune in (True, False):
-            monkeypatch.setattr(_OnFronts, "prune", prune)
+            monkeypatch.setattr(OnFronts, "prune", prune)
             decisions.append(s.policy.choose(s._reqs, now, s, 8))
         assert decisions[0] == decisions[1]
         compared += 1
