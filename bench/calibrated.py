@@ -1,6 +1,6 @@
 """What a simulation of a load-suite scenario reads from that run's calibration.
 
-The suites that replay a real run's scenario on a virtual clock (`pricing`, `margin`)
+The suites that replay a real run's scenario on a virtual clock (`pricing`, `margin`, `ride_along`)
 rebuild the same pieces from its `load.json` entry: the profile (medians and p99s), the
 runtime's fitted per-request / per-batch cost, the budget range, and a subnet table with
 the accuracies the scenario judges by.

@@ -23,21 +23,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from typing import Any
-
-from tqdm.auto import tqdm
 
 from elastic.serving.elastic_policy import LATER_UTILISATION, ElasticPolicy
 
-from .calibrated import from_calibration, read_load_run
-from .harness import markdown_table, write_results
+from . import policy_variants
+from .calibrated import read_load_run
+from .harness import write_results
 from .headroom import accuracy_of
-from .load import workload
-from .load_calibration import BATCH_WAIT_MS, MAX_BATCH
-from .outcomes import BernoulliJudge
 from .pricing import stage_fractions
-from .simulate import simulate
-from .stats import mean_interval, paired_difference
 
 log = logging.getLogger(__name__)
 LOADS = {"poisson": (0.5, 1.0, 1.5, 2.0, 3.0), "on_off": (0.5, 1.0, 1.5, 2.0)}
@@ -57,12 +50,29 @@ def run(args: argparse.Namespace) -> dict:
     source, load, names = read_load_run(args)
     seeds = 2 if args.quick else 4
     requests = QUICK_REQUESTS if args.quick else REQUESTS
-    scenarios = {}
-    for name in names:
-        sc = load["scenarios"][name]
-        accuracy = accuracy_of(name, sc["calibration"], args.model)
-        scenarios[name] = sweep(sc, accuracy, stage_fractions(name, args.model), seeds, requests)
-    table = tables(scenarios, load, requests)
+    variants = {name: {"policy": ElasticPolicy(later_utilisation=u)} for name, u in CONTENDERS.items()}
+    scenarios = {
+        name: policy_variants.sweep(
+            "ride_along",
+            load["scenarios"][name],
+            accuracy_of(name, load["scenarios"][name]["calibration"], args.model),
+            variants,
+            LOADS,
+            seeds,
+            requests,
+            MIN_SECONDS,
+            diff_key="minus_no_credit",
+            stages=stage_fractions(name, args.model),
+        )
+        for name in names
+    }
+    note = (
+        f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}), "
+        f"runs of about {requests} requests, batches pausing at block boundaries: expected effective accuracy "
+        "(mean ± 95 % t-interval over seeds), admitted requests answered within budget, rejected share, and the "
+        "paired difference against no credit for a request left for a later batch, in points."
+    )
+    table = policy_variants.table(scenarios, note, "minus_no_credit", "− no credit (points, 95 % CI)")
     write_results(
         args.out,
         "ride_along",
@@ -77,109 +87,3 @@ def run(args: argparse.Namespace) -> dict:
         args.command,
     )
     return {"scenarios": scenarios, "table": table}
-
-
-def sweep(
-    sc: dict[str, Any], accuracy: dict[int, float], stages: dict[int, tuple[float, ...]], seeds: int, requests: int
-) -> dict[str, Any]:
-    """Every (pattern, load) point of one scenario, `elastic` with each credit."""
-    scenario = from_calibration(sc, accuracy)
-    calib, acc = scenario.calibration, scenario.accuracy
-    points = []
-    bar = tqdm(
-        total=sum(map(len, LOADS.values())) * seeds,
-        desc=f"ride_along, {sc['label'].split(' ')[0]}",
-        unit="seed",
-        leave=False,
-    )
-    for pattern, loads in LOADS.items():
-        for load in loads:
-            runs: dict[str, list[tuple[float, float, float]]] = {c: [] for c in CONTENDERS}
-            for k in range(seeds):
-                seed = f"ride_along/{pattern}/{load}/{k}"
-                rate = load * calib["capacity_per_s"]
-                arrivals, budget = workload(pattern, rate, max(requests / rate, MIN_SECONDS), scenario.budgets, seed)
-                for name, later in CONTENDERS.items():
-                    outcomes = simulate(
-                        scenario.subnets,
-                        scenario.service,
-                        ElasticPolicy(later_utilisation=later),
-                        arrivals,
-                        budget,
-                        BernoulliJudge(acc, seed),
-                        max_batch_size=MAX_BATCH,
-                        batch_wait_ms=BATCH_WAIT_MS,
-                        seed=seed,
-                        stages=stages,
-                    )
-                    n = len(outcomes)
-                    admitted = [o for o in outcomes if o.status != "rejected"]
-                    runs[name].append(
-                        (
-                            sum(acc[o.subnet] for o in outcomes if o.on_time) / n,
-                            sum(o.on_time for o in admitted) / len(admitted) if admitted else 1.0,
-                            (n - len(admitted)) / n,
-                        )
-                    )
-                bar.update()
-            base = [v[0] for v in runs[BASE]]
-            points.append(
-                {
-                    "pattern": pattern,
-                    "load": load,
-                    "contenders": {
-                        name: {
-                            "expected_accuracy": mean_interval([v[0] for v in values]).to_dict(),
-                            "admitted_in_budget": mean_interval([v[1] for v in values]).to_dict(),
-                            "rejected_share": mean_interval([v[2] for v in values]).to_dict(),
-                            "minus_no_credit": paired_difference([v[0] for v in values], base).to_dict(),
-                        }
-                        for name, values in runs.items()
-                    },
-                }
-            )
-    bar.close()
-    return {"label": sc["label"], "middle_range": calib["middle_range"], "points": points}
-
-
-def tables(scenarios: dict[str, dict[str, Any]], load: dict[str, Any], requests: int) -> str:
-    out = [
-        f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}), "
-        f"runs of about {requests} requests, batches pausing at block boundaries: expected effective accuracy "
-        "(mean ± 95 % t-interval over seeds), admitted requests answered within budget, rejected share, and the "
-        "paired difference against no credit for a request left for a later batch, in points."
-    ]
-    for name, sc in scenarios.items():
-        lo, hi = sc["middle_range"]
-        out.append(f"\n## {name} — {sc['label']}\n\nMiddle range: {lo:g}× < load ≤ {hi:.3g}×.\n")
-        rows = []
-        for p in sc["points"]:
-            for contender, c in p["contenders"].items():
-                e, a, r, d = c["expected_accuracy"], c["admitted_in_budget"], c["rejected_share"], c["minus_no_credit"]
-                diff = f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
-                rows.append(
-                    [
-                        p["pattern"],
-                        p["load"],
-                        contender,
-                        f"{e['mean']:.3f} ± {e['half_width']:.3f}",
-                        f"{100 * a['mean']:.2f} %",
-                        f"{100 * r['mean']:.1f} %",
-                        "–" if contender == BASE else diff,
-                    ]
-                )
-        out.append(
-            markdown_table(
-                [
-                    "pattern",
-                    "load ×",
-                    "contender",
-                    "expected acc.",
-                    "admitted in budget",
-                    "rejected",
-                    "− no credit (points, 95 % CI)",
-                ],
-                rows,
-            )
-        )
-    return "\n".join(out)
