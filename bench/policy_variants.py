@@ -1,8 +1,9 @@
 """Variants of the runtime's policy simulated side by side on a load run's calibration.
 
-`margin` (the planning quantile fixed or following the SLO) and `ride_along` (the credit
-for a request left for a later batch) ask the same question of different settings: on the
-same seeds, what does each variant deliver, and how far is it from the base one? `sweep`
+`pricing` (the busy-period price, with and without pausing), `margin` (the planning
+quantile fixed or following the SLO) and `ride_along` (the credit for a request left for a
+later batch) ask the same question of different settings: on the same seeds, what does
+each variant deliver, and how far is it from the base one? `sweep`
 runs every (pattern, load) point of one scenario — each variant on the same arrivals,
 budgets and correctness draws (`bench/simulate.py`) — and `table` prints the points.
 Reported per point and variant: the expected effective accuracy (mean and 95 % interval

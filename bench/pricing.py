@@ -27,18 +27,12 @@ import argparse
 import logging
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from elastic.serving.elastic_policy import ElasticPolicy
 
-from .calibrated import from_calibration, read_load_run
+from . import policy_variants
+from .calibrated import read_load_run
 from .harness import markdown_table, write_results
 from .headroom import accuracy_of
-from .load import workload
-from .load_calibration import BATCH_WAIT_MS, MAX_BATCH
-from .outcomes import BernoulliJudge
-from .simulate import simulate
-from .stats import mean_interval, paired_difference
 
 log = logging.getLogger(__name__)
 PRICES = (1.0, 2.0, 3.0, 5.0)
@@ -88,62 +82,27 @@ def sweep(
     sc: dict[str, Any], accuracy: dict[int, float], stages: dict[int, tuple[float, ...]], seeds: int, requests: int
 ) -> dict[str, Any]:
     """Every (pausing?, pattern, load) point of one scenario: each price and the smallest anchor."""
-    scenario = from_calibration(sc, accuracy)
-    calib, subnets, acc = scenario.calibration, scenario.subnets, scenario.accuracy
-    service, budgets = scenario.service, scenario.budgets
-    smallest = calib["smallest_anchor"]
-    contenders = {f"elastic, price {p:g}": p for p in PRICES} | {f"static smallest ({smallest})": None}
+    smallest = sc["calibration"]["smallest_anchor"]
+    variants: dict[str, dict[str, Any]] = {
+        f"elastic, price {p:g}": {"policy": ElasticPolicy(blocking_price=p)} for p in PRICES
+    }
+    variants[f"static smallest ({smallest})"] = {"policy": f"static:{smallest}"}
     points = []
-    bar = tqdm(
-        total=2 * sum(map(len, LOADS.values())) * seeds,
-        desc=f"pricing, {sc['label'].split(' ')[0]}",
-        unit="seed",
-        leave=False,
-    )
     for pausing in (False, True):
-        for pattern, loads in LOADS.items():
-            for load in loads:
-                runs: dict[str, list[tuple[float, float]]] = {c: [] for c in contenders}
-                for k in range(seeds):
-                    seed = f"pricing/{pattern}/{load}/{k}"
-                    rate = load * calib["capacity_per_s"]
-                    arrivals, budget = workload(pattern, rate, max(requests / rate, MIN_SECONDS), budgets, seed)
-                    for name, price in contenders.items():
-                        policy = ElasticPolicy(blocking_price=price) if price is not None else f"static:{smallest}"
-                        outcomes = simulate(
-                            subnets,
-                            service,
-                            policy,
-                            arrivals,
-                            budget,
-                            BernoulliJudge(acc, seed),
-                            max_batch_size=MAX_BATCH,
-                            batch_wait_ms=BATCH_WAIT_MS,
-                            seed=seed,
-                            stages=stages if pausing else None,
-                        )
-                        expected = sum(acc[o.subnet] for o in outcomes if o.on_time) / len(outcomes)
-                        rejected = sum(o.status == "rejected" for o in outcomes) / len(outcomes)
-                        runs[name].append((expected, rejected))
-                    bar.update()
-                base = [v[0] for v in runs[f"elastic, price {PRICES[0]:g}"]]
-                points.append(
-                    {
-                        "pausing": pausing,
-                        "pattern": pattern,
-                        "load": load,
-                        "contenders": {
-                            name: {
-                                "expected_accuracy": mean_interval([v[0] for v in values]).to_dict(),
-                                "rejected_share": mean_interval([v[1] for v in values]).to_dict(),
-                                "minus_price_1": paired_difference([v[0] for v in values], base).to_dict(),
-                            }
-                            for name, values in runs.items()
-                        },
-                    }
-                )
-    bar.close()
-    return {"label": sc["label"], "middle_range": calib["middle_range"], "points": points}
+        swept = policy_variants.sweep(
+            "pricing",
+            sc,
+            accuracy,
+            variants,
+            LOADS,
+            seeds,
+            requests,
+            MIN_SECONDS,
+            diff_key="minus_price_1",
+            stages=stages if pausing else None,
+        )
+        points += [{"pausing": pausing, **p} for p in swept["points"]]
+    return {"label": sc["label"], "middle_range": sc["calibration"]["middle_range"], "points": points}
 
 
 def tables(scenarios: dict[str, dict[str, Any]], load: dict[str, Any]) -> str:
