@@ -65,15 +65,7 @@ def load_rows(load: dict[str, Any], mode: str) -> list[dict[str, Any]]:
         for name, sc in load["scenarios"].items():
             judged = [(p, p["targets"][key]) for p in sc["points"] if p["targets"].get(key) is not None]
             missed = [f"{p['pattern']} {p['load']:g}× ({shown(t['value'])})" for p, t in judged if not t["pass"]]
-            rows.append(
-                {
-                    "target": asks,
-                    "scope": f"{name}, {mode}",
-                    "met": len(judged) - len(missed),
-                    "of": len(judged),
-                    "missed": missed,
-                }
-            )
+            rows.append(_row(asks, f"{name}, {mode}", len(judged) - len(missed), len(judged), missed))
     return rows
 
 
@@ -83,15 +75,8 @@ def scheduler_rows(scheduler: dict[str, Any]) -> list[dict[str, Any]]:
     for n in sorted({t["subnets"] for t in scheduler["targets"]}):
         ts = [t for t in scheduler["targets"] if t["subnets"] == n]
         missed = [f"depth {t['queue_depth']} ({t['decision_us']:.1f} µs)" for t in ts if not t["pass"]]
-        rows.append(
-            {
-                "target": f"decision ≤ {ts[0]['target_us']:g} µs",
-                "scope": f"{n} subnets",
-                "met": len(ts) - len(missed),
-                "of": len(ts),
-                "missed": missed,
-            }
-        )
+        target = f"decision ≤ {ts[0]['target_us']:g} µs"
+        rows.append(_row(target, f"{n} subnets", len(ts) - len(missed), len(ts), missed))
     return rows
 
 
@@ -116,16 +101,13 @@ def overhead_rows(overhead: dict[str, Any]) -> list[dict[str, Any]]:
             for r, v in zip(rs, value, strict=True)
             if r["target"]["verdict"] != "pass"
         ]
-        rows.append(
-            {
-                "target": target,
-                "scope": f"{model}, {call}",
-                "met": sum(r["target"]["verdict"] == "pass" for r in rs),
-                "of": len(rs),
-                "missed": missed,
-            }
-        )
+        met = sum(r["target"]["verdict"] == "pass" for r in rs)
+        rows.append(_row(target, f"{model}, {call}", met, len(rs), missed))
     return rows
+
+
+def _row(target: str, scope: str, met: int, of: int, missed: list[str]) -> dict[str, Any]:
+    return {"target": target, "scope": scope, "met": met, "of": of, "missed": missed}
 
 
 def tables(rows: list[dict[str, Any]], sources: dict[str, dict[str, str]], missing: list[str]) -> str:
