@@ -32,7 +32,7 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Callable
-from itertools import accumulate, pairwise
+from itertools import accumulate
 
 _RATE_WINDOW = 64  # arrivals the arrival-rate estimate spans: the median of 15 gaps is off by
 # ~30 %, of 63 by ~15 %; the backlog rule's 10 % margin flipped on the noise of 15 (simulated
@@ -57,6 +57,10 @@ class Demand:
 
     def __init__(self, rate_window: int = _RATE_WINDOW, budget_window: int = _BUDGET_WINDOW, refresh: int = _REFRESH):
         self._times: deque[float] = deque(maxlen=rate_window)
+        # the gaps between consecutive `_times`, in arrival order and sorted, kept as they
+        # change (one insertion and at most one removal per arrival) for the median
+        self._gaps: deque[float] = deque()
+        self._sorted_gaps: list[float] = []
         self._budgets: deque[float] = deque(maxlen=budget_window)
         self._refresh = refresh
         self._stale = 0  # budgets recorded since the sorted sample was built
@@ -72,7 +76,14 @@ class Demand:
     def record(self, now: float, budget_ms: float, busy: bool = False) -> None:
         """One arrival at `now` (s) with `budget_ms` (inf for a best-effort request);
         `busy`: a batch was running when it arrived."""
-        self._times.append(now)
+        times, gaps, ordered = self._times, self._gaps, self._sorted_gaps
+        if times:
+            gap = now - times[-1]
+            gaps.append(gap)
+            bisect.insort(ordered, gap)
+        times.append(now)
+        while len(gaps) >= len(times):  # the oldest arrival left the window, and its gap with it
+            del ordered[bisect.bisect_left(ordered, gaps.popleft())]
         self._budgets.append(budget_ms)
         self._stale += 1
         self._gap_known = False
@@ -117,7 +128,9 @@ class Demand:
         times = self._times
         if len(times) < min(_MIN_ARRIVALS, times.maxlen):
             return None
-        gaps = sorted(b - a for a, b in pairwise(times))
+        gaps = self._sorted_gaps
+        if not gaps:  # a window of one arrival has no gap
+            return None
         median = gaps[len(gaps) // 2]
         return median * 1e3 / _LN2 if median > 0 else None
 

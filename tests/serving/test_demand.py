@@ -64,6 +64,24 @@ def test_gap_is_unknown_until_five_arrivals_and_ignores_idle_periods_between_bur
     assert d.gap_ms() == pytest.approx(1.0 / math.log(2))  # the in-burst rate, not the mean rate
 
 
+@pytest.mark.parametrize("window", [1, 2, 5, 64])
+def test_the_gap_is_the_median_of_the_gaps_in_the_window_as_arrivals_slide_through_it(window):
+    # kept sorted as arrivals come and go; the same value as sorting the window's gaps afresh
+    rng = random.Random(window)
+    d = Demand(rate_window=window)
+    times, t = [], 0.0
+    for _ in range(300):
+        t += rng.choice([0.0, 1e-4, rng.expovariate(500.0), rng.expovariate(2.0)])  # ties and spreads
+        d.record(t, 10.0)
+        times = [*times, t][-window:]
+        gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+        if len(times) < min(5, window) or not gaps or gaps[len(gaps) // 2] <= 0:
+            expected = None
+        else:
+            expected = gaps[len(gaps) // 2] * 1e3 / math.log(2)
+        assert d.gap_ms() == expected
+
+
 def test_best_effort_budgets_are_never_blocked():
     d = Demand(rate_window=4, refresh=1)
     for k in range(8):
