@@ -9,8 +9,12 @@ subnet through the runtime under a burst, driven as the load runs drive it
 fitted it. Offered loads are multiples of the largest anchor's served capacity; budgets are
 drawn per request, log-uniform between 2× a lone request's service on the smallest anchor
 and 4× a full batch's on the largest, each the profile's median forward plus the fitted
-cost (`elastic.serving.budget_range`): the profile's medians move by a few per cent between
-runs, where the served batch-1 median they replaced moved the tightest budget by 20–30 %.
+cost (`elastic.serving.budget_range`). The served batch-1 median they replaced moved the
+tightest budget by 20–30 % between runs; the profile's medians moved by a few per cent
+between most runs, but by 39 % between 6126bc1 and 4cf3df2 (the smallest demo anchor at
+2.24 and 1.37 ms) while the load runs' forwards took about the same: the profile times
+forwards back to back, and on a shared VM a forward after an idle spell costs up to twice
+that (README, Performance).
 Arrivals are open-loop Poisson or bursty on/off (`bench/arrivals.py`).
 
 Contenders, all through the same `Runtime` (max batch 8): `elastic`; `elastic, fixed margin`
