@@ -21,12 +21,13 @@ everything pending and refuses new work; `close(drain=True)` answers everything 
 before it returns.
 
 Worker threading: torch's OpenMP settings are per thread, and a fresh thread starts with a
-team as large as the machine, which on a small shared CPU made every forward in the worker
+team as large as the machine; two such teams on a small CPU made every forward in the worker
 3-5x slower than on the main thread (worker_threads.py has the cause and the measurement,
 docs/serving.md the numbers). The worker therefore sets its own thread count before its
 first forward: `worker_threads` (default: the constructing thread's
 `torch.get_num_threads()`, i.e. what the caller chose), and profiles run on the worker
-too, so the profile times what serving sees.
+too, so the profile times what serving sees. A CPU runtime whose teams would throttle
+OpenMP logs a warning saying so.
 
 A caller blocking on a result while the worker is idle runs that batch on its own thread
 (`caller_runs`, engine.py): at batch 1 a request then costs no thread hand-off at all.
@@ -67,6 +68,7 @@ from .profiler import device_name, measure_latency
 from .request import Result
 from .scheduler import BudgetScheduler, check_positive_int
 from .slo_margin import check_slo_target
+from .worker_threads import warn_if_throttled
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,8 @@ class Runtime:
         except ValueError as e:
             raise ConfigError(str(e)) from e
         self._owns_executor = not isinstance(executor, Executor)  # made here: closed here
+        if self.device.type == "cpu" and self.executor.name in ("eager", "compiled"):  # torch's own threads
+            warn_if_throttled(torch.get_num_threads(), worker_threads, lanes)
         self._stages = None  # subnet id -> stage boundaries, with preemption
         if preempt and not self.executor.pausable:
             if self._owns_executor:
