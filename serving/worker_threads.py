@@ -214,17 +214,35 @@ def measure(subnets=(0, 2), batches=(1, 8), repeats: int = 30, rounds: int = 3) 
     }
 
 
+def table(result: dict) -> str:
+    """`measure`'s result as markdown: one row per (subnet, batch), one column per setting."""
+    rows = result["rows"]
+    settings = [k for k in rows[0] if k not in ("subnet", "batch")]
+    lines = [
+        "| subnet, batch | " + " | ".join(settings) + " |",
+        "|---|" + "---|" * len(settings),
+        *(f"| {r['subnet']}, {r['batch']} | " + " | ".join(f"{r[k]:.2f}" for k in settings) + " |" for r in rows),
+    ]
+    return (
+        f"# worker threads\n\n{result['unit']}, demo-sized model (random weights); {result['cpus']} CPUs"
+        f" ({result['openmp_cpus']} for OpenMP), load average {result['load_average_1min']};"
+        f" {result['parallel_backend']}\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--out", help="also write the JSON here, and its table beside it (.md)")
     args = parser.parse_args()
     result = measure(repeats=args.repeats, rounds=args.rounds)
     text = json.dumps(result, indent=2)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(table(result))
     print(text)
 
 
