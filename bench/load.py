@@ -12,9 +12,10 @@ and 4× a full batch's on the largest, each the profile's median forward plus th
 cost (`elastic.serving.budget_range`). The served batch-1 median they replaced moved the
 tightest budget by 20–30 % between runs; the profile's medians moved by a few per cent
 between most runs, but by 39 % between 6126bc1 and 4cf3df2 (the smallest demo anchor at
-2.24 and 1.37 ms) while the load runs' forwards took about the same (load.md, "The machine
-under load"): the profile times forwards back to back, and on a shared VM those can run
-much faster than forwards between arrivals.
+2.24 and 1.37 ms) while the load runs' forwards took about the same, and it was 1.83 ms at
+97c049f, whose forwards under Poisson load took 2.49–4.8 ms at the median (load.md, "The
+machine under load"): the profile times forwards back to back, and on a shared VM those can
+run much faster than forwards between arrivals.
 Arrivals are open-loop Poisson or bursty on/off (`bench/arrivals.py`).
 
 Contenders, all through the same `Runtime` (max batch 8): `elastic`; `elastic, fixed margin`

@@ -44,8 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch intra-op threads for every suite (default 1: on a small shared CPU a larger team "
-        "waits on descheduled threads and forwards swing 10-25x; 0 keeps torch's default)",
+        help="torch intra-op threads for every suite (default 1: on a small CPU two teams of two make GNU "
+        "OpenMP throttle its barrier spin and forwards run 3-6x slower, docs/serving.md 'Worker threading'; "
+        "0 keeps torch's default)",
     )
     p.set_defaults(func=run)
 

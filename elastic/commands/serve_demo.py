@@ -105,8 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=_positive(int),
         default=1,
-        help="torch intra-op threads of the runtime (default 1: on a small shared CPU a larger OpenMP team waits "
-        "on descheduled threads; see docs/serving.md)",
+        help="torch intra-op threads of the runtime (default 1: on a small CPU the worker's team beside the "
+        "caller's makes GNU OpenMP throttle its barrier spin; docs/serving.md 'Worker threading')",
     )
     p.set_defaults(func=run)
 

@@ -2,8 +2,9 @@
 
 The model is built exactly as the root `tiny_stitched` fixture builds it, but once per test
 module (building it takes seconds), with made-up accuracies rising with FLOPs. Serving tests
-run torch on one thread: on a shared, oversubscribed CPU, two intra-op threads spinning at
-every barrier made small forwards up to 100x slower.
+run torch on one thread: on a small CPU the test's team and a runtime worker's team of two
+make GNU OpenMP throttle its barrier spin, and small forwards run several times slower
+(docs/serving.md, "Worker threading").
 """
 
 from pathlib import Path
