@@ -22,11 +22,11 @@ before it returns.
 
 Worker threading: torch's OpenMP settings are per thread, and a fresh thread starts with a
 team as large as the machine; two such teams on a small CPU made every forward in the worker
-3-5x slower than on the main thread (worker_threads.py has the cause and the measurement,
-docs/serving.md the numbers). The worker therefore sets its own thread count before its
-first forward: `worker_threads` (default: the constructing thread's
-`torch.get_num_threads()`, i.e. what the caller chose), and profiles run on the worker
-too, so the profile times what serving sees. A CPU runtime whose teams would throttle
+3-5x slower than on the main thread (worker_threads.py has the cause,
+bench/worker_threads.py the measurement, docs/serving.md the numbers). The worker
+therefore sets its own thread count before its first forward: `worker_threads` (default:
+the constructing thread's `torch.get_num_threads()`, i.e. what the caller chose), and
+profiles run on the worker too, so the profile times what serving sees. A CPU runtime whose teams would throttle
 OpenMP logs a warning saying so.
 
 A caller blocking on a result while the worker is idle runs that batch on its own thread
