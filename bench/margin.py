@@ -8,7 +8,8 @@ feedback buys: `elastic` both ways, at loads around the middle range, on the sam
 
 It reads the load suite's results (`<out>/load.json`), each scenario's calibration, and
 simulates (`bench/simulate.py`: the real scheduler on a virtual clock, forwards drawn around
-the profile) runs of `REQUESTS` requests: the feedback needs thousands of endings to see
+the profile, batches pausing at the model's block boundaries as the runtime's do by default)
+runs of `REQUESTS` requests: the feedback needs thousands of endings to see
 a late share of half a percent, so the runs are longer than the load suite's. Reported per
 point: the expected effective accuracy (mean and 95 % interval over seeds), the share of
 admitted requests answered within budget, the rejected share, the planning quantile at
@@ -27,6 +28,7 @@ from . import policy_variants
 from .calibrated import read_load_run
 from .harness import write_results
 from .headroom import accuracy_of
+from .pricing import stage_fractions
 
 log = logging.getLogger(__name__)
 LOADS = {"poisson": (1.5, 2.0, 3.0), "on_off": (1.5,)}
@@ -53,14 +55,16 @@ def run(args: argparse.Namespace) -> dict:
             requests,
             MIN_SECONDS,
             diff_key="minus_fixed",
+            stages=stage_fractions(name, args.model),
             at_end=(FINAL[0], lambda sched: sched.latency.forward.tail_quantile),
         )
         for name in names
     }
     note = (
         f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}), "
-        f"runs of about {requests} requests: expected effective accuracy (mean ± 95 % t-interval over seeds), "
-        "admitted requests answered within budget, rejected share, the planning quantile at the end of each "
+        f"runs of about {requests} requests, batches pausing at block boundaries: expected effective accuracy "
+        "(mean ± 95 % t-interval over seeds), admitted requests answered within budget, rejected share, the "
+        "planning quantile at the end of each "
         f"run (both start at {TAIL_QUANTILE}), and the paired difference against the fixed quantile, in points."
     )
     table = policy_variants.table(scenarios, note, "minus_fixed", "− fixed (points, 95 % CI)", FINAL)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from elastic.bench import headroom, margin, pricing, ride_along, targets
+from elastic.bench import headroom, margin, policy_variants, pricing, ride_along, targets
 from elastic.bench.arrivals import BudgetDistribution
 from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist, warmed_workload, workload
 from elastic.bench.load_calibration import Calibration
@@ -293,8 +293,16 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     monkeypatch.setattr(margin, "LOADS", {"poisson": (1.0,)})
     monkeypatch.setattr(margin, "QUICK_REQUESTS", 200)
     monkeypatch.setattr(margin, "MIN_SECONDS", 0.5)
+    monkeypatch.setattr(margin, "stage_fractions", lambda name, model_dir: stages)
+    paused_at = []  # the stages every simulated run got: batches pause, as the runtime's do by default
+    simulate = policy_variants.simulate
+    monkeypatch.setattr(
+        policy_variants, "simulate", lambda *a, **kw: paused_at.append(kw["stages"]) or simulate(*a, **kw)
+    )
     args = argparse.Namespace(out=tmp_path, model=None, quick=True, scenario="all", command="test margin")
     swept = margin.run(args)["scenarios"]["tiny"]
+    assert paused_at and all(s is stages for s in paused_at)
+    monkeypatch.setattr(policy_variants, "simulate", simulate)
     (point,) = swept["points"]
     assert (point["pattern"], point["load"], set(point["contenders"])) == ("poisson", 1.0, set(margin.CONTENDERS))
     fixed, fed = point["contenders"]["fixed quantile"], point["contenders"]["SLO feedback (0.99)"]
