@@ -26,8 +26,8 @@ team as large as the machine; two such teams on a small CPU made every forward i
 bench/worker_threads.py the measurement, docs/serving.md the numbers). The worker
 therefore sets its own thread count before its first forward: `worker_threads` (default:
 the constructing thread's `torch.get_num_threads()`, i.e. what the caller chose), and
-profiles run on the worker too, so the profile times what serving sees. A CPU runtime whose teams would throttle
-OpenMP logs a warning saying so.
+profiles run on the worker too, so the profile times what serving sees. A CPU runtime
+whose teams would throttle OpenMP logs a warning saying so.
 
 A caller blocking on a result while the worker is idle runs that batch on its own thread
 (`caller_runs`, engine.py): at batch 1 a request then costs no thread hand-off at all.

@@ -12,9 +12,9 @@ of a forward is a futex sleep and wake-up, and a small forward has dozens of bar
 That is why a forward of the demo model in the worker was 3-5x slower than on the main
 thread (DESIGN.md, "torch from a second Python thread"): not the worker thread as such, nor
 other load, but two two-thread teams on two CPUs. It needs no concurrency — a second team
-that ran one forward and now sleeps is enough (`beside` below; the main thread's own
-forwards slow down just as much) — and it goes away when either team has one thread.
-Under other load a spinning teammate may also wait for a core (the older measurement,
+that ran one forward and now sleeps is enough (bench/worker_threads.py, `_beside`; the main
+thread's own forwards slow down just as much) — and it goes away when either team has one
+thread. Under other load a spinning teammate may also wait for a core (the older measurement,
 docs/serving.md). `python -m elastic.bench.worker_threads` measures both on this machine
 (interleaved; it records the load average); `throttles` predicts the first.
 
