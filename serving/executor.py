@@ -11,6 +11,7 @@ them in `warmup`. Every executor must give the eager outputs (tests check it).
 from __future__ import annotations
 
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Generator
 from typing import Any
@@ -72,23 +73,54 @@ class Executor(ABC):
 
 class EagerExecutor(Executor):
     """The model's own forward, in inference mode (entered only when the caller is not
-    already in it: a serving loop that is pays nothing per batch)."""
+    already in it: a serving loop that is pays nothing per batch).
+
+    The runtime checks every sample when it is submitted (serving/admission.py), so a
+    forward that can skip its own `check_input` (a `check` keyword, as the builders'
+    `forward` and `forward_stages` have) is told to: the check is another pass over the
+    batch, three torch ops (17 µs for a demo sample in a tight loop on the development CPU),
+    and between forwards, with cold caches, such ops cost several times that. A forward
+    without the keyword (an older model, or one patched after the runtime was built)
+    checks as before."""
 
     name = "eager"
     pausable = True
 
+    def __init__(self, model: ElasticModel, device: str | torch.device = "cpu"):
+        super().__init__(model, device)
+        self._skips: dict[Any, dict[str, bool]] = {}  # forward function -> its keywords
+
     def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
         if x.device != self.device:
             x = x.to(self.device, non_blocking=True)
+        forward = self.model.forward
         if torch.is_inference_mode_enabled():
-            return self.model(x, subnet=subnet)
+            return self.model(x, subnet=subnet, **self._skip_check(forward))
         with torch.inference_mode():
-            return self.model(x, subnet=subnet)
+            return self.model(x, subnet=subnet, **self._skip_check(forward))
 
     def run_stages(self, subnet: int, x: torch.Tensor) -> Generator[None, None, torch.Tensor]:
         if x.device != self.device:
             x = x.to(self.device, non_blocking=True)
-        return (yield from self.model.forward_stages(x, subnet=subnet))
+        staged = self.model.forward_stages
+        return (yield from staged(x, subnet=subnet, **self._skip_check(staged)))
+
+    def _skip_check(self, method: Any) -> dict[str, bool]:
+        """`{"check": False}` when `method` takes it, else `{}`; its signature is read once."""
+        fn = getattr(method, "__func__", method)
+        known = self._skips.get(fn)
+        if known is None:
+            known = self._skips[fn] = {"check": False} if takes_check(fn) else {}
+        return known
+
+
+def takes_check(fn: Any) -> bool:
+    """Whether `fn` (a model's `forward` or `forward_stages`) takes `check=False` for an
+    input that already passed `check_input`."""
+    try:
+        return "check" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
 
 
 # executor name -> "module:Class"; a module registers more by adding to this table

@@ -222,14 +222,15 @@ class LearngenePool(StagedPieces, ElasticModel):
         return self.paths[self.subnet(subnet).id]
 
     # ---- forward -----------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, subnet: int | Subnet = 0) -> torch.Tensor:
-        """Logits of one descendant.
+    def forward(self, x: torch.Tensor, subnet: int | Subnet = 0, *, check: bool = True) -> torch.Tensor:
+        """Logits of one descendant (`check=False`: `x` already passed `check_input`).
 
         Shape:
             x: (B, C, H, W) -> (B, num_classes)
         """
         sid = self.subnet(subnet).id
-        self.check_input(x)
+        if check:
+            self.check_input(x)
         path = self.paths[sid]
         if path is None:
             return self.family[sid](x)

@@ -197,14 +197,16 @@ class SortedNet(ElasticModel):
         return out
 
     # ---- forward -----------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, subnet: int | Subnet | None = None) -> torch.Tensor:
-        """Logits of one subnet (None: the most expensive one).
+    def forward(self, x: torch.Tensor, subnet: int | Subnet | None = None, *, check: bool = True) -> torch.Tensor:
+        """Logits of one subnet (None: the most expensive one; `check=False`: `x` already
+        passed `check_input`).
 
         Shape:
             x: (B, C, H, W) -> (B, num_classes)
         """
         s = self.shape(self.largest() if subnet is None else subnet)
-        self.check_input(x)
+        if check:
+            self.check_input(x)
         return self._forward_shape(x, s)
 
     @torch.no_grad()

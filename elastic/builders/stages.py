@@ -81,15 +81,17 @@ class StagedPieces:
             return flops_fractions(c.stem_flops, c.block_flops, c.head_flops)
         return flops_fractions(*self.path_flops(path))
 
-    def forward_stages(self, x: torch.Tensor, subnet=0) -> Generator[None, None, torch.Tensor]:
+    def forward_stages(self, x: torch.Tensor, subnet=0, *, check: bool = True) -> Generator[None, None, torch.Tensor]:
         """`forward`, pausing (a `yield`) between two blocks: the same operations in the same
-        order, so the same logits, with `len(stage_fractions(subnet))` pauses.
+        order, so the same logits, with `len(stage_fractions(subnet))` pauses (`check=False`:
+        `x` already passed `check_input`).
 
         Shape:
             x: (B, C, H, W) -> (B, num_classes)
         """
         sid = self.subnet(subnet).id
-        self.check_input(x)
+        if check:
+            self.check_input(x)
         path = self.paths[sid]
         if path is None:
             anchor = self.family[sid]

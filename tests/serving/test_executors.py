@@ -7,7 +7,7 @@ import torch
 
 from elastic.errors import ConfigError
 from elastic.serving import Result, Runtime, measure_latency
-from elastic.serving.executor import EXECUTORS, EagerExecutor, Executor, make_executor
+from elastic.serving.executor import EXECUTORS, EagerExecutor, Executor, make_executor, takes_check
 
 SUBNETS = (0, 5, 20)  # an anchor and two stitched paths
 
@@ -106,6 +106,46 @@ def test_executor_registry_and_errors(served_model):
     assert isinstance(make_executor("eager", served_model), Executor)
     with pytest.raises(ValueError, match="unknown executor"):
         make_executor("bogus", served_model)
+
+
+def test_the_eager_executor_leaves_the_input_check_to_the_runtime(served_model, monkeypatch):
+    # the runtime checks every sample at submit, so the engine's forwards skip the model's
+    # second pass over the batch (plain and staged); called directly, the model still checks
+    checks = []
+    monkeypatch.setattr(type(served_model), "check_input", lambda self, x: checks.append(tuple(x.shape)))
+    x = torch.randn(2, 3, 32, 32)
+    executor = EagerExecutor(served_model)
+    y = executor.run(20, x)
+    with torch.inference_mode():
+        staged, pauses = executor.run_stages(20, x), 0
+        while True:
+            try:
+                next(staged)
+                pauses += 1
+            except StopIteration as stop:
+                torch.testing.assert_close(stop.value, y)
+                break
+    assert pauses == len(served_model.stage_fractions(20)) > 0
+    assert checks == []
+    served_model(x, subnet=20)
+    assert checks == [(2, 3, 32, 32)]
+
+
+def test_a_forward_without_the_check_keyword_is_not_told_to_skip_it(served_model, monkeypatch):
+    # one patched in after the executor was built included: its signature is read per function
+    x = torch.randn(1, 3, 32, 32)
+    executor = EagerExecutor(served_model)
+    executor.run(20, x)
+    seen = []
+
+    def older(x, subnet=0):  # no `check` keyword
+        seen.append(subnet)
+        return torch.zeros(x.shape[0], 10)
+
+    monkeypatch.setattr(served_model, "forward", older)
+    executor.run(20, x)
+    assert seen == [20]
+    assert not takes_check(older) and takes_check(type(served_model).forward)
 
 
 class _Recording(EagerExecutor):
