@@ -12,6 +12,7 @@ the same `score`.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
@@ -89,7 +90,7 @@ def replay_outcomes(
             continue
         error = future.exception()
         if isinstance(error, Overloaded):
-            outcomes[k] = Outcome(SHED, budget, reason=_shed_reason(error))
+            outcomes[k] = Outcome(SHED, budget, reason=shed_reason(error))
         elif isinstance(error, ElasticError):
             outcomes[k] = Outcome(FAILED, budget, reason=type(error).__name__)
         elif error is not None:  # not a typed error: the runtime broke its contract
@@ -104,9 +105,8 @@ def replay_outcomes(
     return [o for o in outcomes[scored_from:] if o is not None]
 
 
-def _shed_reason(error: Exception) -> str:
-    text = str(error)
-    for reason in ("deadline", "evicted", "closed"):
-        if reason in text:
-            return reason
-    return "shed"
+def shed_reason(error: Exception) -> str:
+    """Why the runtime shed a request, from its `Overloaded` message (`ShedRequest.message`:
+    "request 7 shed (deadline): ..."); "shed" when the message names none."""
+    found = re.search(r" shed \((\w+)\)", str(error))
+    return found.group(1) if found else "shed"

@@ -251,7 +251,7 @@ class EngineCore(Intake, BatchRunner):
         missed = 0  # admitted, not best effort, and no longer able to make its deadline
         for p, s in shed:
             self.metrics.shed(s.reason if s.reason in ("deadline", "evicted", "timeout", "error") else "closed")
-            fail_future(p.future, Overloaded(f"request {s.request_id} shed: {s.detail or s.reason}"))
+            fail_future(p.future, Overloaded(s.message()))
             missed += s.reason == "deadline" and not p.request.best_effort
         if missed:
             with self._lock:  # a late ending, for the planning margin (`observe_outcomes`)

@@ -28,8 +28,13 @@ class ShedRequest:
     """A queued request the scheduler gave up on; the runtime fails it with `Overloaded`."""
 
     request_id: int
-    reason: str  # "deadline" | "evicted" | "closed"
+    reason: str  # "deadline" | "evicted" | "closed" | "timeout" | "error"
     detail: str = ""  # human-readable explanation for the error message
+
+    def message(self) -> str:
+        """The `Overloaded` error's text: the reason, then the detail, so that a client that
+        only sees the error can still tell a missed deadline from an eviction."""
+        return f"request {self.request_id} shed ({self.reason})" + (f": {self.detail}" if self.detail else "")
 
 
 @dataclass

@@ -4,6 +4,9 @@ import pytest
 import torch
 
 from elastic.bench.outcomes import ANSWERED, FAILED, REJECTED, SHED, BernoulliJudge, LabelJudge, Outcome, score
+from elastic.bench.replay import shed_reason
+from elastic.errors import Overloaded
+from elastic.serving.output import ShedRequest
 
 
 def test_score_by_hand():
@@ -52,3 +55,13 @@ def test_bernoulli_judge_hits_the_accuracy_with_common_draws():
     # same seed, same draws (another contender); another seed, other draws
     assert [BernoulliJudge({0: 0.3}, 5)(k, 0, 0) for k in range(200)] == weak[:200]
     assert [BernoulliJudge({0: 0.3}, 6)(k, 0, 0) for k in range(200)] != weak[:200]
+
+
+def test_real_runs_keep_the_runtimes_shed_reason():
+    # the load suite's real runs read the reason from the runtime's `Overloaded` text; a
+    # missed deadline's detail never says "deadline", so it has to come from the reason
+    for reason in ("deadline", "evicted", "closed", "timeout", "error"):
+        shed = ShedRequest(7, reason, "budget 3 ms can no longer be met after 5 ms queued")
+        assert shed_reason(Overloaded(shed.message())) == reason
+    assert ShedRequest(7, "closed").message() == "request 7 shed (closed)"
+    assert shed_reason(Overloaded("the runtime is closed")) == "shed"

@@ -353,7 +353,7 @@ def test_admitted_request_whose_deadline_passes_in_the_queue_is_shed(served_mode
         doomed = rt.submit(sample(1), 1000.0)  # admitted: the worker should be free by then
         time.sleep(1.3)  # ... but it is not, and the budget runs out in the queue
         gate.set()
-        with pytest.raises(Overloaded, match="can no longer be met"):
+        with pytest.raises(Overloaded, match=r"shed \(deadline\): budget .* can no longer be met"):
             doomed.result(timeout=60)
         assert isinstance(running.result(timeout=60), Result)
         assert rt.metrics.registry.get_sample_value("elastic_shed_total", {"reason": "deadline"}) == 1
