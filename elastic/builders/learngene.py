@@ -217,23 +217,14 @@ class LearngenePool(StagedPieces, ElasticModel):
         x = torch.zeros(1, *shape, device=layer.weight.device, dtype=layer.weight.dtype)
         return count_flops(layer, x)[0]
 
-    def path(self, subnet: int | Subnet) -> Descendant | None:
-        """How a subnet runs; None for an auxiliary model alone."""
-        return self.paths[self.subnet(subnet).id]
-
     # ---- forward -----------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, subnet: int | Subnet = 0, *, check: bool = True) -> torch.Tensor:
-        """Logits of one descendant (`check=False`: `x` already passed `check_input`).
+    # `forward` and `forward_stages` are `StagedPieces`': a descendant runs as `run_path`
+    def run_path(self, x: torch.Tensor, path: Descendant) -> torch.Tensor:
+        """A descendant's logits on the model's input `x`.
 
         Shape:
             x: (B, C, H, W) -> (B, num_classes)
         """
-        sid = self.subnet(subnet).id
-        if check:
-            self.check_input(x)
-        path = self.paths[sid]
-        if path is None:
-            return self.family[sid](x)
         front, back = self.family[path.front], self.family[path.back]
         h = front.forward_blocks(front.stem(x), 0, path.front_stop)
         if path.layer is not None:

@@ -58,9 +58,17 @@ def fold(stem: Piece, blocks: list[Piece], stitch: Piece) -> tuple[Piece, list[P
 class StagedPieces:
     """For an `ElasticModel` whose subnets run as stem → blocks → head, with a `family` of
     anchors and `paths` (subnet id -> how it runs; None: the family's member of that id
-    alone): its stage boundaries and staged forward. A builder lists a path's FLOPs
-    (`path_flops`) and pieces (`path_pieces`); a whole anchor's come from the family. Put it
-    before `ElasticModel` in the bases."""
+    alone): its forward, stage boundaries and staged forward. A builder lists a path's FLOPs
+    (`path_flops`) and pieces (`path_pieces`) and runs a path (`run_path`); a whole anchor's
+    come from the family. Put it before `ElasticModel` in the bases."""
+
+    def path(self, subnet):
+        """How a subnet runs (its entry in `paths`); None for the family's member of its id alone."""
+        return self.paths[self.subnet(subnet).id]
+
+    def run_path(self, x: torch.Tensor, path) -> torch.Tensor:
+        """A path's logits on the model's input `x` (what `forward` runs for it)."""
+        raise NotImplementedError
 
     def path_flops(self, path) -> tuple[int, list[int], int]:
         """FLOPs of a path's stem, of each of its blocks in order, and of its head."""
@@ -81,6 +89,17 @@ class StagedPieces:
             return flops_fractions(c.stem_flops, c.block_flops, c.head_flops)
         return flops_fractions(*self.path_flops(path))
 
+    def forward(self, x: torch.Tensor, subnet=0, *, check: bool = True) -> torch.Tensor:
+        """Logits of one subnet (`check=False`: `x` already passed `check_input`).
+
+        Shape:
+            x: (B, C, H, W) -> (B, num_classes)
+        """
+        sid, path = self._path_of(x, subnet, check)
+        if path is None:
+            return self.family[sid](x)
+        return self.run_path(x, path)
+
     def forward_stages(self, x: torch.Tensor, subnet=0, *, check: bool = True) -> Generator[None, None, torch.Tensor]:
         """`forward`, pausing (a `yield`) between two blocks: the same operations in the same
         order, so the same logits, with `len(stage_fractions(subnet))` pauses (`check=False`:
@@ -89,11 +108,15 @@ class StagedPieces:
         Shape:
             x: (B, C, H, W) -> (B, num_classes)
         """
-        sid = self.subnet(subnet).id
-        if check:
-            self.check_input(x)
-        path = self.paths[sid]
+        sid, path = self._path_of(x, subnet, check)
         if path is None:
             anchor = self.family[sid]
             return (yield from run_in_stages(x, anchor.stem, anchor.blocks, anchor.head))
         return (yield from run_in_stages(x, *self.path_pieces(path)))
+
+    def _path_of(self, x: torch.Tensor, subnet, check: bool):
+        """(id, path) of `subnet`, once `x` passed `check_input` (unless `check` is False)."""
+        sid = self.subnet(subnet).id
+        if check:
+            self.check_input(x)
+        return sid, self.paths[sid]

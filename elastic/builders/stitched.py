@@ -218,23 +218,14 @@ class StitchedNet(StagedPieces, ElasticModel):
         x = torch.zeros(1, *shape, device=layer.weight.device, dtype=layer.weight.dtype)
         return count_flops(layer, x)[0]
 
-    def path(self, subnet: int | Subnet) -> StitchPath | None:
-        """How a subnet runs; None for a whole anchor."""
-        return self.paths[self.subnet(subnet).id]
-
     # ---- forward -----------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, subnet: int | Subnet = 0, *, check: bool = True) -> torch.Tensor:
-        """Logits of one subnet (`check=False`: `x` already passed `check_input`).
+    # `forward` and `forward_stages` are `StagedPieces`': a path runs as `run_path`
+    def run_path(self, x: torch.Tensor, path: StitchPath) -> torch.Tensor:
+        """A stitched path's logits on the model's input `x`.
 
         Shape:
             x: (B, C, H, W) -> (B, num_classes)
         """
-        sid = self.subnet(subnet).id
-        if check:
-            self.check_input(x)
-        path = self.paths[sid]
-        if path is None:
-            return self.family[sid](x)
         return self.forward_path(self.family[path.front].stem(x), path)
 
     def path_pieces(self, path: StitchPath) -> Pieces:
