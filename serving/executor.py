@@ -38,7 +38,10 @@ class Executor(ABC):
 
     @abstractmethod
     def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
-        """Logits of `subnet` on `x`, on `self.device`.
+        """Logits of `subnet` on `x`, on `self.device`. The engine hands over only samples
+        the runtime checked at submit (`check_input`): an executor need not check them
+        again (the eager and process executors do not; onnxruntime's and the CUDA-graph
+        one still do).
 
         Shape:
             x: (B, C, H, W) -> (B, num_classes)
