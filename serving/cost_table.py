@@ -129,16 +129,6 @@ class CostTable:
     def overhead_ms(self, batch: int) -> float:
         return self.overhead.ms(batch)
 
-    def expected_ms(self, service_ms: float, batch: int) -> float:
-        """A predicted service time of `batch` requests (`predict_ms`, `fastest`) without the
-        measured tail factor: what the batch takes on average, not what it is planned with
-        (the same until the tail is measured)."""
-        tail = self.latency.forward.tail
-        if tail is None:
-            return service_ms
-        over = self.overhead.ms(batch)
-        return (service_ms - over) / tail + over
-
     def accuracy(self, subnet: int) -> float:
         return self._value[subnet]
 

@@ -381,8 +381,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
     # ---- deadlines ---------------------------------------------------------------------
     def next_expiry(self) -> float | None:
         """The earliest time a queued request may become impossible to serve (its deadline
-        minus the fastest service it can get, as planned at admission: `shed_expired` checks
-        it again), or None: when to call `shed_expired` next."""
+        minus the fastest service it can get), or None: when to call `shed_expired` next."""
         heap = self._expiry
         while heap and heap[0][1] not in self._queued:
             heapq.heappop(heap)
@@ -390,13 +389,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
 
     def shed_expired(self, now: float) -> list[ShedRequest]:
         """Remove and return the queued requests that can no longer make their deadline
-        even if served alone on the fastest eligible subnet from `now`, in its expected time.
-
-        Expected, not planned: admission plans with the tail margin, so a request admitted
-        with little slack is past its planned latest start as soon as the worker takes a
-        moment to wake, while a forward at its usual time would still answer it in time.
-        Shedding it is a sure miss; running it usually is not (docs/serving.md, "Deadlines
-        while a batch runs")."""
+        even if served alone on the fastest eligible subnet from `now`."""
         shed: list[ShedRequest] = []
         heap = self._expiry
         while heap and heap[0][0] < now:
@@ -405,7 +398,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             if r is None:
                 continue  # already scheduled or removed
             found = self.fastest(r.min_accuracy, 1)
-            latest = r.deadline - (self.expected_ms(found[1], 1) if found is not None else math.inf) / 1e3
+            latest = r.deadline - (found[1] if found is not None else math.inf) / 1e3
             if latest >= now:  # predictions improved since it was queued: check again later
                 heapq.heappush(heap, (latest, rid))
                 continue
