@@ -112,9 +112,9 @@ class BatchRunner:
                 metrics.answered_batch(subnet, accuracy, rows)  # counted before anyone is told
             for future, result in answers:
                 future.set_result(result)
-        overhead_ms = 1e3 * (clock() - t_sched - paused) - exec_ms
-        if woken_at is not None and t_sched > woken_at:
-            overhead_ms += 1e3 * (t_sched - woken_at)
+        # the worker's wake-up for this batch (a submit woke it) is its own part of the overhead
+        wake_ms = 1e3 * (t_sched - woken_at) if woken_at is not None and t_sched > woken_at else 0.0
+        overhead_ms = 1e3 * (clock() - t_sched - paused) - exec_ms + wake_ms
         if error is not None:
             ended = late = 0
         if inner:  # the paused batch's own overhead is stashed after this one's: fold this one now
@@ -122,7 +122,7 @@ class BatchRunner:
                 scheduler.observe_overhead(batch.size, overhead_ms)
                 scheduler.observe_outcomes(late, ended)
         else:
-            self._overhead = (batch.size, overhead_ms, late, ended)
+            self._overhead = (batch.size, overhead_ms, wake_ms, late, ended)
 
     def _run_pausing(
         self, scheduler: BudgetScheduler, batch: ScheduledBatch, x: torch.Tensor

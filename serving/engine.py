@@ -105,8 +105,9 @@ class EngineCore(Intake, BatchRunner):
         self._idle = False  # the worker is waiting for work
         self._woken_at: float | None = None  # when a submit woke the idle worker
         self._hold_until: float | None = None  # the worker holds a partial batch back until then
-        # last batch, folded into the scheduler under the next lock: (size, overhead ms, late, ended)
-        self._overhead: tuple[int, float, int, int] | None = None
+        # last batch, folded into the scheduler under the next lock: (size, overhead ms, of it
+        # waking the worker, late, ended)
+        self._overhead: tuple[int, float, float, int, int] | None = None
         self._watch_at = math.inf  # when the watchdog next wakes by itself
         self._closing = False
         self._stopped = False
@@ -240,10 +241,10 @@ class EngineCore(Intake, BatchRunner):
     def _fold_overhead(self) -> None:
         """Fold the last batch's overhead, and how many of its requests ended late, into
         the latency model (under the lock)."""
-        size, ms, late, ended = self._overhead
+        size, ms, wake_ms, late, ended = self._overhead
         self._overhead = None
         scheduler = self.scheduler
-        scheduler.observe_overhead(size, ms)  # the metrics read the model at scrape time
+        scheduler.observe_overhead(size, ms, wake_ms)  # the metrics read the model at scrape time
         if ended:
             scheduler.observe_outcomes(late, ended)
 

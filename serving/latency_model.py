@@ -11,7 +11,14 @@ reason. Here the overhead of one batch of b requests is modelled as
 
 and fitted by exponentially weighted least squares over what the engine observes (batch
 wall time minus forward time), so it follows the machine the way the forward correction
-does (`LatencyPredictor`). Pure Python: the scheduler imports it.
+does (`LatencyPredictor`).
+
+Part of that overhead is the worker's wake-up: a request that finds the worker asleep
+waits for the thread to be scheduled before anything else happens. Admission must count it
+(the request pays it), but a request already queued is looked at only by a worker that is
+awake — between batches, or the deadline watchdog while a batch runs — so deciding whether
+it can still make its deadline must not count it again. The model keeps the wake-up's
+average share per batch apart (`wake_ms`) for that. Pure Python: the scheduler imports it.
 """
 
 from __future__ import annotations
@@ -41,24 +48,36 @@ class OverheadModel:
         self.alpha = alpha
         self.ceiling_ms = ceiling_ms
         self.observations = 0
-        # exponentially weighted sums of 1, b, b², y, b·y
+        self.wake_ms = 0.0  # the worker's wake-up in an average batch's overhead (0 for one not woken)
+        # exponentially weighted sums of 1, b, b², y, b·y, and of the wake-up part of y
         self._s = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self._wake = 0.0
 
     def ms(self, batch: int) -> float:
         """Predicted overhead of one batch of `batch` requests, in ms."""
         return self.per_batch_ms + self.per_request_ms * batch
 
-    def observe(self, batch: int, overhead_ms: float) -> None:
-        """Fold one batch's observed overhead (wall time minus forward) into the fit."""
+    def wake_part(self, batch: int) -> float:
+        """The part of `ms(batch)` that is the worker waking up (`wake_ms`, at most all of
+        it): what a batch started by a worker already awake does not pay."""
+        ms = self.per_batch_ms + self.per_request_ms * batch
+        return self.wake_ms if ms > self.wake_ms else ms
+
+    def observe(self, batch: int, overhead_ms: float, wake_ms: float = 0.0) -> None:
+        """Fold one batch's observed overhead (wall time minus forward) into the fit;
+        `wake_ms` of it was the worker waking up for the batch (0: it was awake)."""
         if not overhead_ms >= 0:  # negative from clock noise, or NaN
             overhead_ms = 0.0
         y = min(overhead_ms, self.ceiling_ms)
         a, s, b = self.alpha, self._s, float(batch)
         keep = 1.0 - a
+        wake = min(wake_ms, y) if wake_ms > 0 else 0.0  # also NaN -> 0
+        self._wake = keep * self._wake + a * wake
         for i, v in enumerate((1.0, b, b * b, y, b * y)):
             s[i] = keep * s[i] + a * v
         self.observations += 1
         s0, s1, s11, sy, s1y = s
+        self.wake_ms = self._wake / s0
         det = s0 * s11 - s1 * s1
         if det > 1e-9 * max(1.0, s0 * s11):  # seen at least two batch sizes: fit both terms
             slope = (s0 * s1y - s1 * sy) / det

@@ -237,7 +237,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
                 raise BudgetInfeasible(f"budget {budget:.3g} ms < {fastest:.3g} ms predicted for the fastest subnet")
             if start + fastest / 1e3 > deadline:
                 if self._admit_urgent(request, now, start):
-                    return self._admitted(request, now, deadline - fastest / 1e3)
+                    return self._admitted(request, now, self._latest_start(deadline, fastest))
                 raise BudgetInfeasible(
                     f"budget {budget:.3g} ms < {fastest:.3g} ms predicted for the fastest subnet"
                     f" + {(start - now) * 1e3:.3g} ms until the running batch ends"
@@ -253,7 +253,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             why = self._admission_check(p, deadline, _NO_FLOOR if floor is None else floor, start)
             if why is not None:
                 if self._admit_urgent(request, now, start):
-                    return self._admitted(request, now, deadline - fastest / 1e3)
+                    return self._admitted(request, now, self._latest_start(deadline, fastest))
                 raise Overloaded(why)
         evicted: list[ShedRequest] = []
         if victim is not None:
@@ -263,7 +263,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             )
             p = bisect.bisect_left(self._keys, key)
         self._insert(p, key, request, deadline if hard else _INF, _NO_FLOOR if floor is None else floor)
-        return self._admitted(request, now, deadline - fastest / 1e3 if hard else _INF, evicted)
+        return self._admitted(request, now, self._latest_start(deadline, fastest) if hard else _INF, evicted)
 
     def _admitted(
         self, request: Request, now: float, latest_start: float, evicted: list[ShedRequest] | None = None
@@ -354,10 +354,11 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         if control is not None and total > 0:
             self.latency.forward.tail_quantile = control.observe(late, total)
 
-    def observe_overhead(self, batch_size: int, overhead_ms: float) -> None:
+    def observe_overhead(self, batch_size: int, overhead_ms: float, wake_ms: float = 0.0) -> None:
         """The engine's own time around one batch's forward (wake-up, scheduling, stacking,
-        answering): folded into the overhead model every prediction adds."""
-        self.overhead.observe(batch_size, overhead_ms)
+        answering), `wake_ms` of it waking the worker: folded into the overhead model every
+        prediction adds (the wake-up apart, which shedding leaves out: `_latest_start`)."""
+        self.overhead.observe(batch_size, overhead_ms, wake_ms)
         self._fast_any = None
 
     def abort_all(self, reason: str = "closed") -> list[ShedRequest]:
@@ -387,9 +388,19 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
+    def _latest_start(self, deadline: float, service_ms: float) -> float:
+        """The latest time a queued request can be started on a batch of `service_ms` (its
+        fastest service alone) and still make `deadline`. Only a worker that is awake starts
+        or sheds queued requests — between batches, or the watchdog while one runs — so the
+        wake-up the service includes (`OverheadModel.wake_part`) is not ahead of it: counted
+        again, a request admitted to an idle worker with less slack than its wake-up was
+        shed at the worker's first look, where a forward in its planned time answers it."""
+        return deadline - (service_ms - self.overhead.wake_part(1)) / 1e3
+
     def shed_expired(self, now: float) -> list[ShedRequest]:
         """Remove and return the queued requests that can no longer make their deadline
-        even if served alone on the fastest eligible subnet from `now`."""
+        even if served alone on the fastest eligible subnet from `now` by an awake worker
+        (`_latest_start`)."""
         shed: list[ShedRequest] = []
         heap = self._expiry
         while heap and heap[0][0] < now:
@@ -398,7 +409,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             if r is None:
                 continue  # already scheduled or removed
             found = self.fastest(r.min_accuracy, 1)
-            latest = r.deadline - (found[1] if found is not None else math.inf) / 1e3
+            latest = self._latest_start(r.deadline, found[1] if found is not None else math.inf)
             if latest >= now:  # predictions improved since it was queued: check again later
                 heapq.heappush(heap, (latest, rid))
                 continue

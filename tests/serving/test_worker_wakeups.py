@@ -126,3 +126,21 @@ def test_the_sample_check_hands_on_no_autograd_history(served_model, grad, copy)
         assert sample.data_ptr() != x.data_ptr()
     batch = check.batch(torch.randn(2, 3, 32, 32, requires_grad=grad))
     assert not batch.requires_grad and batch.grad_fn is None
+
+
+def test_the_worker_s_wake_up_is_reported_apart_from_the_rest_of_the_overhead(served_model, served_profile):
+    """Each request finds the worker asleep (nobody blocks in `result()`, so nobody runs the
+    step in its place): the submit wakes it, and that wake-up reaches the overhead model as
+    its own part (`OverheadModel.wake_ms`), which shedding leaves out."""
+    runtime = Runtime(served_model, max_batch_size=8, policy="static:0", profile=served_profile)
+    try:
+        for i in range(12):
+            future = runtime.submit(sample(i), math.inf)
+            done, _ = wait([future], timeout=60)
+            assert done
+            time.sleep(0.005)  # the worker goes back to sleep
+        overhead = runtime._engine.scheduler.overhead
+        assert overhead.observations >= 10
+        assert 0.0 < overhead.wake_ms <= overhead.ms(1)
+    finally:
+        runtime.close(drain=True, timeout=60)
