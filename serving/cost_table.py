@@ -250,7 +250,14 @@ class CostTable:
         return theta * self.demand.busy_gap_ms() if theta else 0.0
 
     def best_priced(
-        self, batch: int, floor: float, top: int, members: int, price: float, charge: Callable[[float], float]
+        self,
+        batch: int,
+        floor: float,
+        top: int,
+        members: int,
+        price: float,
+        charge: Callable[[float], float],
+        known: tuple[float, float] | None = None,
     ) -> tuple[int, float]:
         """(id, service ms) maximising members × accuracy − price × charge(service ms) among
         `top` and the candidates faster than it at `batch` that meet `floor`; `top` itself
@@ -261,7 +268,8 @@ class CostTable:
         (`busy_charge` over the decision's `blocked_curve`): never negative and convex in
         ms. On the front's upper concave hull the gain of a slower subnet shrinks and the
         cost grows, so a binary search finds the best hull point; `top` (maybe off the
-        hull) is compared with it.
+        hull) is compared with it. `known`: (value, service ms) of `top` when the caller has
+        priced it already, exactly as here.
         """
         ids = self._front_ids[batch]
         over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
@@ -270,7 +278,7 @@ class CostTable:
             return top, predict(top, batch) + over
         acc, hull = self._front_acc[batch], self._front_hull[batch]
         j_top = self._front_pos[batch][top]
-        memo: dict[int, tuple[float, float]] = {}
+        memo: dict[int, tuple[float, float]] = {} if known is None else {j_top: known}
 
         def value(j: int) -> tuple[float, float]:
             if j not in memo:
@@ -309,21 +317,22 @@ class CostTable:
 
     def fastest_at(self) -> list[tuple[int, float] | None]:
         """[b] = (id, service ms) of the fastest candidate at batch size b, no accuracy floor
-        ([0] is None): built in one pass, cached until a prediction or the overhead changes
-        (every policy decision reads most of it)."""
+        ([0] is None): built in one pass over the fronts' first points, scaled as
+        `best_within` scales them (`predict_ms`'s products, bit for bit), cached until a
+        prediction or the overhead changes (every policy decision reads most of it)."""
         row = self._fast_any
         if row is None:
-            predict_row = self.latency.forward.predict_row
+            forward = self.latency.forward
+            shared, tail = forward.shared, forward.tail
             per_batch, per_request = self.overhead.per_batch_ms, self.overhead.per_request_ms
-            top = len(self._front_ids) - 1
-            rows: dict[int, list[float]] = {}  # one subnet is the fastest at most sizes
-            row = [None]
-            for b in range(1, top + 1):
-                sid = self._front_ids[b][0]
-                ms = rows.get(sid)
-                if ms is None:
-                    ms = rows[sid] = predict_row(sid, top)
-                row.append((sid, ms[b] + per_batch + per_request * b))
+            firsts = zip(range(1, len(self._front_ids)), self._front_ids[1:], self._front_lat[1:], strict=True)
+            if tail is None:
+                row = [None, *[(ids[0], lat[0] * shared + (per_batch + per_request * b)) for b, ids, lat in firsts]]
+            else:
+                row = [
+                    None,
+                    *[(ids[0], lat[0] * shared * tail + (per_batch + per_request * b)) for b, ids, lat in firsts],
+                ]
             self._fast_any = row
         return row
 
@@ -338,8 +347,6 @@ class CostTable:
         i = 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor)
         if i == len(acc):
             return _INF
-        return (
-            self.latency.forward.predict_ms(self._front_ids[size][i], size)
-            + self.overhead.per_batch_ms
-            + self.overhead.per_request_ms * size
+        return self.latency.forward.predict_ms(self._front_ids[size][i], size) + (
+            self.overhead.per_batch_ms + self.overhead.per_request_ms * size
         )

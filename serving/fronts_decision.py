@@ -148,6 +148,7 @@ class OnFronts:
         hard, floors, now, lead = self.hard, self.floors, self.now, self.t_full
         acc_of, acc_fast, max_batch, best_within = self.acc_of, self.acc_fast, self.max_batch, costs.best_within
         later = [0.0] * n
+        capped: dict[float, tuple[int, float] | None] = {}  # floor -> the search the rate bounds
         for i in range(1, n):
             d = hard[i]
             if d < _INF:
@@ -155,7 +156,11 @@ class OnFronts:
                 if window_ms <= cap_ms:
                     found = best_within(max_batch, floors[i], window_ms)
                 else:  # the rate bounds the mean (`expected`), the deadline the planned time
-                    found = best_within(max_batch, floors[i], cap_ms, expected=True)
+                    f = floors[i]
+                    if f in capped:
+                        found = capped[f]
+                    else:
+                        found = capped[f] = best_within(max_batch, f, cap_ms, expected=True)
                 if found is not None and found[1] <= window_ms and acc_of[found[0]] > acc_fast:
                     later[i] = acc_of[found[0]]
         return later if any(later) else []
@@ -191,17 +196,6 @@ class OnFronts:
             return self.charge(wait, rest_ms, fluid_ms + ms - wait)
         return self.charge(ms, rest_ms, fluid_ms)
 
-    def rests_ms(self) -> list[tuple[float, float]]:
-        """[b] = how long the queue behind a batch of b keeps the worker busy after it: (ms
-        in full batches on the fastest subnet and a partial one, ms as its share of full
-        batches), b = 1 .. n ([0] unused)."""
-        queued, max_batch, fast_ms, fast_at = len(self.queue), self.max_batch, self.fast[1], self.fast_at
-        rests = [(0.0, 0.0)]
-        for b in range(1, self.n + 1):
-            full, part = divmod(queued - b, max_batch)
-            rests.append((full * fast_ms + (fast_at[part][1] if part else 0.0), (queued - b) / max_batch * fast_ms))
-        return rests
-
     def choose(self) -> Decision | None:
         """The best (subnet, batch size) by the key (on time?, value, size, accuracy, speed).
 
@@ -218,7 +212,8 @@ class OnFronts:
         acc_fast, n_hard, price, acc_of = self.acc_fast, self.n_hard, self.price, self.acc_of
         best: tuple | None = None
         decision = priced = None
-        deferred: list[tuple] = []  # (upper bound of the key, subnet, members, floor, the rest's share, window ms)
+        # (upper bound of the key, subnet, members, floor, the rest's share, window ms, b, accuracy, ms)
+        deferred: list[tuple] = []
         hard_b = soft_b = 0
         soft_d = _INF  # earliest deadline of the best-effort members (they never bind)
         latest_ends = self.latest_ends()
@@ -236,8 +231,11 @@ class OnFronts:
             d = prefix_deadline[b - 1]
             f = prefix_floor[b - 1]
             limit = d if d < latest else latest
-            window = (min(limit, soft_d) - now) * 1e3
-            found = pick(b, f, window) if soft_b else None
+            if soft_b:
+                window = (min(limit, soft_d) - now) * 1e3
+                found = pick(b, f, window)
+            else:
+                found = None
             members = hard_b + soft_b
             if found is None and hard_b:
                 window = (limit - now) * 1e3
@@ -250,9 +248,8 @@ class OnFronts:
                 if later:
                     rest_on_fast += self.left_credit(later, b, acc)
                 if price and members:
-                    deferred.append(
-                        ((1, members * acc + rest_on_fast, b, acc, -t), sid, members, f, rest_on_fast, window)
-                    )
+                    bound = (1, members * acc + rest_on_fast, b, acc, -t)
+                    deferred.append((bound, sid, members, f, rest_on_fast, window, b, acc, t))
                     continue
                 key = (1, members * acc + rest_on_fast, b, acc, -t)
             elif not hard_b:  # only late best-effort members: the fastest subnet that keeps the rest on time
@@ -277,19 +274,23 @@ class OnFronts:
                 best, decision = key, (sid, b)
         if deferred:
             deferred.sort(reverse=True)  # by bound: the bounds differ in b, so nothing after them is compared
-            rests, charge, fast_at = self.rests_ms(), self.charge, self.fast_at
+            charge, fast_at, prune = self.charge, self.fast_at, self.prune
+            queued, max_batch, fast_ms = len(queue), self.max_batch, self.fast[1]
             if self.block < 1.0:
                 charge = None  # `charged` instead: the window decides whether the batch can pause
-            for bound, sid, members, f, rest_on_fast, window in deferred:
-                if self.prune and best is not None and bound <= best:
+            for bound, sid, members, f, rest_on_fast, window, b, acc, t in deferred:
+                if prune and best is not None and bound <= best:
                     break  # neither this size nor any after it can win
-                b, acc, neg_t = bound[2:]
-                rest_ms, fluid_ms = rests[b]
+                # how long the queue behind the batch keeps the worker busy after it: in full
+                # batches on the fastest subnet and a partial one, and as its share of full batches
+                full, part = divmod(queued - b, max_batch)
+                rest_ms = full * fast_ms + (fast_at[part][1] if part else 0.0)
+                fluid_ms = (queued - b) / max_batch * fast_ms
                 # the accuracy delivered less the busy-period and saturation charges; in
                 # saturation the fastest subnet at b may be worth more (`sid` stays the top of
                 # the range `best_priced` searches)
-                cost = charge(-neg_t, rest_ms, fluid_ms) if charge else self.charged(-neg_t, window, rest_ms, fluid_ms)
-                value = members * acc - price * cost
+                cost = charge(t, rest_ms, fluid_ms) if charge else self.charged(t, window, rest_ms, fluid_ms)
+                value = own = members * acc - price * cost
                 alt = fast_at[b] if f == _NO_FLOOR else costs.fastest(f, b)
                 if alt is not None and alt[0] != sid:
                     alt_acc = members * acc_of[alt[0]]
@@ -300,10 +301,10 @@ class OnFronts:
                             else self.charged(alt[1], window, rest_ms, fluid_ms)
                         )
                         value = max(value, alt_acc - price * cost)
-                key = (1, value + rest_on_fast, b, acc, neg_t)
+                key = (1, value + rest_on_fast, b, acc, -t)
                 if best is None or key > best:
                     best, decision = key, (sid, b)
-                    priced = (b, f, sid, members, rest_ms, fluid_ms, window)
+                    priced = (b, f, sid, members, rest_ms, fluid_ms, window, (own, t))
         if (best is None or best[0] == 0) and hasattr(costs, "plan_late"):
             exact = self.fewest_late()
             if exact is not None:
@@ -311,12 +312,14 @@ class OnFronts:
         if priced is not None:
             # the batch's busy period turns away arrivals with tight budgets: a cheaper subnet
             # of the same batch wins when its accuracy loss is smaller than what they would lose
-            b, f, sid, members, rest_ms, fluid_ms, window = priced
+            b, f, sid, members, rest_ms, fluid_ms, window, known = priced
             charge, charged = self.charge, self.charged
             if self.block < 1.0:
-                found = costs.best_priced(b, f, sid, members, price, lambda ms: charged(ms, window, rest_ms, fluid_ms))
+                found = costs.best_priced(
+                    b, f, sid, members, price, lambda ms: charged(ms, window, rest_ms, fluid_ms), known
+                )
             else:
-                found = costs.best_priced(b, f, sid, members, price, lambda ms: charge(ms, rest_ms, fluid_ms))
+                found = costs.best_priced(b, f, sid, members, price, lambda ms: charge(ms, rest_ms, fluid_ms), known)
             decision = (found[0], b)
         return Decision(*decision) if decision is not None else None
 

@@ -75,6 +75,9 @@ def test_the_fronts_answer_with_the_corrected_predictions():
             assert (found and found[0]) == best, (k, b, floor, max_ms)
             if found:
                 assert found[1] == s.predict_ms(best, b)
+        for b in range(1, 9):  # and the fastest at every size, bit for bit
+            fastest = min(s.candidates, key=lambda c: (s.predict_ms(c, b), -s.accuracy(c)))
+            assert s.fastest_at()[b] == (fastest, s.predict_ms(fastest, b)), (k, b)
     assert s.latency.forward.tail is not None and s.latency.forward.shared != 1.0
 
 
