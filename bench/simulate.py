@@ -124,8 +124,9 @@ def simulate(
         max_batch_size, max_queue, batch_wait_ms: as the real `Runtime` is configured.
         seed: seeds the forward-time draws (the same seed gives the same run).
         stages: subnet id -> stage boundaries (`ElasticModel.stage_fractions`): batches
-            pause there, as a preemptive worker does (`BudgetScheduler.interrupt`), the
-            boundaries placed at those shares of the drawn forward; None: they never pause.
+            pause there, as a preemptive worker does (`BudgetScheduler.boundary`, then
+            `interrupt` when an urgent batch waits), the boundaries placed at those shares
+            of the drawn forward; None: they never pause.
         slo_target: as `Runtime(slo_target=...)`: the planning quantile follows the late
             share (None: fixed).
         on_end: called with the scheduler once every request has ended (to read its state).
@@ -193,7 +194,10 @@ def simulate(
             continue
         if t == t_stage:  # a boundary of the running batch: run the urgent batch, if any, first
             running[4].pop(0)
-            out = sched.interrupt(now, len(sched.stages_of(running[0])) - len(running[4]) - 1)
+            stage = len(sched.stages_of(running[0])) - len(running[4]) - 1
+            if not sched.boundary(stage, now):
+                continue  # nobody urgent: on, as the engine goes on without the lock
+            out = sched.interrupt(now, stage)
             shed(out.shed)
             if out.batch is not None:
                 forward = service.forward_ms(out.batch.subnet, out.batch.size, rng)

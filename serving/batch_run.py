@@ -127,9 +127,10 @@ class BatchRunner:
     def _run_pausing(
         self, scheduler: BudgetScheduler, batch: ScheduledBatch, x: torch.Tensor
     ) -> tuple[torch.Tensor, float]:
-        """Run `batch` stage by stage (`Executor.run_stages`); at each boundary ask the
-        scheduler for an urgent batch (`interrupt`), shed what it sheds, and run the urgent
-        batch to its end before going on. Returns the logits and the seconds spent paused."""
+        """Run `batch` stage by stage (`Executor.run_stages`); at each boundary tell the
+        scheduler (`boundary`, without the lock) and, when urgent requests wait, take the
+        lock, ask for their batch (`interrupt`), shed what it sheds, and run the urgent batch
+        to its end before going on. Returns the logits and the seconds spent paused."""
         clock = self.clock
         stages = self.executor.run_stages(batch.subnet, x)
         paused, k = 0.0, 0
@@ -140,13 +141,15 @@ class BatchRunner:
                     next(stages)
                 except StopIteration as stop:
                     return stop.value, paused
+                stage, k = k, k + 1
+                if not scheduler.boundary(stage, clock()):
+                    continue  # nobody urgent: on without the lock (`boundary`)
                 with self._lock:
                     t = clock()
-                    out = scheduler.interrupt(t, k)
+                    out = scheduler.interrupt(t, stage)
                     shed = [(self._pending.pop(s.request_id), s) for s in out.shed]
                     urgent = out.batch
                     members = [self._pending.pop(rid) for rid in urgent.request_ids] if urgent is not None else []
-                k += 1
                 if shed:
                     self._shed(shed)
                 if urgent is not None:

@@ -14,10 +14,12 @@ as *urgent* instead, when
 - no queued request that the plan had on time is made late by the delay
   (`BudgetScheduler._plan_late`).
 
-At the boundary the worker asks the scheduler (`BudgetScheduler.interrupt`), runs the urgent
-batch, and resumes the paused one. The urgent batch itself is not preemptible (one level).
-What a busy period costs the arrivals it turns away shrinks with it, from the whole batch to
-one stage, and the elastic policy prices it so (`ElasticPolicy`, `block_fraction`).
+At each boundary the worker tells the scheduler without taking the lock (`boundary`: the
+batch's progress, published as one attribute); when urgent requests wait, it takes the lock,
+asks for their batch (`interrupt`), runs it, and resumes the paused one. The urgent batch
+itself is not preemptible (one level). What a busy period costs the arrivals it turns away
+shrinks with it, from the whole batch to one stage, and the elastic policy prices it so
+(`ElasticPolicy`, `block_fraction`).
 
 A stitched subnet runs as a Python loop over blocks (`StitchedNet.forward_path`), so its
 boundaries are the block boundaries (`ElasticModel.stage_fractions`). The urgent request
@@ -77,8 +79,10 @@ class Preemption:
         self.running: ScheduledBatch | None = None  # the batch that may pause
         self.deadline = _INF  # its members' earliest binding deadline
         self.service_ms = 0.0  # its predicted service
-        self.done = 0.0  # share of its forward done at `resumed`
-        self.resumed = 0.0  # when it (re)started from `done` (s, scheduler clock)
+        # (share of its forward done, when it (re)started from there, s, scheduler clock): one
+        # attribute, so that admission reads a consistent pair while the worker publishes a
+        # boundary it passed without the lock (`PreemptingScheduler.boundary`)
+        self.progress = (0.0, 0.0)
         self.urgent: list[Request] = []  # admitted to run at the next boundary, deadline order
         self.urgent_ms = 0.0  # predicted service of their batch (0 when none)
         self.inner: ScheduledBatch | None = None  # the urgent batch running inside `running`
@@ -94,14 +98,17 @@ class Preemption:
         self.running = batch if pausable else None
         self.deadline = deadline
         self.service_ms = batch.predicted_ms
-        self.done = 0.0
-        self.resumed = now
+        self.progress = (0.0, now)
 
     def reached(self, stage: int, now: float) -> None:
         """The running batch reached its boundary `stage` (0-based) at `now`."""
         fractions = self.stages.get(self.running.subnet, ()) if self.running is not None else ()
         if 0 <= stage < len(fractions):
-            self.done, self.resumed = fractions[stage], now
+            self.progress = (fractions[stage], now)
+
+    def resume_at(self, t: float) -> None:
+        """The paused batch goes on from where it is at `t` (after an urgent batch)."""
+        self.progress = (self.progress[0], t)
 
     def next_boundary(self, now: float) -> float | None:
         """Predicted time of the running batch's next boundary at or after `now`, after the
@@ -109,9 +116,10 @@ class Preemption:
         predicted boundaries)."""
         if self.running is None:
             return None
+        done, resumed = self.progress
         for f in self.stages[self.running.subnet]:
-            if f > self.done:
-                t = self.resumed + (f - self.done) * self.service_ms / 1e3
+            if f > done:
+                t = resumed + (f - done) * self.service_ms / 1e3
                 if t >= now:
                     return t
         return None
@@ -156,26 +164,53 @@ class PreemptingScheduler:
         return admitted
 
     def _try_urgent(self, pre: Preemption, request: Request, now: float, start: float) -> bool:
-        """`_admit_urgent`'s checks and, when they pass, the admission itself."""
-        at = pre.next_boundary(now)
-        if at is None or len(pre.urgent) >= self.max_batch_size:
-            return False
-        urgent = sorted([*pre.urgent, request], key=Request.order_key)
-        found = self._urgent_service(urgent)
-        if found is None:
-            return False
-        delay = (found[1] - pre.urgent_ms) / 1e3  # what the running batch and the queue wait more
-        if at + found[1] / 1e3 > min(r.deadline for r in urgent) or start + delay > pre.deadline:
-            return False
-        if self._reqs:
-            floors = self._floor if self._n_floored else None
-            late = self._plan_late(self._hard, floors, start + delay)
-            if late and len(late) > len(self._plan_late(self._hard, floors, start)):
+        """`_admit_urgent`'s checks and, when they pass, the admission itself.
+
+        The worker publishes each boundary it passes without the lock (`boundary`) and takes
+        it only when an urgent batch waits. So the plan is checked against the progress it
+        was made from once the request is in `pre.urgent`: had the worker passed a boundary
+        meanwhile, it may have gone on without seeing the request, and the request is planned
+        again for the next boundary. (After the check, the worker sees it at the next one.)"""
+        while True:
+            progress = pre.progress
+            at = pre.next_boundary(now)
+            if at is None or len(pre.urgent) >= self.max_batch_size:
                 return False
-        pre.urgent, pre.urgent_ms = urgent, found[1]
+            urgent = sorted([*pre.urgent, request], key=Request.order_key)
+            found = self._urgent_service(urgent)
+            if found is None:
+                return False
+            delay = (found[1] - pre.urgent_ms) / 1e3  # what the running batch and the queue wait more
+            if at + found[1] / 1e3 > min(r.deadline for r in urgent) or start + delay > pre.deadline:
+                return False
+            if self._reqs:
+                floors = self._floor if self._n_floored else None
+                late = self._plan_late(self._hard, floors, start + delay)
+                if late and len(late) > len(self._plan_late(self._hard, floors, start)):
+                    return False
+            before = pre.urgent, pre.urgent_ms
+            pre.urgent, pre.urgent_ms = urgent, found[1]
+            if pre.progress is progress:
+                break
+            pre.urgent, pre.urgent_ms = before  # a boundary passed while planning: plan from it
         self._busy_until += delay
         self._queued[request.id] = request
         return True
+
+    def boundary(self, stage: int, now: float) -> bool:
+        """The running batch reached its boundary `stage` (0-based) at `now`, seen by the
+        worker *without* the lock: it publishes the batch's progress (one attribute, which
+        admission reads whole) and is told whether to take the lock and call `interrupt` —
+        only when urgent requests wait for this boundary. Taking the lock and asking at
+        every boundary cost a batch of one demo request ~30 µs (five boundaries, each run
+        with the caches the forward's blocks left); what expires meanwhile, the deadline
+        watchdog sheds. Safe without the lock: only the thread running the batch changes
+        `running` and `inner`, and `_try_urgent` checks its plan against the progress."""
+        pre = self._preempt
+        if pre is None or pre.running is None or pre.inner is not None:
+            return False
+        pre.reached(stage, now)
+        return bool(pre.urgent)
 
     def interrupt(self, now: float, stage: int) -> SchedulerOutput:
         """The running batch reached its stage boundary `stage` (0-based, as in its subnet's
@@ -189,7 +224,7 @@ class PreemptingScheduler:
         pre.reached(stage, now)
         if pre.urgent:
             out.batch = pre.inner = self._dispatch_urgent(now)
-            pre.resumed = now + out.batch.predicted_ms / 1e3  # the paused batch goes on after it
+            pre.resume_at(now + out.batch.predicted_ms / 1e3)  # the paused batch goes on after it
         return out
 
     def _dispatch_urgent(self, now: float) -> ScheduledBatch:
@@ -206,7 +241,7 @@ class PreemptingScheduler:
         return ScheduledBatch(sid, tuple(r.id for r in urgent), ms, now, self.policy.name)
 
     def stages_of(self, batch: ScheduledBatch) -> tuple[float, ...]:
-        """Where the worker calls `interrupt` while `batch` runs (shares of its forward): its
+        """Where the worker calls `boundary` while `batch` runs (shares of its forward): its
         subnet's stage boundaries when it is the batch that may pause, else none."""
         pre = self._preempt
         return pre.stages.get(batch.subnet, ()) if pre is not None and pre.running is batch else ()

@@ -30,8 +30,8 @@ model whose subnets are the "model variants":
   is planned at (`TailQuantile`, serving/slo_margin.py).
 - preemption (optional, `stages=`): a request the running batch would make late runs inside
   it at its next block boundary when the batch, the queue and it stay on time
-  (`PreemptingScheduler`, serving/preemption.py; the worker calls `interrupt` at each
-  boundary).
+  (`PreemptingScheduler`, serving/preemption.py; the worker calls `boundary` at each
+  boundary, and `interrupt` when it says an urgent batch waits).
 
 Pure Python, no torch, single-threaded: the runtime serialises calls, and the clock is an
 argument, so tests drive time by hand. Only subnets on the accuracy/latency Pareto front of
@@ -99,7 +99,8 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             it can pause (`ElasticModel.stage_fractions`); given, a request the running
             batch would make late runs inside it at its next boundary when that keeps
             everyone on time (`serving/preemption.py`), and the worker must call
-            `interrupt` at every boundary. None: batches never pause.
+            `boundary` at every boundary (and `interrupt` when it says so). None: batches
+            never pause.
         slo_target: the share of admitted, non-best-effort requests that should end within
             budget; the quantile of the forwards' spread that plans every batch follows it
             (`TailQuantile`, serving/slo_margin.py), fed by `observe_outcomes`. None: the
@@ -328,7 +329,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         pre = self._preempt
         if pre is not None and batch is pre.inner:
             pre.inner = None
-            pre.resumed = batch.start + busy_ms / 1e3
+            pre.resume_at(batch.start + busy_ms / 1e3)
             if self._busy_until is not None:
                 self._busy_until += (busy_ms - batch.predicted_ms) / 1e3
         else:

@@ -53,6 +53,48 @@ def test_a_tight_request_runs_inside_the_long_batch_at_its_next_boundary():
     assert sched.worker_free_at(0.110) == pytest.approx(0.110)  # idle
 
 
+def test_the_worker_takes_the_lock_at_a_boundary_only_when_an_urgent_batch_waits():
+    sched = make(policy="elastic")
+    running_slow(sched)
+    assert sched.boundary(0, 0.010) is False  # nobody urgent: on, without `interrupt`
+    assert sched._preempt.progress == (0.1, 0.010)  # the progress is published all the same
+    # the next boundary is planned from it: 20 ms; a 30 ms budget at 15 ms runs there
+    sched.add_request(Request(1, 0.015, 30.0), 0.015)
+    assert sched.boundary(1, 0.020) is True
+    out = sched.interrupt(0.020, 1)
+    assert out.batch is not None and out.batch.request_ids == (1,)
+    assert sched.boundary(2, 0.030) is False  # the urgent batch runs inside: nothing to ask
+
+
+@pytest.mark.parametrize(("budget_ms", "admitted"), [(40.0, True), (24.0, False)])
+def test_an_urgent_plan_made_while_the_worker_passed_a_boundary_is_made_again(budget_ms, admitted):
+    """The worker publishes a boundary without the lock: one passed while admission planned
+    for it would leave the request waiting a stage longer than planned. Admission checks
+    the progress after committing and plans again from the boundary after."""
+    sched = make(policy="elastic")
+    running_slow(sched)
+    pre = sched._preempt
+    plan = pre.next_boundary
+
+    def worker_passes_boundary_0_while_planning(now):
+        at = plan(now)  # planned from the start: boundary 0 at 10 ms
+        if pre.progress == (0.0, 0.0):
+            assert sched.boundary(0, 0.0105) is False  # no urgent request yet: it goes on
+        return at
+
+    pre.next_boundary = worker_passes_boundary_0_while_planning
+    # at 5 ms: boundary 0 at 10 ms, then boundary 1 at 20.5 ms (10 ms of forward after
+    # 10.5); with 10 ms of urgent batch a 24 ms budget (due at 29 ms) fits only the first, 40 ms both
+    try:
+        sched.add_request(Request(1, 0.005, budget_ms), 0.005)
+    except BudgetInfeasible:
+        assert not admitted
+    else:
+        assert admitted
+    assert bool(pre.urgent) is admitted
+    assert sched.boundary(1, 0.0205) is admitted  # the request waits for the boundary after
+
+
 def test_without_stages_the_same_request_is_refused():
     sched = make(stages=None, policy="elastic")
     running_slow(sched)
