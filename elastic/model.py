@@ -63,6 +63,7 @@ class ElasticModel(nn.Module):
         super().__init__()
         self._subnets: list[Subnet] | None = None
         self._accuracy: dict[int, float] = {}
+        self._resolved: dict[int, tuple[Subnet, Subnet]] = {}  # id -> (table entry, it with its accuracy)
 
     # ---- subnets -----------------------------------------------------------------------
     def _build_subnets(self) -> list[Subnet]:
@@ -87,7 +88,13 @@ class ElasticModel(nn.Module):
         found = subnets[sid]
         if isinstance(ref, Subnet) and ref.description != found.description:
             raise UnknownSubnet(f"subnet {ref.id} here is {found.description!r}, not {ref.description!r}")
-        return found.with_accuracy(self._accuracy.get(sid))
+        # with its accuracy, made once (a dataclass copy cost a few µs on every forward)
+        known = self._resolved.get(sid)
+        if known is not None and known[0] is found:
+            return known[1]
+        resolved = found.with_accuracy(self._accuracy.get(sid))
+        self._resolved[sid] = (found, resolved)
+        return resolved
 
     def set_accuracies(self, accuracies: Mapping[int, float] | Sequence[float | None]) -> None:
         """Record evaluated top-1 accuracies (saved in the manifest)."""
@@ -98,6 +105,7 @@ class ElasticModel(nn.Module):
                 self._accuracy.pop(sid, None)
             else:
                 self._accuracy[sid] = float(acc)
+            self._resolved.pop(sid, None)
 
     def flops_groups(self, gap: float | None = None) -> list[list[int]]:
         """Subnet ids grouped by FLOPs, as SN-Netv2's `group_subnets_by_flops`.

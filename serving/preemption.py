@@ -77,6 +77,7 @@ class Preemption:
     def __init__(self, stages: Mapping[int, Sequence[float]]):
         self.stages = check_stages(stages)
         self.running: ScheduledBatch | None = None  # the batch that may pause
+        self.fractions: tuple[float, ...] = ()  # its stage boundaries
         self.deadline = _INF  # its members' earliest binding deadline
         self.service_ms = 0.0  # its predicted service
         # (share of its forward done, when it (re)started from there, s, scheduler clock): one
@@ -94,15 +95,15 @@ class Preemption:
 
     def start(self, batch: ScheduledBatch, deadline: float, now: float) -> None:
         """`batch` starts at `now`; `deadline` is its members' earliest binding one."""
-        pausable = bool(self.stages.get(batch.subnet))
-        self.running = batch if pausable else None
+        self.fractions = self.stages.get(batch.subnet, ())
+        self.running = batch if self.fractions else None
         self.deadline = deadline
         self.service_ms = batch.predicted_ms
         self.progress = (0.0, now)
 
     def reached(self, stage: int, now: float) -> None:
         """The running batch reached its boundary `stage` (0-based) at `now`."""
-        fractions = self.stages.get(self.running.subnet, ()) if self.running is not None else ()
+        fractions = self.fractions if self.running is not None else ()
         if 0 <= stage < len(fractions):
             self.progress = (fractions[stage], now)
 
@@ -117,7 +118,7 @@ class Preemption:
         if self.running is None:
             return None
         done, resumed = self.progress
-        for f in self.stages[self.running.subnet]:
+        for f in self.fractions:
             if f > done:
                 t = resumed + (f - done) * self.service_ms / 1e3
                 if t >= now:
