@@ -37,8 +37,7 @@ import argparse
 import functools
 import logging
 import math
-import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
@@ -46,50 +45,13 @@ from elastic.serving import LatencyProfile, Runtime
 
 from .harness import interleaved, markdown_table, paired_ratio, summary, write_results
 from .models import deit_pair, demo_model
+from .stats import median_interval, verdict
 
 log = logging.getLogger(__name__)
 TARGET_ADDED_US = 100.0  # batch 1: most µs the runtime may add per request
 TARGET_RATIO_B8 = 1.15  # batch 8: most runtime / direct time
 EVICTED = "demo, caches evicted"  # a diagnostic row, not one of the targets' rows
 WARMUP = 5
-
-
-def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(median, lo, hi): the median of `values` and a distribution-free interval for it.
-
-    [x_(k), x_(n+1-k)] of the sorted values, with the largest k whose two-sided binomial
-    tail P(Bin(n, 1/2) < k) stays within (1 - confidence) / 2: it covers the true median
-    with at least `confidence` for any continuous distribution of independent values,
-    outliers included (a mean's t-interval would not survive one stalled round). With
-    fewer than 6 values no such k exists at 95 %: the interval is the whole range.
-
-    Raises:
-        ValueError: no values.
-    """
-    xs = sorted(values)
-    n = len(xs)
-    if n == 0:
-        raise ValueError("no values")
-    alpha = (1.0 - confidence) / 2
-    k, tail = 0, 0.0  # tail = P(Bin(n, 1/2) <= k - 1)
-    while k < n // 2:
-        nxt = tail + math.comb(n, k) / 2**n  # P(Bin <= k)
-        if nxt > alpha:
-            break
-        tail, k = nxt, k + 1
-    if k == 0:
-        return statistics.median(xs), xs[0], xs[-1]
-    return statistics.median(xs), xs[k - 1], xs[n - k]
-
-
-def verdict(lo: float, hi: float, target: float) -> str:
-    """ "pass" when the interval [lo, hi] lies at or under `target`, "FAIL" when above it,
-    "within noise" when it contains the target."""
-    if hi <= target:
-        return "pass"
-    if lo > target:
-        return "FAIL"
-    return "within noise"
 
 
 def flat_profile(model, subnet: int, batch_sizes=(1, 8)) -> LatencyProfile:

@@ -9,9 +9,14 @@ load, so the elastic policy prices busy periods (`serving/demand.py`): the costl
 which a loop that finished each batch before the next arrival never took. Pure Python, no
 model.
 
-Each configuration runs `ROUNDS` times, the rounds interleaved, and the median round is
-reported (all rounds are in the JSON). Targets (issue 9), for the elastic policy: <= 20 µs
-per decision at 100 subnets and <= 50 µs at 1000, at every queue depth measured.
+Each configuration runs `ROUNDS` times, the rounds interleaved; the median round is
+reported with a distribution-free 95 % interval of the median (`stats.median_interval`: the
+2nd and 8th of 9 rounds), and all rounds are in the JSON. Pure Python on a shared CPU swings
+by more than the gap to a target from round to round, so each target is judged on the
+interval, as `elastic bench overhead` judges its rows: pass when the whole interval meets
+it, FAIL when none of it does, "within noise" otherwise. Targets (issue 9), for the elastic
+policy: <= 20 µs per decision at 100 subnets and <= 50 µs at 1000, at every queue depth
+measured.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from elastic.serving import BudgetScheduler, LatencyProfile, Request
 from elastic.subnet import Subnet
 
 from .harness import markdown_table, write_results
+from .stats import median_interval, verdict
 
 BATCHES = (1, 2, 4, 8)
 TARGET_US = {100: 20.0, 1000: 50.0}  # subnets -> most µs per decision (elastic)
-ROUNDS = 3  # interleaved repeats of every configuration; the median is reported
+ROUNDS = 9  # interleaved repeats of every configuration: the fewest whose median interval drops both extremes
 
 
 def synthetic(n: int) -> tuple[list[Subnet], LatencyProfile]:
@@ -93,18 +99,27 @@ def decision_time(n: int, policy: str, depth: int, requests: int, seed: int = 0)
 
 
 def targets(rows: list[dict]) -> list[dict]:
-    """Pass / fail of the decision-time targets, one entry per (subnets, depth) of elastic."""
-    return [
-        {
-            "subnets": r["subnets"],
-            "queue_depth": r["queue_depth"],
-            "decision_us": r["decision_us"],
-            "target_us": TARGET_US[r["subnets"]],
-            "pass": r["decision_us"] <= TARGET_US[r["subnets"]],
-        }
-        for r in rows
-        if r["policy"] == "elastic" and r["subnets"] in TARGET_US
-    ]
+    """The decision-time targets, one entry per (subnets, depth) of elastic: judged on the
+    row's interval over rounds (`decision_us_ci95`, `verdict`), on its value when it has none."""
+    checks = []
+    for r in rows:
+        if r["policy"] != "elastic" or r["subnets"] not in TARGET_US:
+            continue
+        target = TARGET_US[r["subnets"]]
+        lo, hi = r.get("decision_us_ci95") or (r["decision_us"], r["decision_us"])
+        judged = verdict(lo, hi, target)
+        checks.append(
+            {
+                "subnets": r["subnets"],
+                "queue_depth": r["queue_depth"],
+                "decision_us": r["decision_us"],
+                "decision_us_ci95": [lo, hi],
+                "target_us": target,
+                "verdict": judged,
+                "pass": judged == "pass",
+            }
+        )
+    return checks
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -120,10 +135,19 @@ def run(args: argparse.Namespace) -> dict:
         ordered = sorted(rounds[c], key=lambda row: row["decision_us"])
         row = dict(ordered[len(ordered) // 2])
         row["decision_us_rounds"] = [x["decision_us"] for x in rounds[c]]
+        row["decision_us_ci95"] = list(median_interval(row["decision_us_rounds"])[1:])
         rows.append(row)
     checks = targets(rows)
     table = markdown_table(
-        ["subnets", "candidates", "policy", "queue depth", "admit µs", "schedule µs / call", "decision µs / request"],
+        [
+            "subnets",
+            "candidates",
+            "policy",
+            "queue depth",
+            "admit µs",
+            "schedule µs / call",
+            "decision µs / request [95 % interval]",
+        ],
         [
             [
                 r["subnets"],
@@ -132,14 +156,14 @@ def run(args: argparse.Namespace) -> dict:
                 r["queue_depth"],
                 r["admit_us"],
                 r["schedule_us"],
-                r["decision_us"],
+                f"{r['decision_us']:.3g} [{r['decision_us_ci95'][0]:.3g}, {r['decision_us_ci95'][1]:.3g}]",
             ]
             for r in rows
         ],
     )
-    table += "\n\nTargets (elastic): " + "; ".join(
+    table += "\n\nTargets (elastic), judged on the interval of the median round: " + "; ".join(
         f"{c['subnets']} subnets, depth {c['queue_depth']}: {c['decision_us']:.1f} µs "
-        f"(≤ {c['target_us']:.0f}) {'pass' if c['pass'] else 'FAIL'}"
+        f"[{c['decision_us_ci95'][0]:.1f}, {c['decision_us_ci95'][1]:.1f}] (≤ {c['target_us']:.0f}) {c['verdict']}"
         for c in checks
     )
     write_results(args.out, "scheduler", {"rows": rows, "targets": checks}, table, args.command)

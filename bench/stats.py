@@ -1,4 +1,5 @@
-"""Interval statistics over repeated benchmark runs: Student-t 95 % intervals over seeds.
+"""Interval statistics over repeated benchmark runs: Student-t 95 % intervals over seeds, and
+distribution-free intervals of a median over timed rounds (`median_interval`, `verdict`).
 
 A load point is run once per seed; the runs are independent, so the mean over seeds and a
 t-interval (Student, 1908) on it say how far the mean could move in another set of runs.
@@ -81,3 +82,41 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> Interval:
     if len(a) != len(b):
         raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
     return mean_interval([x - y for x, y in zip(a, b, strict=True)])
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(median, lo, hi): the median of `values` and a distribution-free interval for it.
+
+    [x_(k), x_(n+1-k)] of the sorted values, with the largest k whose two-sided binomial
+    tail P(Bin(n, 1/2) < k) stays within (1 - confidence) / 2: it covers the true median
+    with at least `confidence` for any continuous distribution of independent values,
+    outliers included (a mean's t-interval would not survive one stalled round). With
+    fewer than 6 values no such k exists at 95 %: the interval is the whole range.
+
+    Raises:
+        ValueError: no values.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no values")
+    alpha = (1.0 - confidence) / 2
+    k, tail = 0, 0.0  # tail = P(Bin(n, 1/2) <= k - 1)
+    while k < n // 2:
+        nxt = tail + math.comb(n, k) / 2**n  # P(Bin <= k)
+        if nxt > alpha:
+            break
+        tail, k = nxt, k + 1
+    if k == 0:
+        return statistics.median(xs), xs[0], xs[-1]
+    return statistics.median(xs), xs[k - 1], xs[n - k]
+
+
+def verdict(lo: float, hi: float, target: float) -> str:
+    """ "pass" when the interval [lo, hi] lies at or under `target`, "FAIL" when above it,
+    "within noise" when it contains the target."""
+    if hi <= target:
+        return "pass"
+    if lo > target:
+        return "FAIL"
+    return "within noise"

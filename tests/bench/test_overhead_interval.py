@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from elastic.bench.overhead import median_interval, verdict
+from elastic.bench.stats import median_interval, verdict
 
 
 @pytest.mark.parametrize(("n", "k"), [(6, 1), (10, 2), (25, 8), (100, 40)])

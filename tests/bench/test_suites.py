@@ -54,8 +54,16 @@ def test_scheduler_suite_counts_every_request_and_checks_targets():
         {"policy": "elastic", "subnets": 1000, "queue_depth": 64, "decision_us": 51.0},
         {"policy": "slackfit", "subnets": 1000, "queue_depth": 64, "decision_us": 500.0},
         {"policy": "elastic", "subnets": 10, "queue_depth": 8, "decision_us": 500.0},
+        # judged on the interval over rounds when there is one
+        {"policy": "elastic", "subnets": 100, "queue_depth": 64, "decision_us": 18.0, "decision_us_ci95": [15, 24]},
+        {"policy": "elastic", "subnets": 100, "queue_depth": 8, "decision_us": 23.0, "decision_us_ci95": [21, 30]},
     ]
-    assert [(c["subnets"], c["pass"]) for c in targets(rows)] == [(100, True), (1000, False)]
+    assert [(c["subnets"], c["verdict"], c["pass"]) for c in targets(rows)] == [
+        (100, "pass", True),
+        (1000, "FAIL", False),
+        (100, "within noise", False),
+        (100, "FAIL", False),
+    ]
 
 
 def test_scheduler_suite_times_the_priced_path(monkeypatch):

@@ -27,6 +27,8 @@ def test_timed_targets_count_passes_and_name_the_rest(tmp_path):
         "targets": [
             {"subnets": 100, "queue_depth": 8, "decision_us": 39.0, "target_us": 20.0, "pass": False},
             {"subnets": 100, "queue_depth": 64, "decision_us": 19.0, "target_us": 20.0, "pass": True},
+            {"subnets": 1000, "queue_depth": 8, "decision_us": 45.0, "target_us": 50.0, "pass": False}
+            | {"verdict": "within noise"},
         ],
     }
     overhead = {
@@ -51,6 +53,7 @@ def test_timed_targets_count_passes_and_name_the_rest(tmp_path):
         "of": 2,
         "missed": ["depth 8 (39.0 µs)"],
     }
+    assert by_scope["decision ≤ 50 µs", "1000 subnets"]["missed"] == ["depth 8 (45.0 µs, within noise)"]
     batch1 = by_scope["≤ 100 µs added at batch 1", "demo, infer"]
     assert (batch1["met"], batch1["of"]) == (1, 3)
     assert batch1["missed"] == ["subnet 0 (343 µs)", "subnet 1 (120 µs, within noise)"]
