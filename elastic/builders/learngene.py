@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,10 +240,10 @@ class LearngenePool(StagedPieces, ElasticModel):
     def path_pieces(self, path: Descendant) -> Pieces:
         """The pieces `forward_stages` runs: the stitch with the block before it."""
         front, back = self.family[path.front], self.family[path.back]
-        stem, blocks = front.stem, list(front.blocks[: path.front_stop])
+        stem, blocks = front.stem, list(islice(front.blocks, path.front_stop))  # no new ModuleList
         if path.layer is not None:
             stem, blocks = fold(stem, blocks, self.stitches[path.layer])
-        return stem, [*blocks, *back.blocks[path.back_start :]], back.head
+        return stem, [*blocks, *islice(back.blocks, path.back_start, None)], back.head
 
     def input_size(self) -> tuple[int, int, int]:
         return self.family.input_size()

@@ -177,7 +177,7 @@ class SortedNet(ElasticModel):
             if getattr(v, key) is not None:
                 out[key] = getattr(v, key)[..., :w]
         vec("norm_pre", v.norm_pre, w)
-        for i, blk in enumerate(v.blocks[: s.depth]):
+        for i, blk in enumerate(itertools.islice(v.blocks, s.depth)):  # no new Sequential
             b = f"blocks.{i}"
             vec(f"{b}.norm1", blk.norm1, w)
             a = blk.attn
@@ -247,7 +247,7 @@ class SortedNet(ElasticModel):
             x = torch.cat([*prefix, x], dim=1) + t["pos_embed"]
         x = _norm(v.patch_drop(v.pos_drop(x)), t, "norm_pre", w, self.eps)
         out = {0: self._head(x, t, w)} if 0 in depths else {}
-        for i, blk in enumerate(v.blocks[: s.depth]):
+        for i, blk in enumerate(itertools.islice(v.blocks, s.depth)):  # no new Sequential
             b = f"blocks.{i}"
             a = self._attention(_norm(x, t, f"{b}.norm1", w, self.eps), blk.attn, t, b, s.heads)
             x = x + blk.drop_path1(_scale(a, t, f"{b}.ls1"))

@@ -22,6 +22,7 @@ always runs its own forward (norm included), equal to timm's.
 from __future__ import annotations
 
 import logging
+from itertools import islice
 from typing import Any
 
 import torch
@@ -232,7 +233,7 @@ class StitchedNet(StagedPieces, ElasticModel):
         """The pieces `forward_stages` runs: a stitch with the block before it."""
         stem, blocks = self.family[path.front].stem, []
         for s, (lo, hi) in enumerate(path.segments):
-            blocks += self.family[path.anchors[s]].blocks[lo:hi]
+            blocks += islice(self.family[path.anchors[s]].blocks, lo, hi)  # no new ModuleList
             if s < len(path.layers):
                 stem, blocks = fold(stem, blocks, self.stitches[path.layers[s]])
         return stem, blocks, lambda h: self.head(path.back, h)
