@@ -325,14 +325,9 @@ class CostTable:
             forward = self.latency.forward
             shared, tail = forward.shared, forward.tail
             per_batch, per_request = self.overhead.per_batch_ms, self.overhead.per_request_ms
+            tail = 1.0 if tail is None else tail  # × 1.0 is exact: `predict_ms`'s products, bit for bit
             firsts = zip(range(1, len(self._front_ids)), self._front_ids[1:], self._front_lat[1:], strict=True)
-            if tail is None:
-                row = [None, *[(ids[0], lat[0] * shared + (per_batch + per_request * b)) for b, ids, lat in firsts]]
-            else:
-                row = [
-                    None,
-                    *[(ids[0], lat[0] * shared * tail + (per_batch + per_request * b)) for b, ids, lat in firsts],
-                ]
+            row = [None, *[(ids[0], lat[0] * shared * tail + (per_batch + per_request * b)) for b, ids, lat in firsts]]
             self._fast_any = row
         return row
 
