@@ -15,6 +15,10 @@ noisy rounds. A diagnostic row ("demo, caches evicted", no target) repeats the f
 row with an untimed deit_tiny forward before every timed call: the same code and model,
 starting from the caches a large forward leaves, which is where deit_tiny's own rows run.
 
+Refusals: one more measurement times a `submit` the runtime refuses (a budget below the
+fastest subnet's prediction: `BudgetInfeasible` from admission), per call on the caller's
+thread — what each request turned away costs in overload, where most are.
+
 Targets (issue 9), per row on the CPU: <= 100 µs added per request at batch 1; at batch 8
 the runtime's time <= 1.15× the direct batched forward's.
 
@@ -41,6 +45,7 @@ from collections.abc import Callable
 
 import torch
 
+from elastic.errors import BudgetInfeasible
 from elastic.serving import LatencyProfile, Runtime
 
 from .harness import interleaved, markdown_table, paired_ratio, summary, write_results
@@ -152,6 +157,30 @@ def measure(
     return rows
 
 
+@torch.inference_mode()
+def refusal_cost(model, subnet: int, repeats: int, per_round: int = 8) -> dict:
+    """µs per refused `submit` (a budget below the fastest prediction), the median over
+    `repeats` rounds of `per_round` calls with its 95 % interval."""
+    x = torch.randn(1, *model.input_size())
+    per_call: list[float] = []
+    with Runtime(model, max_batch_size=8, policy=f"static:{subnet}", profile=flat_profile(model, subnet)) as rt:
+        budget = 1e-3  # ms: below the flat profile's 1 ms, refused at admission
+
+        def refused() -> None:
+            for _ in range(per_round):
+                try:
+                    rt.submit(x, budget)
+                except BudgetInfeasible:
+                    continue
+                raise RuntimeError("a request with an infeasible budget was admitted")
+
+        times = interleaved({"refused": refused}, repeats=repeats, warmup=WARMUP)["refused"]
+        per_call = [1e6 * t / per_round for t in times]
+        refusals = rt.metrics.registry.get_sample_value("elastic_rejections_total", {"reason": "infeasible"})
+    median, lo, hi = median_interval(per_call)
+    return {"subnet": subnet, "us_per_refusal": median, "us_ci95": [lo, hi], "rounds": repeats, "counted": refusals}
+
+
 def run(args: argparse.Namespace) -> dict:
     repeats = 20 if args.quick else 100
     model = demo_model(args.model)  # required: a missing model fails the suite
@@ -165,6 +194,7 @@ def run(args: argparse.Namespace) -> dict:
     deit = deit_pair()
     evict = functools.partial(deit, torch.randn(1, *deit.input_size()), subnet=0)
     rows += measure(model, EVICTED, anchors[0], repeats, before=evict, batch_sizes=(1,))
+    refusal = refusal_cost(model, anchors[0], repeats)
     table = markdown_table(
         [
             "model",
@@ -211,6 +241,10 @@ def run(args: argparse.Namespace) -> dict:
         " time less the forward time its `Result` reports, i.e. the runtime's own Python path. The row"
         f" '{EVICTED}' repeats the first demo row with a deit_tiny forward (untimed) before every timed call:"
         " the same code and model, starting from the caches a large forward leaves."
+        f"\n\nA refused `submit` (demo subnet {refusal['subnet']}, a budget below the fastest prediction:"
+        f" `BudgetInfeasible` from admission) costs {refusal['us_per_refusal']:.3g} µs"
+        f" [{refusal['us_ci95'][0]:.3g}, {refusal['us_ci95'][1]:.3g}] on the caller's thread (median of"
+        f" {refusal['rounds']} rounds of 8 calls, 95 % interval)."
     )
-    write_results(args.out, "overhead", {"rows": rows}, table, args.command)
-    return {"rows": rows, "table": table}
+    write_results(args.out, "overhead", {"rows": rows, "refusal": refusal}, table, args.command)
+    return {"rows": rows, "refusal": refusal, "table": table}

@@ -52,11 +52,10 @@ class Intake:
         which on a loaded CPU cost more than a small forward. Otherwise, and whenever the
         scheduler would rather hold the request back to fill a batch, the worker serves it.
 
-        `x` must be the caller's private copy, except with `inline`: then it may be the
-        caller's own tensor (a view), and is copied here only if the request is queued
-        rather than run before this call returns.
+        `x` may be the caller's own tensor (a view): it is copied here once the request is
+        admitted and queued, not when it is refused or runs before this call returns. A
+        refusal, the common outcome in overload, so costs no copy and no future.
         """
-        future = self._new_future()
         metrics = self.metrics
         with self._lock:
             if self.dead is not None:
@@ -85,13 +84,13 @@ class Intake:
                     metrics.rejected("overloaded", budget_ms)
                 raise
             metrics.admitted(budget_ms)
+            future = self._new_future()
             future.request_id = request.id  # lets `cancel` find it
-            self._pending[request.id] = Pending(request, x, squeeze, future)
+            pending = self._pending[request.id] = Pending(request, x, squeeze, future)
             victims = [(self._pending.pop(s.request_id), s) for s in evicted] if evicted else None
             step, shed = self._claim_step() if inline and not victims and len(scheduler._reqs) == 1 else (None, [])
             if step is None:
-                if inline:  # queued: the caller may change its tensor once this returns
-                    self._pending[request.id].x = x.clone()
+                pending.x = x.clone()  # queued: the caller may change its tensor once this returns
                 if self._idle:
                     if self._hold_until is None or self._hold_must_end(scheduler, request):
                         self._woken_at = now

@@ -446,7 +446,9 @@ class Runtime:
             floor = check_min_accuracy(min_accuracy)
             level = check_priority(priority)
             effort = check_best_effort(best_effort)
-            sample, squeeze = self._check_sample(x, copy=not inline)  # inline: the engine copies if queued
+            # no copy yet: the engine copies the sample once it admits it (a refusal, the
+            # common outcome in overload, costs no copy) and not at all when it runs inline
+            sample, squeeze = self._check_sample(x, copy=False)
         except InvalidInput:
             metrics.rejected("invalid")
             raise

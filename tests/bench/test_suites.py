@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from elastic.bench.memory import measure as memory
+from elastic.bench.overhead import WARMUP, refusal_cost
 from elastic.bench.overhead import measure as overhead
 from elastic.bench.scheduler import decision_time, targets
 from elastic.bench.switching import WeightCopyCounter
@@ -107,6 +108,13 @@ def test_overhead_counts_only_the_timed_batches(tiny_stitched):
     median, lo, hi = one["outside_forward_us"]
     assert 0 < lo <= median <= hi < 1e6 * one["runtime"]["p90_ms"] / 1e3
     assert eight["outside_forward_us"] is None and one["caches"] == "as left"
+
+
+def test_refusal_cost_times_refused_submits_only(tiny_stitched):
+    got = refusal_cost(tiny_stitched, 0, repeats=4, per_round=3)
+    assert got["counted"] == (4 + WARMUP) * 3  # every call refused (and counted), the warm-up rounds too
+    lo, hi = got["us_ci95"]
+    assert 0 < lo <= got["us_per_refusal"] <= hi
 
 
 def test_overhead_runs_the_cache_state_before_every_timed_call(tiny_stitched):

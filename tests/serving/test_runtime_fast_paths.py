@@ -115,6 +115,36 @@ def test_an_inline_request_that_gets_queued_holds_its_own_copy(rt, served_model,
     torch.testing.assert_close(got[0].output, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_queued_request_holds_its_own_copy(rt, served_model, monkeypatch):
+    """`submit` checks the caller's tensor without copying it and the engine copies it once
+    admitted: a change to the caller's tensor after `submit` returns is not served."""
+    gate = Gate(monkeypatch, served_model)  # the first forward blocks until released
+    plug = rt.submit(torch.randn(3, 32, 32), GENEROUS_MS)
+    assert gate.entered.wait(30)
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(11))
+    expected_input = x.clone()
+    future = rt.submit(x, GENEROUS_MS)
+    x.fill_(1e3)  # the caller reuses its tensor while the request waits
+    gate.release.set()
+    assert isinstance(plug.result(timeout=60), Result)
+    got = future.result(timeout=60)
+    with torch.inference_mode():
+        expected = gate.original(expected_input.unsqueeze(0), subnet=got.subnet)[0]
+    torch.testing.assert_close(got.output, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_refused_request_leaves_nothing_behind(rt):
+    """A refusal is raised before the engine creates a future, copies the sample or queues
+    anything: the next request is served as if the refused one never came."""
+    from elastic.errors import BudgetInfeasible
+
+    with pytest.raises(BudgetInfeasible):
+        rt.submit(torch.randn(3, 32, 32), 1e-6)
+    engine = rt._engine
+    assert not engine._pending and rt.scheduler.get_num_waiting() == 0
+    assert isinstance(rt.submit(torch.randn(3, 32, 32), GENEROUS_MS).result(timeout=60), Result)
+
+
 class _HugeOutputs(EagerExecutor):
     """Logits whose row sums overflow while every element is finite."""
 
