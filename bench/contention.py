@@ -10,6 +10,12 @@ condition's duty. Alone and at each duty, the executors run interleaved, one cal
 the table gives each median, the process executor's ratio to eager (paired per round), and
 how much each slowed down against running alone.
 
+Beside the busy thread each condition also runs with the interpreter's switch interval
+shortened to `SHORT_SWITCH_S` (`sys.setswitchinterval`; CPython's default is 5 ms): how long
+a thread that wants the lock back waits before the one holding it is asked to drop it. An
+eager forward asks for it back after every operator, so the interval bounds each of those
+waits. It is a process-wide setting, the application's to choose: the runtime leaves it alone.
+
 Model: the demo's (`out/demo/model`) when it is there, else its architecture with random
 weights; the fastest, a middle and the slowest subnet of its Pareto front.
 """
@@ -19,9 +25,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -37,6 +45,19 @@ CONTENDERS = ("eager", "process")
 BATCH_SIZES = (1, 8)
 DUTIES = (0.0, 0.5, 0.9)  # share of each millisecond the busy thread runs Python
 PERIOD_MS = 1.0
+SHORT_SWITCH_S = 20e-6  # the shortened switch interval each busy condition also runs with
+
+
+@contextmanager
+def switch_interval(seconds: float | None) -> Iterator[None]:
+    """The interpreter's switch interval set to `seconds` inside (None: left as it is)."""
+    before = sys.getswitchinterval()
+    if seconds is not None:
+        sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 class BusyThread:
@@ -88,8 +109,15 @@ def on_worker_thread(fn: Callable[[], dict], threads: int) -> dict:
 
 
 def compare(
-    model: elastic.ElasticModel, ids: list[int], repeats: int, duties=DUTIES, threads: int = 1
+    model: elastic.ElasticModel,
+    ids: list[int],
+    repeats: int,
+    duties=DUTIES,
+    threads: int = 1,
+    switches: tuple[float | None, ...] = (None, SHORT_SWITCH_S),
 ) -> tuple[list[dict], dict]:
+    """Rows per (subnet, batch, duty, switch interval): alone (duty 0, the interpreter's own
+    interval) first, then each busy duty with each of `switches` (None: the interpreter's)."""
     from elastic.serving.executor import EagerExecutor
     from elastic.serving.process_executor import ProcessExecutor
 
@@ -106,20 +134,22 @@ def compare(
                     reference = executors["eager"].run(sid, x)
                     diff = float((process.run(sid, x) - reference).abs().max())
                 calls = {name: (lambda ex=ex, x=x, sid=sid: ex.run(sid, x)) for name, ex in executors.items()}
-                by_duty = {}
+                by_condition = {}
                 for duty in duties:
-                    with BusyThread(duty) as busy:
-                        times = on_worker_thread(lambda c=calls: interleaved(c, repeats=repeats), threads)
-                    if duty > 0 and busy.spins == 0:
-                        raise RuntimeError("the busy thread never ran")
-                    by_duty[duty] = times
-                alone = by_duty[duties[0]]
-                for duty, times in by_duty.items():
+                    for switch in switches if duty > 0 else (None,):
+                        with switch_interval(switch), BusyThread(duty) as busy:
+                            times = on_worker_thread(lambda c=calls: interleaved(c, repeats=repeats), threads)
+                        if duty > 0 and busy.spins == 0:
+                            raise RuntimeError("the busy thread never ran")
+                        by_condition[(duty, switch)] = times
+                alone = by_condition[(duties[0], None)]
+                for (duty, switch), times in by_condition.items():
                     rows.append(
                         {
                             "subnet": sid,
                             "batch": b,
                             "duty": duty,
+                            "switch_interval_s": switch if switch is not None else sys.getswitchinterval(),
                             **{name: summary(times[name]) for name in CONTENDERS},
                             "process_vs_eager": paired_ratio(times["process"], times["eager"]),
                             "slowdown": {
@@ -129,7 +159,7 @@ def compare(
                             "max_abs_diff_vs_eager": diff,
                         }
                     )
-                    log.info("subnet %d batch %d duty %.1f: %s", sid, b, duty, rows[-1]["slowdown"])
+                    log.info("subnet %d batch %d duty %.1f switch %s: %s", sid, b, duty, switch, rows[-1]["slowdown"])
     finally:
         process.close()
     return rows, {"process_start_s": start_s}
@@ -148,6 +178,7 @@ def run(args: argparse.Namespace) -> dict:
             "subnet",
             "batch",
             "busy thread's duty",
+            "switch interval",
             "eager ms",
             "process ms",
             "process/eager",
@@ -159,6 +190,7 @@ def run(args: argparse.Namespace) -> dict:
                 r["subnet"],
                 r["batch"],
                 f"{round(100 * r['duty'])} %",
+                _interval(r["switch_interval_s"]),
                 r["eager"]["median_ms"],
                 r["process"]["median_ms"],
                 r["process_vs_eager"],
@@ -172,10 +204,25 @@ def run(args: argparse.Namespace) -> dict:
     table += (
         f"\n\nModel: {name}; subnets {ids}; {threads} torch thread(s), here and in the child; {repeats} interleaved "
         f"rounds of one call, on a worker thread; the busy thread runs Python for the duty's share of every "
-        f"{PERIOD_MS:g} ms (0 %: no busy thread). Slowdown: median against the same executor's alone. Largest "
+        f"{PERIOD_MS:g} ms (0 %: no busy thread), with the interpreter's switch interval (`sys.setswitchinterval`) "
+        f"at its default and at {_interval(SHORT_SWITCH_S)}. Slowdown: median against the same executor's alone. "
+        f"Largest "
         f"|process - eager| {worst:.1e}; the child took {setup['process_start_s']:.1f} s to start; 1-min load "
         f"average {setup['loadavg_1min'][0]:.1f} -> {setup['loadavg_1min'][1]:.1f} on {os.cpu_count()} CPUs."
     )
-    data = {"model": name, "subnets": ids, "threads": threads, "repeats": repeats, "duties": DUTIES, "setup": setup}
+    data = {
+        "model": name,
+        "subnets": ids,
+        "threads": threads,
+        "repeats": repeats,
+        "duties": DUTIES,
+        "short_switch_interval_s": SHORT_SWITCH_S,
+        "setup": setup,
+    }
     write_results(args.out, "contention", {**data, "rows": rows}, table, args.command)
     return {"rows": rows, "table": table}
+
+
+def _interval(seconds: float) -> str:
+    """A switch interval for the table: "5 ms", "20 µs"."""
+    return f"{seconds * 1e3:g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:g} µs"

@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 import time
 
 import pytest
@@ -175,8 +176,14 @@ def test_lanes_pools_attainment_over_seeds_by_admitted_count():
 def test_contention_times_both_executors_alone_and_beside_a_busy_thread(tiny_stitched):
     from elastic.bench.contention import BusyThread, compare
 
-    rows, setup = compare(tiny_stitched, [0], repeats=2, duties=(0.0, 0.5))
-    assert [(r["batch"], r["duty"]) for r in rows] == [(1, 0.0), (1, 0.5), (8, 0.0), (8, 0.5)]
+    default = sys.getswitchinterval()
+    rows, setup = compare(tiny_stitched, [0], repeats=2, duties=(0.0, 0.5), switches=(None, 1e-4))
+    conditions = [(1, 0.0, default), (1, 0.5, default), (1, 0.5, 1e-4)]
+    assert [(r["batch"], r["duty"], r["switch_interval_s"]) for r in rows] == [
+        *conditions,
+        *[(8, d, s) for _, d, s in conditions],
+    ]
+    assert sys.getswitchinterval() == default  # restored
     for r in rows:
         assert r["max_abs_diff_vs_eager"] < 1e-4  # the child's forward is the eager one
         assert r["eager"]["median_ms"] > 0 and r["process"]["median_ms"] > 0
