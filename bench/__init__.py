@@ -17,6 +17,7 @@ SUITES = [
     "ride_along",
     "onnx",
     "contention",
+    "switch_interval",
     "streaming",
     "ray_load",
     "lanes",

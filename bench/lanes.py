@@ -25,7 +25,7 @@ from .harness import markdown_table, write_results
 from .load import FULL, QUICK, Span, run_one, warmed_workload
 from .load_calibration import BATCH_WAIT_MS, MAX_BATCH, calibrate
 from .scenarios import deit_scenario
-from .stats import mean_interval, paired_difference
+from .stats import mean_interval, paired_difference, pooled_attainment
 
 log = logging.getLogger(__name__)
 LOADS = (2.0, 3.0)
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
                     "contenders": {
                         name: {
                             "effective_accuracy": mean_interval(acc[name]).to_dict(),
-                            "admitted_slo_attainment": _pooled_attainment(ss),
+                            "admitted_slo_attainment": pooled_attainment(ss),
                             "rejected_share": statistics.fmean(s["rejected_share"] for s in ss),
                             "per_seed": acc[name],
                         }
@@ -121,10 +121,3 @@ def run(args: argparse.Namespace) -> dict:
     }
     write_results(args.out, "lanes", {"method": method, "points": points}, table, args.command)
     return {"points": points, "table": table}
-
-
-def _pooled_attainment(scores: list[dict]) -> float:
-    """On-time share of the admitted requests, pooled over seeds."""
-    admitted = sum(s["admitted"] for s in scores)
-    on_time = sum(s["admitted_slo_attainment"] * s["admitted"] for s in scores if s["admitted"])
-    return on_time / admitted if admitted else float("nan")

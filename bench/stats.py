@@ -120,3 +120,11 @@ def verdict(lo: float, hi: float, target: float) -> str:
     if lo > target:
         return "FAIL"
     return "within noise"
+
+
+def pooled_attainment(scores: list[dict]) -> float:
+    """On-time share of the admitted requests, pooled over runs (`score` dicts: `admitted`,
+    `admitted_slo_attainment`); nan when none was admitted."""
+    admitted = sum(s["admitted"] for s in scores)
+    on_time = sum(s["admitted_slo_attainment"] * s["admitted"] for s in scores if s["admitted"])
+    return on_time / admitted if admitted else float("nan")

@@ -165,12 +165,12 @@ def test_results_name_the_cpu_they_were_measured_on(tmp_path):
 
 
 def test_lanes_pools_attainment_over_seeds_by_admitted_count():
-    from elastic.bench.lanes import _pooled_attainment
+    from elastic.bench.stats import pooled_attainment
 
     runs = [{"admitted": 100, "admitted_slo_attainment": 0.99}, {"admitted": 0, "admitted_slo_attainment": None}]
     runs.append({"admitted": 300, "admitted_slo_attainment": 1.0})
-    assert _pooled_attainment(runs) == pytest.approx((99 + 300) / 400)
-    assert math.isnan(_pooled_attainment([{"admitted": 0, "admitted_slo_attainment": None}]))
+    assert pooled_attainment(runs) == pytest.approx((99 + 300) / 400)
+    assert math.isnan(pooled_attainment([{"admitted": 0, "admitted_slo_attainment": None}]))
 
 
 def test_contention_times_both_executors_alone_and_beside_a_busy_thread(tiny_stitched):
@@ -217,3 +217,38 @@ def test_goodput_bisection_sizes_each_run_by_its_arrivals(monkeypatch):
     assert (
         "~200 arrivals" in ray_load._probe_sizes(probes) and ray_load._probe_sizes([{"rate_per_s": 1.0}]) == "3 s each"
     )
+
+
+def test_switch_interval_runs_each_contender_at_its_interval_and_restores_it(monkeypatch):
+    from types import SimpleNamespace
+
+    from elastic.bench import switch_interval as si
+    from elastic.bench.arrivals import BudgetDistribution
+    from elastic.bench.load import QUICK
+
+    seen = []
+
+    def fake_run_one(mode, scenario, calib, policy, arrivals, budgets, seed, scored_from=0):
+        seen.append((policy, round(sys.getswitchinterval(), 9)))  # CPython keeps it in whole µs
+        acc = 0.5 if seen[-1][1] == si.SHORT_S else 0.4
+        return {
+            "effective_accuracy": acc,
+            "admitted": 10,
+            "admitted_slo_attainment": 0.9,
+            "shed": 1,
+            "rejected_share": 0.2,
+            "forward_ms": {"p50": 2.0},
+            "submit_lag_ms": {"p50": 0.1},
+        }
+
+    monkeypatch.setattr(si, "run_one", fake_run_one)
+    default = sys.getswitchinterval()
+    calib = SimpleNamespace(capacity_per_s=100.0, budgets=BudgetDistribution(5.0, 50.0), smallest=0)
+    contenders = [(p, s) for p in ("elastic", "static:0") for s in (None, si.SHORT_S)]
+    point = si._point(None, calib, QUICK, "poisson", 1.0, 2, contenders)
+    assert sorted(seen) == sorted([(p, round(s or default, 9)) for p, s in contenders] * 2)
+    assert sys.getswitchinterval() == default
+    gain = point["short_minus_default"]["elastic"]["effective_accuracy"]
+    assert gain["mean"] == pytest.approx(0.1)
+    assert point["contenders"]["elastic @ 20 µs"]["shed_share"] == pytest.approx(0.1)
+    assert "+10.0" in si._table([point], calib, 2, default)
