@@ -93,7 +93,8 @@ class SampleCheck:
             raise InvalidInput(f"{name} has dtype {x.dtype}; the model runs {self.dtype}: send {name}.to({self.dtype})")
 
     def __call__(self, x: object, copy: bool = True) -> tuple[torch.Tensor, bool]:
-        """Returns the sample as (1, C, H, W), and whether to squeeze the answer.
+        """Returns the sample as (1, C, H, W), and whether to squeeze the answer: `shape`,
+        then `finish`.
 
         Shape:
             x: (C, H, W) or (1, C, H, W) -> (1, C, H, W)
@@ -106,24 +107,52 @@ class SampleCheck:
         Raises:
             InvalidInput: naming what is wrong with `x`.
         """
+        squeeze = self.shape(x)
+        batch = self.finish(x, squeeze)
+        return (batch.clone() if copy else batch), squeeze
+
+    def shape(self, x: object) -> bool:
+        """Everything but finiteness, without a tensor operation: the interpreter lock is
+        never let go, so a request refused at admission next costs the worker's forward no
+        hand-offs. Returns whether `x` is one (C, H, W) sample (its answer is squeezed).
+
+        Raises:
+            InvalidInput: naming what is wrong with `x`.
+        """
         self._check_tensor(x, "x")
-        squeeze = x.dim() == 3
-        batch = x.unsqueeze(0) if squeeze else x
-        shape = batch.shape
-        usual = not self._own_check and shape[0] == 1 and shape[1:] == self.input_size and batch.is_floating_point()
+        shape = x.shape
+        squeeze = len(shape) == 3
+        usual = (
+            not self._own_check
+            and (squeeze or (len(shape) == 4 and shape[0] == 1))
+            and tuple(shape[-3:]) == self.input_size
+            and x.is_floating_point()
+        )
         if not usual:
+            batch = x.unsqueeze(0) if squeeze else x
             self.model.check_input(batch)  # its own checks, or its error message for this shape
-        if shape[0] != 1:
-            raise InvalidInput(
-                f"one sample per request: got a batch of {shape[0]}; submit each sample, the runtime batches them"
-            )
-        if batch.requires_grad:  # else `clone` / the view already carries no autograd history
+            if batch.shape[0] != 1:
+                raise InvalidInput(
+                    f"one sample per request: got a batch of {batch.shape[0]}; submit each sample, "
+                    "the runtime batches them"
+                )
+        return squeeze
+
+    def finish(self, x: torch.Tensor, squeeze: bool) -> torch.Tensor:
+        """A sample `shape` passed, as (1, C, H, W): a view without autograd history, checked
+        finite (on its sum: a finite sum means every element is finite; a sum that is not —
+        a NaN, an infinity, or only an overflow — is checked element by element, and a model
+        that overrides `check_input` has its own method called on it).
+
+        Raises:
+            InvalidInput: `x` holds NaN or infinite values.
+        """
+        batch = x.unsqueeze(0) if squeeze else x
+        if batch.requires_grad:  # a view of a tensor with history carries none after this
             batch = batch.detach()
-        if copy:  # first: the finiteness check then reads the copy, still in cache, not `x` again
-            batch = batch.clone()
-        if usual and not math.isfinite(batch.sum().item()):  # a finite sum: every element is finite
+        if not math.isfinite(batch.sum().item()):
             self.model.check_input(batch)  # NaN / infinity, or only an overflowing sum
-        return batch, squeeze
+        return batch
 
     def batch(self, xs: object) -> torch.Tensor:
         """Validates a stacked batch of samples (`Runtime.submit_many`); returns a private copy.

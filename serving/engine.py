@@ -45,6 +45,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
+import torch
+
 from elastic.errors import ExecutionError, Overloaded
 
 from .batch_run import BatchRunner, execution_error
@@ -86,8 +88,10 @@ class EngineCore(Intake, BatchRunner):
         name: str = "elastic-runtime",
         caller_runs: bool = True,
         ids: Iterator[int] | None = None,
+        finish_sample: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
     ):
         self.executor = executor
+        self.finish_sample = finish_sample  # the sample checks `submit` runs once it admits
         self.metrics = metrics
         self.clock = clock
         self.worker_threads = worker_threads

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from elastic.errors import BudgetInfeasible, Overloaded
+from elastic.errors import BudgetInfeasible, InvalidInput, Overloaded
 
 from .batch_run import execution_error
 from .output import ScheduledBatch, ShedRequest
@@ -52,9 +52,13 @@ class Intake:
         which on a loaded CPU cost more than a small forward. Otherwise, and whenever the
         scheduler would rather hold the request back to fill a batch, the worker serves it.
 
-        `x` may be the caller's own tensor (a view): it is copied here once the request is
-        admitted and queued, not when it is refused or runs before this call returns. A
-        refusal, the common outcome in overload, so costs no copy and no future.
+        `x` may be the caller's own tensor, checked but for what takes a tensor operation
+        (`SampleCheck.shape`): that part (`finish_sample`, `SampleCheck.finish`) runs here
+        once the request is admitted, and the sample is copied once it is queued, not when
+        it runs before this call returns. A refusal, the common outcome in overload, so
+        costs no tensor operation, no copy and no future; each tensor operation lets go of
+        the interpreter lock, which a forward on the worker is waiting to take back. With
+        no `finish_sample`, `x` is a checked (1, C, H, W) sample.
         """
         metrics = self.metrics
         with self._lock:
@@ -73,6 +77,11 @@ class Intake:
             if self._overhead is not None:  # now, not at the next schedule: one `fastest_at` rebuild, not two
                 self._fold_overhead()
             now = self.clock()
+            finish = self.finish_sample
+            # a full queue makes room by evicting a queued request: never for an invalid one
+            early = finish is not None and len(scheduler._reqs) >= scheduler.max_queue
+            if early:
+                x = self._finished(finish, x, squeeze)
             try:
                 evicted = scheduler.add_request(request, now)
             except BudgetInfeasible:
@@ -83,6 +92,12 @@ class Intake:
                 if count_refusal:
                     metrics.rejected("overloaded", budget_ms)
                 raise
+            if finish is not None and not early:
+                try:
+                    x = self._finished(finish, x, squeeze)
+                except InvalidInput:
+                    scheduler.remove(request.id)  # admitted a moment ago; nobody has seen it
+                    raise
             metrics.admitted(budget_ms)
             future = self._new_future()
             future.request_id = request.id  # lets `cancel` find it
@@ -104,6 +119,15 @@ class Intake:
         if step is not None:
             self._execute_here(scheduler, *step)
         return future
+
+    def _finished(self, finish: Callable[[torch.Tensor, bool], torch.Tensor], x: torch.Tensor, squeeze: bool):
+        """`finish(x, squeeze)` (the sample checks left for after admission: its tensor
+        operations), a refusal counted as invalid."""
+        try:
+            return finish(x, squeeze)
+        except InvalidInput:
+            self.metrics.rejected("invalid")
+            raise
 
     def submit_many(
         self,

@@ -238,6 +238,7 @@ class Runtime:
                 name="elastic-runtime" if lanes == 1 else f"elastic-runtime-lane{k}",
                 caller_runs=caller_runs,
                 ids=ids,
+                finish_sample=self._check_sample.finish,
             )
             for k in range(lanes)
         ]
@@ -446,25 +447,23 @@ class Runtime:
             floor = check_min_accuracy(min_accuracy)
             level = check_priority(priority)
             effort = check_best_effort(best_effort)
-            # no copy yet: the engine copies the sample once it admits it (a refusal, the
-            # common outcome in overload, costs no copy) and not at all when it runs inline
-            sample, squeeze = self._check_sample(x, copy=False)
+            # no tensor operation yet: the engine finishes the checks and copies the sample
+            # once it admits it (a refusal, the common outcome in overload, costs neither)
+            squeeze = self._check_sample.shape(x)
         except InvalidInput:
             metrics.rejected("invalid")
             raise
         engines = self._engines
         if len(engines) == 1:
-            return self._engine.submit(arrival, budget, floor, level, effort, sample, squeeze, inline)
+            return self._engine.submit(arrival, budget, floor, level, effort, x, squeeze, inline)
         order = self._router.order(budget, [e.load() for e in engines])
         for k in order[:-1]:  # a lane that refuses passes the request on; the last one's refusal counts
             try:
-                return engines[k].submit(
-                    arrival, budget, floor, level, effort, sample, squeeze, inline, count_refusal=False
-                )
+                return engines[k].submit(arrival, budget, floor, level, effort, x, squeeze, inline, count_refusal=False)
             except (BudgetInfeasible, Overloaded):
                 if engines[k].dead is not None or engines[k].closing:
                     raise
-        return engines[order[-1]].submit(arrival, budget, floor, level, effort, sample, squeeze, inline)
+        return engines[order[-1]].submit(arrival, budget, floor, level, effort, x, squeeze, inline)
 
     def submit_many(
         self,

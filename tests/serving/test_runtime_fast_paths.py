@@ -106,6 +106,8 @@ def test_an_inline_request_that_gets_queued_holds_its_own_copy(rt, served_model,
     while rt.scheduler.get_num_waiting() < 1 and time.monotonic() < deadline:
         time.sleep(0.001)
     assert rt.scheduler.get_num_waiting() == 1
+    with rt._engine.lock:  # the submit that queued it has left its critical section (the copy is in it)
+        pass
     x.fill_(1e3)  # the caller's tensor changes while its request waits
     gate.release.set()
     caller.join(60)

@@ -98,6 +98,79 @@ def test_nan_priority_cannot_jump_the_queue_or_evict(served_model, served_profil
         rt.close()
 
 
+# ---- finiteness, checked once a request is admitted -------------------------------------------
+def test_a_non_finite_sample_is_refused_after_admission_and_leaves_the_queue_as_it_was(
+    served_model, served_profile, monkeypatch
+):
+    """The sum that tests finiteness runs only once the scheduler has admitted the request
+    (a refusal then costs no tensor operation); a sample that fails it is taken out again
+    before anyone sees it: refused as invalid, never counted as admitted."""
+    gate = Gate(monkeypatch, served_model)
+    rt = Runtime(served_model, max_batch_size=1, max_queue=8, profile=served_profile, warm=False)
+    try:
+        plug = rt.submit(sample(0), GENEROUS_MS)
+        assert gate.entered.wait(30)
+        queued = [rt.submit(sample(i), GENEROUS_MS) for i in (1, 2)]
+        bad = sample(3)
+        bad[0, 0, 0] = float("nan")
+        with pytest.raises(InvalidInput, match="NaN|finite"):
+            rt.submit(bad, GENEROUS_MS)
+        assert rt.scheduler.get_num_waiting() == 2 and len(rt._engine._pending) == 2
+        rejections = rt.metrics.registry.get_sample_value("elastic_rejections_total", {"reason": "invalid"})
+        assert rejections == 1
+        gate.release.set()
+        assert all(isinstance(f.result(timeout=60), Result) for f in [plug, *queued])
+        assert count(rt, "ok") == 3 and count(rt, "rejected") == 1
+    finally:
+        gate.release.set()
+        rt.close()
+
+
+def test_a_non_finite_sample_never_evicts_from_a_full_queue(served_model, served_profile, monkeypatch):
+    gate = Gate(monkeypatch, served_model)
+    rt = Runtime(served_model, max_batch_size=1, max_queue=2, profile=served_profile, warm=False)
+    try:
+        plug = rt.submit(sample(0), GENEROUS_MS)
+        assert gate.entered.wait(30)
+        queued = [rt.submit(sample(i), GENEROUS_MS) for i in (1, 2)]
+        bad = sample(3)
+        bad[1, 2, 3] = float("inf")
+        with pytest.raises(InvalidInput):
+            rt.submit(bad, GENEROUS_MS, priority=5)  # would evict a priority-0 request if valid
+        assert rt.scheduler.get_num_waiting() == 2
+        gate.release.set()
+        assert all(isinstance(f.result(timeout=60), Result) for f in [plug, *queued])
+    finally:
+        gate.release.set()
+        rt.close()
+
+
+class _Recording(torch.Tensor):
+    """A sample that records every tensor function called on it, attribute reads aside."""
+
+    calls: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if name != "__get__":  # `x.shape`, `x.dtype`: reads, no tensor operation
+            cls.calls.append(name)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_a_refused_request_runs_no_tensor_operation(rt):
+    """Each tensor operation on the caller's thread lets go of the interpreter lock, which
+    a forward on the worker then waits to take back: a refusal runs none."""
+    x = sample().as_subclass(_Recording)
+    _Recording.calls.clear()
+    with pytest.raises(BudgetInfeasible):
+        rt.submit(x, 1e-6)
+    assert set(_Recording.calls) <= {"is_floating_point", "dim"}, _Recording.calls
+    _Recording.calls.clear()
+    assert isinstance(rt.infer(x, GENEROUS_MS), Result)
+    assert "sum" in _Recording.calls  # admitted: its finiteness is checked
+
+
 # ---- constructor validation leaves no thread --------------------------------------------------
 @pytest.mark.parametrize(
     "kwargs",
