@@ -16,6 +16,14 @@ a thread that wants the lock back waits before the one holding it is asked to dr
 eager forward asks for it back after every operator, so the interval bounds each of those
 waits. It is a process-wide setting, the application's to choose: the runtime leaves it alone.
 
+A second measurement puts the runtime's own front door beside the forward: a thread that
+submits requests the runtime refuses (budgets below the fastest prediction) at
+`REFUSAL_RATE` per second, the demo's arrival rate inside an on/off burst at 1× load — in
+such bursts the load suite's runtime refuses most requests — while the worker thread runs
+the fastest subnet's eager forward of eight, in blocks alternating with the forward alone.
+A refusal that runs a tensor operation lets go of the lock in the middle of its Python, and
+each such hand-off costs the forward more than the refusal's own time.
+
 Model: the demo's (`out/demo/model`) when it is there, else its architecture with random
 weights; the fastest, a middle and the slowest subnet of its Pareto front.
 """
@@ -46,6 +54,8 @@ BATCH_SIZES = (1, 8)
 DUTIES = (0.0, 0.5, 0.9)  # share of each millisecond the busy thread runs Python
 PERIOD_MS = 1.0
 SHORT_SWITCH_S = 20e-6  # the shortened switch interval each busy condition also runs with
+REFUSAL_RATE = 7000.0  # refused submits per second beside the forward: ~4x the demo's capacity, an on/off burst at 1x
+REFUSAL_BLOCKS = 3  # alternating blocks of the forward alone and beside the refusing thread
 
 
 @contextmanager
@@ -92,6 +102,98 @@ class BusyThread:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+
+
+class RefusingThread:
+    """A thread that submits to `runtime` requests it refuses (a budget below any
+    prediction), `rate` per second, paced by sleeping; a context manager. `refused` counts
+    them, `busy_s` sums the submit calls' own time."""
+
+    def __init__(self, runtime, x: torch.Tensor, rate: float):
+        self.runtime, self.x, self.period = runtime, x, 1.0 / rate
+        self.refused, self.busy_s, self.elapsed_s = 0, 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="refused-submits", daemon=True)
+
+    def _run(self) -> None:
+        from elastic.errors import BudgetInfeasible
+
+        clock, submit, x = time.perf_counter, self.runtime.submit, self.x
+        start = due = clock()
+        while not self._stop.is_set():
+            due += self.period
+            t0 = clock()
+            try:
+                submit(x, 1e-6)
+            except BudgetInfeasible:
+                self.refused += 1
+            else:
+                raise RuntimeError("a request with a 1 ns budget was admitted")
+            now = clock()
+            self.busy_s += now - t0
+            if due > now:
+                time.sleep(due - now)
+            else:
+                due = now  # behind: go on at once, without a burst to catch up
+        self.elapsed_s = clock() - start
+
+    def __enter__(self) -> RefusingThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def beside_refusals(model: elastic.ElasticModel, sid: int, repeats: int, threads: int = 1) -> dict:
+    """Subnet `sid`'s eager forward of eight on a worker thread, alone and beside a
+    `RefusingThread` at `REFUSAL_RATE`, in `REFUSAL_BLOCKS` alternating blocks of `repeats`
+    calls: medians, slowdown, and the refusals' rate and own time."""
+    from elastic.serving import Runtime
+    from elastic.serving.executor import EagerExecutor
+
+    from .overhead import flat_profile
+
+    executor = EagerExecutor(model)
+    x8 = torch.randn(8, *model.input_size(), generator=torch.Generator().manual_seed(sid))
+    sample = torch.randn(*model.input_size())
+
+    def block() -> list[float]:
+        def timed() -> list[float]:
+            out = []
+            with torch.inference_mode():
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    executor.run(sid, x8)
+                    out.append(time.perf_counter() - t0)
+            return out
+
+        return on_worker_thread(timed, threads)
+
+    alone: list[float] = []
+    beside: list[float] = []
+    refused = busy_s = elapsed_s = 0.0
+    with Runtime(model, max_batch_size=8, policy=f"static:{sid}", profile=flat_profile(model, sid)) as rt:
+        block()  # warm-up
+        for _ in range(REFUSAL_BLOCKS):
+            alone += block()
+            with RefusingThread(rt, sample, REFUSAL_RATE) as refusing:
+                beside += block()
+            refused += refusing.refused
+            busy_s += refusing.busy_s
+            elapsed_s += refusing.elapsed_s
+    a, b = summary(alone), summary(beside)
+    return {
+        "subnet": sid,
+        "batch": 8,
+        "rate_per_s": REFUSAL_RATE,
+        "achieved_per_s": refused / elapsed_s if elapsed_s else 0.0,
+        "us_per_refusal": 1e6 * busy_s / refused if refused else None,
+        "alone": a,
+        "beside": b,
+        "slowdown": b["median_ms"] / a["median_ms"],
+    }
 
 
 def on_worker_thread(fn: Callable[[], dict], threads: int) -> dict:
@@ -172,6 +274,7 @@ def run(args: argparse.Namespace) -> dict:
     model, name = demo_model_or_architecture(args.model)
     ids = choose_subnets(model, most)
     rows, setup = compare(model, ids, repeats, DUTIES, threads)
+    refusals = beside_refusals(model, ids[0], repeats, threads)
     setup["loadavg_1min"] = [load_before, os.getloadavg()[0]]
     table = markdown_table(
         [
@@ -209,6 +312,12 @@ def run(args: argparse.Namespace) -> dict:
         f"Largest "
         f"|process - eager| {worst:.1e}; the child took {setup['process_start_s']:.1f} s to start; 1-min load "
         f"average {setup['loadavg_1min'][0]:.1f} -> {setup['loadavg_1min'][1]:.1f} on {os.cpu_count()} CPUs."
+        f"\n\nBeside refused submits: subnet {refusals['subnet']}'s eager forward of eight took"
+        f" {refusals['alone']['median_ms']:.3g} ms alone and {refusals['beside']['median_ms']:.3g} ms"
+        f" ({refusals['slowdown']:.3g}×) beside a thread submitting requests the runtime refuses, aiming at"
+        f" {refusals['rate_per_s']:,.0f} per second; it refused {refusals['achieved_per_s']:,.0f} per second,"
+        f" each submit taking {refusals['us_per_refusal']:.3g} µs of its time ({REFUSAL_BLOCKS} alternating blocks"
+        f" of {repeats} forwards each way, medians)."
     )
     data = {
         "model": name,
@@ -219,8 +328,8 @@ def run(args: argparse.Namespace) -> dict:
         "short_switch_interval_s": SHORT_SWITCH_S,
         "setup": setup,
     }
-    write_results(args.out, "contention", {**data, "rows": rows}, table, args.command)
-    return {"rows": rows, "table": table}
+    write_results(args.out, "contention", {**data, "rows": rows, "refusals": refusals}, table, args.command)
+    return {"rows": rows, "refusals": refusals, "table": table}
 
 
 def _interval(seconds: float) -> str:

@@ -198,6 +198,15 @@ def test_contention_times_both_executors_alone_and_beside_a_busy_thread(tiny_sti
         BusyThread(1.0)
 
 
+def test_contention_times_the_forward_beside_refused_submits(tiny_stitched):
+    from elastic.bench.contention import REFUSAL_BLOCKS, beside_refusals
+
+    got = beside_refusals(tiny_stitched, 0, repeats=2)
+    assert got["alone"]["n"] == got["beside"]["n"] == 2 * REFUSAL_BLOCKS
+    assert got["achieved_per_s"] > 0 and got["us_per_refusal"] > 0  # the thread ran, and every submit was refused
+    assert got["slowdown"] == got["beside"]["median_ms"] / got["alone"]["median_ms"]
+
+
 def test_goodput_bisection_sizes_each_run_by_its_arrivals(monkeypatch):
     from bench import ray_load
 
