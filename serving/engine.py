@@ -76,6 +76,9 @@ class EngineCore(Intake, BatchRunner):
             engine step itself (`help`), saving the hand-offs to and from the worker.
         ids: where request ids come from (engines of one runtime share one counter, so ids
             stay unique across its lanes); default: a counter of its own.
+        finish_sample: the sample checks `submit` runs once the scheduler admits a request
+            (`SampleCheck.finish`: its tensor operations, which a refusal never runs); None:
+            samples arrive checked, as (1, C, H, W).
     """
 
     def __init__(
@@ -91,7 +94,7 @@ class EngineCore(Intake, BatchRunner):
         finish_sample: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
     ):
         self.executor = executor
-        self.finish_sample = finish_sample  # the sample checks `submit` runs once it admits
+        self.finish_sample = finish_sample
         self.metrics = metrics
         self.clock = clock
         self.worker_threads = worker_threads
