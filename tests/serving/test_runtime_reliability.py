@@ -81,16 +81,18 @@ def test_malformed_arguments_raise_a_typed_error_naming_the_field(rt, kwargs, er
     assert isinstance(rt.infer(sample(), GENEROUS_MS), Result)  # and the runtime serves on
 
 
-def test_nan_priority_cannot_jump_the_queue_or_evict(served_model, served_profile, monkeypatch):
+@contextlib.contextmanager
+def two_queued(served_model, served_profile, monkeypatch, max_queue):
+    """A runtime whose worker is held inside a forward, with two requests queued behind it;
+    on leaving, the worker is let go and all three must be answered."""
     gate = Gate(monkeypatch, served_model)
-    rt = Runtime(served_model, max_batch_size=1, max_queue=2, profile=served_profile, warm=False)
+    rt = Runtime(served_model, max_batch_size=1, max_queue=max_queue, profile=served_profile, warm=False)
     try:
         plug = rt.submit(sample(0), GENEROUS_MS)
         assert gate.entered.wait(30)
         queued = [rt.submit(sample(i), GENEROUS_MS) for i in (1, 2)]
-        with pytest.raises(InvalidInput, match="priority"):
-            rt.submit(sample(3), GENEROUS_MS, priority=float("nan"))
-        assert rt.scheduler.get_num_waiting() == 2
+        yield rt
+        assert rt.scheduler.get_num_waiting() == 2  # nothing the test did changed the queue
         gate.release.set()
         assert all(isinstance(f.result(timeout=60), Result) for f in [plug, *queued])
     finally:
@@ -98,51 +100,41 @@ def test_nan_priority_cannot_jump_the_queue_or_evict(served_model, served_profil
         rt.close()
 
 
+def test_nan_priority_cannot_jump_the_queue_or_evict(served_model, served_profile, monkeypatch):
+    with (
+        two_queued(served_model, served_profile, monkeypatch, max_queue=2) as rt,
+        pytest.raises(InvalidInput, match="priority"),
+    ):
+        rt.submit(sample(3), GENEROUS_MS, priority=float("nan"))
+
+
 # ---- finiteness, checked once a request is admitted -------------------------------------------
+def non_finite(value: float) -> torch.Tensor:
+    bad = sample(3)
+    bad[1, 2, 3] = value
+    return bad
+
+
 def test_a_non_finite_sample_is_refused_after_admission_and_leaves_the_queue_as_it_was(
     served_model, served_profile, monkeypatch
 ):
     """The sum that tests finiteness runs only once the scheduler has admitted the request
     (a refusal then costs no tensor operation); a sample that fails it is taken out again
     before anyone sees it: refused as invalid, never counted as admitted."""
-    gate = Gate(monkeypatch, served_model)
-    rt = Runtime(served_model, max_batch_size=1, max_queue=8, profile=served_profile, warm=False)
-    try:
-        plug = rt.submit(sample(0), GENEROUS_MS)
-        assert gate.entered.wait(30)
-        queued = [rt.submit(sample(i), GENEROUS_MS) for i in (1, 2)]
-        bad = sample(3)
-        bad[0, 0, 0] = float("nan")
+    with two_queued(served_model, served_profile, monkeypatch, max_queue=8) as rt:
         with pytest.raises(InvalidInput, match="NaN|finite"):
-            rt.submit(bad, GENEROUS_MS)
-        assert rt.scheduler.get_num_waiting() == 2 and len(rt._engine._pending) == 2
-        rejections = rt.metrics.registry.get_sample_value("elastic_rejections_total", {"reason": "invalid"})
-        assert rejections == 1
-        gate.release.set()
-        assert all(isinstance(f.result(timeout=60), Result) for f in [plug, *queued])
-        assert count(rt, "ok") == 3 and count(rt, "rejected") == 1
-    finally:
-        gate.release.set()
-        rt.close()
+            rt.submit(non_finite(float("nan")), GENEROUS_MS)
+        assert len(rt._engine._pending) == 2
+        assert rt.metrics.registry.get_sample_value("elastic_rejections_total", {"reason": "invalid"}) == 1
+    assert count(rt, "ok") == 3 and count(rt, "rejected") == 1
 
 
 def test_a_non_finite_sample_never_evicts_from_a_full_queue(served_model, served_profile, monkeypatch):
-    gate = Gate(monkeypatch, served_model)
-    rt = Runtime(served_model, max_batch_size=1, max_queue=2, profile=served_profile, warm=False)
-    try:
-        plug = rt.submit(sample(0), GENEROUS_MS)
-        assert gate.entered.wait(30)
-        queued = [rt.submit(sample(i), GENEROUS_MS) for i in (1, 2)]
-        bad = sample(3)
-        bad[1, 2, 3] = float("inf")
-        with pytest.raises(InvalidInput):
-            rt.submit(bad, GENEROUS_MS, priority=5)  # would evict a priority-0 request if valid
-        assert rt.scheduler.get_num_waiting() == 2
-        gate.release.set()
-        assert all(isinstance(f.result(timeout=60), Result) for f in [plug, *queued])
-    finally:
-        gate.release.set()
-        rt.close()
+    with (
+        two_queued(served_model, served_profile, monkeypatch, max_queue=2) as rt,
+        pytest.raises(InvalidInput),
+    ):
+        rt.submit(non_finite(float("inf")), GENEROUS_MS, priority=5)  # would evict a priority-0 request
 
 
 class _Recording(torch.Tensor):
