@@ -90,8 +90,8 @@ def _point(scenario, calib, plan, pattern: str, load: float, seeds: int, contend
             "admitted_slo_attainment": pooled_attainment(ss),
             "shed_share": sum(s["shed"] for s in ss) / admitted if admitted else 0.0,
             "rejected_share": statistics.fmean(s["rejected_share"] for s in ss),
-            "forward_ms_p50": statistics.median(s["forward_ms"]["p50"] for s in ss if s.get("forward_ms")),
-            "submit_lag_ms_p50": statistics.median(s["submit_lag_ms"]["p50"] for s in ss if s.get("submit_lag_ms")),
+            "forward_ms_p50": _median([s["forward_ms"]["p50"] for s in ss if s.get("forward_ms")]),
+            "submit_lag_ms_p50": _median([s["submit_lag_ms"]["p50"] for s in ss if s.get("submit_lag_ms")]),
             "per_seed": [s["effective_accuracy"] for s in ss],
         }
     gains = {}
@@ -119,8 +119,8 @@ def _table(points: list[dict], calib, seeds: int, default_s: float) -> str:
             f"{100 * c['admitted_slo_attainment']:.1f}",
             f"{100 * c['shed_share']:.1f}",
             f"{100 * c['rejected_share']:.1f}",
-            c["forward_ms_p50"],
-            c["submit_lag_ms_p50"],
+            "–" if c["forward_ms_p50"] is None else c["forward_ms_p50"],
+            "–" if c["submit_lag_ms_p50"] is None else c["submit_lag_ms_p50"],
         ]
         for p in points
         for name, c in p["contenders"].items()
@@ -164,3 +164,8 @@ def _table(points: list[dict], calib, seeds: int, default_s: float) -> str:
 
 def _points(d: dict) -> str:
     return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+
+def _median(values: list[float]) -> float | None:
+    """The median, None when no run answered anything (a run that refused every request)."""
+    return statistics.median(values) if values else None
