@@ -3,12 +3,14 @@
 A serving process runs Python besides the forwards: the threads that submit requests, a web
 framework's. An eager forward releases and retakes the interpreter lock at every operator,
 so such a thread slows it down; the process executor runs the forward in a child process
-(`elastic.serving.process_executor`), where the lock is not shared. Here one thread calls
-each executor (as the engine's worker does) while a second thread alternates between
-`busy_ms` of pure Python and `idle_ms` asleep — the share of time it holds the lock is the
-condition's duty. Alone and at each duty, the executors run interleaved, one call per sample;
-the table gives each median, the process executor's ratio to eager (paired per round), and
-how much each slowed down against running alone.
+(`elastic.serving.process_executor`), where the lock is not shared, and the traced executor
+(`elastic.serving.traced_executor`) runs it as one TorchScript call, made without the lock,
+which it takes back once at the end. Here one thread calls each executor (as the engine's
+worker does) while a second thread alternates between `busy_ms` of pure Python and
+`idle_ms` asleep — the share of time it holds the lock is the condition's duty. Alone and
+at each duty, the executors run interleaved, one call per sample; the table gives each
+median, the process and traced executors' ratios to eager (paired per round), and how much
+each slowed down against running alone.
 
 Beside the busy thread each condition also runs with the interpreter's switch interval
 shortened to `SHORT_SWITCH_S` (`sys.setswitchinterval`; CPython's default is 5 ms): how long
@@ -49,7 +51,7 @@ from .onnx import choose_subnets
 
 log = logging.getLogger(__name__)
 
-CONTENDERS = ("eager", "process")
+CONTENDERS = ("eager", "process", "traced")
 BATCH_SIZES = (1, 8)
 DUTIES = (0.0, 0.5, 0.9)  # share of each millisecond the busy thread runs Python
 PERIOD_MS = 1.0
@@ -222,11 +224,12 @@ def compare(
     interval) first, then each busy duty with each of `switches` (None: the interpreter's)."""
     from elastic.serving.executor import EagerExecutor
     from elastic.serving.process_executor import ProcessExecutor
+    from elastic.serving.traced_executor import TracedExecutor
 
     t0 = time.perf_counter()
     process = ProcessExecutor(model, threads=threads, rows=max(BATCH_SIZES))
     start_s = time.perf_counter() - t0
-    executors = {"eager": EagerExecutor(model), "process": process}
+    executors = {"eager": EagerExecutor(model), "process": process, "traced": TracedExecutor(model)}
     rows = []
     try:
         for sid in ids:
@@ -234,7 +237,11 @@ def compare(
                 x = torch.randn(b, *model.input_size(), generator=torch.Generator().manual_seed(sid * 100 + b))
                 with torch.inference_mode():
                     reference = executors["eager"].run(sid, x)
-                    diff = float((process.run(sid, x) - reference).abs().max())
+                    diff = {
+                        name: float((ex.run(sid, x) - reference).abs().max())
+                        for name, ex in executors.items()
+                        if name != "eager"
+                    }
                 calls = {name: (lambda ex=ex, x=x, sid=sid: ex.run(sid, x)) for name, ex in executors.items()}
                 by_condition = {}
                 for duty in duties:
@@ -254,6 +261,7 @@ def compare(
                             "switch_interval_s": switch if switch is not None else sys.getswitchinterval(),
                             **{name: summary(times[name]) for name in CONTENDERS},
                             "process_vs_eager": paired_ratio(times["process"], times["eager"]),
+                            "traced_vs_eager": paired_ratio(times["traced"], times["eager"]),
                             "slowdown": {
                                 name: summary(times[name])["median_ms"] / summary(alone[name])["median_ms"]
                                 for name in CONTENDERS
@@ -284,9 +292,12 @@ def run(args: argparse.Namespace) -> dict:
             "switch interval",
             "eager ms",
             "process ms",
+            "traced ms",
             "process/eager",
+            "traced/eager",
             "eager slowdown",
             "process slowdown",
+            "traced slowdown",
         ],
         [
             [
@@ -296,21 +307,24 @@ def run(args: argparse.Namespace) -> dict:
                 _interval(r["switch_interval_s"]),
                 r["eager"]["median_ms"],
                 r["process"]["median_ms"],
+                r["traced"]["median_ms"],
                 r["process_vs_eager"],
+                r["traced_vs_eager"],
                 r["slowdown"]["eager"],
                 r["slowdown"]["process"],
+                r["slowdown"]["traced"],
             ]
             for r in rows
         ],
     )
-    worst = max(r["max_abs_diff_vs_eager"] for r in rows)
+    worst = {name: max(r["max_abs_diff_vs_eager"][name] for r in rows) for name in CONTENDERS[1:]}
     table += (
         f"\n\nModel: {name}; subnets {ids}; {threads} torch thread(s), here and in the child; {repeats} interleaved "
         f"rounds of one call, on a worker thread; the busy thread runs Python for the duty's share of every "
         f"{PERIOD_MS:g} ms (0 %: no busy thread), with the interpreter's switch interval (`sys.setswitchinterval`) "
         f"at its default and at {_interval(SHORT_SWITCH_S)}. Slowdown: median against the same executor's alone. "
-        f"Largest "
-        f"|process - eager| {worst:.1e}; the child took {setup['process_start_s']:.1f} s to start; 1-min load "
+        f"Largest |process - eager| {worst['process']:.1e}, |traced - eager| {worst['traced']:.1e}; "
+        f"the child took {setup['process_start_s']:.1f} s to start; 1-min load "
         f"average {setup['loadavg_1min'][0]:.1f} -> {setup['loadavg_1min'][1]:.1f} on {os.cpu_count()} CPUs."
         f"\n\nBeside refused submits: subnet {refusals['subnet']}'s eager forward of eight took"
         f" {refusals['alone']['median_ms']:.3g} ms alone and {refusals['beside']['median_ms']:.3g} ms"

@@ -406,7 +406,8 @@ def _served_by(build: Callable[[], Scenario], executor: str) -> Callable[[], Sce
         scenario = build()
         scenario.executor = executor
         scenario.preempt = False  # it runs a forward as one call
-        scenario.label += f"; forwards through the {executor} executor (INFaaS's separate models: eager)"
+        baseline = "eager" if executor == "process" else executor  # `Scenario.executor_for`
+        scenario.label += f"; forwards through the {executor} executor (INFaaS's separate models: {baseline})"
         return scenario
 
     return built

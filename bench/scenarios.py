@@ -80,12 +80,12 @@ class Scenario:
         """The one executor every real run of `model` shares (made on first use): a process
         executor's child starts in seconds, once per scenario rather than once per run. The
         INFaaS baseline's separate timm models have no checkpoint a child could load, so
-        they always run eagerly."""
+        under the process executor they run eagerly; any other executor serves them too."""
         from elastic.serving.executor import make_executor
 
         ex = self._executors.get(id(model))
         if ex is None:
-            spec = "eager" if isinstance(model, AnchorVariants) else self.executor
+            spec = "eager" if isinstance(model, AnchorVariants) and self.executor == "process" else self.executor
             ex = self._executors[id(model)] = make_executor(spec, model)
         return ex
 

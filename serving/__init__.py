@@ -60,6 +60,7 @@ _LAZY = {
     "EXECUTORS": "executor",
     "make_executor": "executor",
     "CompiledExecutor": "compiled_executor",
+    "TracedExecutor": "traced_executor",
     "LatencyModel": "latency_model",
     "OverheadModel": "latency_model",
     "SampleCheck": "admission",

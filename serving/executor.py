@@ -130,6 +130,7 @@ def takes_check(fn: Any) -> bool:
 EXECUTORS: dict[str, str] = {
     "eager": "elastic.serving.executor:EagerExecutor",
     "compiled": "elastic.serving.compiled_executor:CompiledExecutor",
+    "traced": "elastic.serving.traced_executor:TracedExecutor",
     "onnxruntime": "elastic.serving.onnx_executor:OnnxRuntimeExecutor",
     "cuda_graphs": "elastic.serving.cuda_graph_executor:CUDAGraphExecutor",
     "process": "elastic.serving.process_executor:ProcessExecutor",

@@ -35,10 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--executor",
-        choices=["eager", "process"],
+        choices=["eager", "process", "traced"],
         default="eager",
         help="load: how real runs execute forwards (default eager; process: in a child process, off the "
-        "interpreter lock)",
+        "interpreter lock; traced: one TorchScript graph per subnet, run without the lock)",
     )
     p.add_argument(
         "--threads",

@@ -23,6 +23,7 @@ def eager(model, subnet, x):
 CASES = [
     ("eager", {}, SUBNETS, (1, 3, 8)),
     ("process", {"rows": 2}, SUBNETS, (1, 3, 8)),  # buffers grow from 2 rows to 8
+    ("traced", {}, SUBNETS, (1, 3, 8)),  # traced at 2 rows, run at others
     pytest.param("compiled", {"backend": "aot_eager"}, (0, 20), (1, 3), marks=pytest.mark.slow),
     pytest.param("compiled", {"backend": "inductor"}, (20,), (1, 3), marks=pytest.mark.slow),
 ]
@@ -60,6 +61,49 @@ def test_the_runtime_serves_through_the_compiled_executor(served_model, served_p
             result.output, eager(served_model, result.subnet, x.unsqueeze(0))[0], atol=1e-4, rtol=1e-4
         )
         assert rt.executor.name == "compiled"
+
+
+def test_the_runtime_serves_through_the_traced_executor(served_model, served_profile):
+    with Runtime(served_model, profile=served_profile, executor="traced") as rt:
+        x = torch.randn(3, 32, 32)
+        result = rt.infer(x, 60_000.0)
+        torch.testing.assert_close(
+            result.output, eager(served_model, result.subnet, x.unsqueeze(0))[0], atol=1e-5, rtol=1e-5
+        )
+        assert rt.executor.name == "traced" and not rt.executor.untraceable
+
+
+def test_a_traced_graph_shares_the_models_parameters(served_model):
+    executor = make_executor("traced", served_model)
+    x = torch.randn(2, 3, 32, 32)
+    before = executor.run(0, x)
+    weight = served_model.family[0].model.head.weight
+    with torch.no_grad():
+        weight.add_(1.0)  # a change to the model's own weights reaches the graph: nothing was copied
+        try:
+            changed = executor.run(0, x)
+            torch.testing.assert_close(changed, eager(served_model, 0, x))
+        finally:
+            weight.sub_(1.0)
+    assert not torch.allclose(changed, before)
+
+
+def test_a_graph_that_differs_from_eager_is_dropped_for_the_eager_forward(served_model, caplog):
+    executor = make_executor("traced", served_model)
+    graph = executor.trace(5)
+
+    class Off(torch.nn.Module):  # what a trace that took another Python branch would compute
+        def forward(self, x):
+            return graph(x) + 1.0
+
+    executor._graphs[5] = Off()
+    x = torch.randn(3, 3, 32, 32)
+    with caplog.at_level("WARNING", logger="elastic.serving.traced_executor"):
+        torch.testing.assert_close(executor.run(5, x), eager(served_model, 5, x))
+    assert executor.untraceable == {5} and "differs from its eager forward" in caplog.text
+    torch.testing.assert_close(executor.run(5, x[:1]), eager(served_model, 5, x[:1]))  # eager from now on
+    with pytest.raises(ConfigError, match="trace_batch"):
+        make_executor("traced", served_model, trace_batch=0)
 
 
 class CountingExecutor(EagerExecutor):
@@ -100,7 +144,7 @@ def test_the_runtime_profiles_on_its_worker_through_its_executor(served_model):
 
 
 def test_executor_registry_and_errors(served_model):
-    assert {"eager", "compiled"} <= set(EXECUTORS)
+    assert {"eager", "compiled", "traced"} <= set(EXECUTORS)
     instance = EagerExecutor(served_model)
     assert make_executor(instance, served_model) is instance
     assert isinstance(make_executor("eager", served_model), Executor)
