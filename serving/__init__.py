@@ -17,8 +17,9 @@ its side of preemption in preemption.py) behind
 `elastic`, `slackfit`, `static:<id>` (policies.py); `Runtime` (runtime.py), a front end
 (argument checks in admission.py) over `EngineCore` (engine.py: worker, deadline
 watchdog; intake.py: submits and caller-runs steps; batch_run.py: a batch's forward and
-answers; pending.py: a request's input and future); executors `eager`, `compiled`
-(executor.py, compiled_executor.py); the worker's torch threading (worker_threads.py);
+answers; pending.py: a request's input and future); executors `eager`, `compiled`,
+`traced` (executor.py, compiled_executor.py, traced_executor.py); the worker's torch
+threading (worker_threads.py);
 `ServingMetrics` (metrics.py) with the Grafana dashboard in dashboards/elastic.json
 (`dashboard_path()`); `replay` (loadgen.py).
 
