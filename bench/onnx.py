@@ -1,9 +1,10 @@
-"""onnx: torch eager vs torch compiled vs onnxruntime, per subnet, at batch 1 and 8.
+"""onnx: torch eager vs torch compiled vs traced vs onnxruntime, per subnet, at batch 1 and 8.
 
 Each chosen subnet is exported (`elastic.export.onnx`, opset 23, attention fused) to a
-temporary folder and run by three executors of the serving engine: "eager" (the model's
-forward), "compiled" (`torch.compile`, inductor, one graph per batch bucket) and
-"onnxruntime" (CPU provider); "onnxruntime-opset18" runs the same subnets exported at
+temporary folder and run by four executors of the serving engine: "eager" (the model's
+forward), "compiled" (`torch.compile`, inductor, one graph per batch bucket), "traced"
+(one TorchScript graph per subnet, `elastic.serving.traced_executor`) and "onnxruntime"
+(CPU provider); "onnxruntime-opset18" runs the same subnets exported at
 opset 18, where attention is decomposed into MatMul/Softmax, to show what the fused
 `Attention` operator of opset 23 is worth. All run with the same thread count (torch's
 intra-op threads, which `elastic bench --threads` sets, default 1, and as many onnxruntime
@@ -36,7 +37,7 @@ from .models import demo_model_or_architecture
 
 log = logging.getLogger(__name__)
 
-CONTENDERS = ("eager", "compiled", "onnxruntime", "onnxruntime-opset18")
+CONTENDERS = ("eager", "compiled", "traced", "onnxruntime", "onnxruntime-opset18")
 BATCH_SIZES = (1, 8)
 
 
@@ -87,6 +88,7 @@ def compare(
     from elastic.export.onnx import export_onnx
     from elastic.serving.executor import EagerExecutor
     from elastic.serving.onnx_executor import OnnxRuntimeExecutor
+    from elastic.serving.traced_executor import TracedExecutor
 
     rows = []
     subnets = model.subnets()
@@ -98,6 +100,7 @@ def compare(
         executors = {
             "eager": EagerExecutor(model),
             "compiled": make_compiled(model),
+            "traced": TracedExecutor(model),
             "onnxruntime": OnnxRuntimeExecutor(model, export_dir=f"{folder}/opset23", intra_op_threads=threads),
             "onnxruntime-opset18": OnnxRuntimeExecutor(model, export_dir=f"{folder}/opset18", intra_op_threads=threads),
         }
@@ -129,6 +132,7 @@ def compare(
                         "batch": b,
                         **{name: summary(times[name]) for name in CONTENDERS},
                         "compiled_vs_eager": paired_ratio(times["compiled"], times["eager"]),
+                        "traced_vs_eager": paired_ratio(times["traced"], times["eager"]),
                         "onnxruntime_vs_eager": paired_ratio(times["onnxruntime"], times["eager"]),
                         "onnxruntime_vs_compiled": paired_ratio(times["onnxruntime"], times["compiled"]),
                         "opset18_vs_opset23": paired_ratio(times["onnxruntime-opset18"], times["onnxruntime"]),
@@ -164,7 +168,13 @@ def run(args: argparse.Namespace) -> dict:
     overall = {
         f"batch {b}": {
             key: geomean([r[key] for r in rows if r["batch"] == b])
-            for key in ("compiled_vs_eager", "onnxruntime_vs_eager", "onnxruntime_vs_compiled", "opset18_vs_opset23")
+            for key in (
+                "compiled_vs_eager",
+                "traced_vs_eager",
+                "onnxruntime_vs_eager",
+                "onnxruntime_vs_compiled",
+                "opset18_vs_opset23",
+            )
         }
         for b in BATCH_SIZES
     }
@@ -175,8 +185,10 @@ def run(args: argparse.Namespace) -> dict:
             "batch",
             "eager ms",
             "compiled ms",
+            "traced ms",
             "ORT ms",
             "compiled/eager",
+            "traced/eager",
             "ORT/eager",
             "ORT/compiled",
             "ORT-18/ORT",
@@ -189,8 +201,10 @@ def run(args: argparse.Namespace) -> dict:
                 r["batch"],
                 r["eager"]["median_ms"],
                 r["compiled"]["median_ms"],
+                r["traced"]["median_ms"],
                 r["onnxruntime"]["median_ms"],
                 r["compiled_vs_eager"],
+                r["traced_vs_eager"],
                 r["onnxruntime_vs_eager"],
                 r["onnxruntime_vs_compiled"],
                 r["opset18_vs_opset23"],
@@ -200,7 +214,7 @@ def run(args: argparse.Namespace) -> dict:
         ],
     )
     table += "\n\nGeometric mean over subnets (ratio < 1: faster than the denominator):\n\n" + markdown_table(
-        ["batch", "compiled/eager", "ORT/eager", "ORT/compiled", "ORT-18/ORT"],
+        ["batch", "compiled/eager", "traced/eager", "ORT/eager", "ORT/compiled", "ORT-18/ORT"],
         [[b, *overall[f"batch {b}"].values()] for b in BATCH_SIZES],
     )
     table += (
