@@ -97,7 +97,9 @@ class TracedExecutor(Executor):
         with self._lock:
             if sid not in self._graphs:
                 module = _Subnet(self.model, sid).eval()
-                x = torch.zeros(self.trace_batch, *self.model.input_size(), device=self.device)
+                param = next(self.model.parameters(), None)
+                dtype = param.dtype if param is not None else torch.get_default_dtype()
+                x = torch.zeros(self.trace_batch, *self.model.input_size(), device=self.device, dtype=dtype)
                 with torch.inference_mode(), warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)  # the deprecation (module docstring)
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape asserts baked in
@@ -105,8 +107,13 @@ class TracedExecutor(Executor):
                 log.info("traced subnet %d", sid)
             return self._graphs[sid]
 
-    @torch.inference_mode()
     def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_inference_mode_enabled():  # the engine's steps already are: entering again costs ~2 µs
+            return self._run(subnet, x)
+        with torch.inference_mode():
+            return self._run(subnet, x)
+
+    def _run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
         if x.device != self.device:
             x = x.to(self.device, non_blocking=True)
         graph = self._graphs.get(subnet)
