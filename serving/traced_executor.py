@@ -119,9 +119,9 @@ class TracedExecutor(Executor):
         graph = self._graphs.get(subnet)
         if graph is None:
             graph = self.trace(subnet)
-        if (subnet, x.shape[0]) not in self._checked:
+        if (subnet, x.shape[0]) not in self._checked and subnet not in self.untraceable:
             return self._first_run(subnet, graph, x)
-        return graph(x)
+        return graph(x)  # an untraceable subnet's entry is its eager module: nothing to compare
 
     def _first_run(self, subnet: int, graph: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The first batch of its size on `subnet`: run traced and eagerly, and keep the

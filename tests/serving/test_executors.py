@@ -102,6 +102,7 @@ def test_a_graph_that_differs_from_eager_is_dropped_for_the_eager_forward(served
         torch.testing.assert_close(executor.run(5, x), eager(served_model, 5, x))
     assert executor.untraceable == {5} and "differs from its eager forward" in caplog.text
     torch.testing.assert_close(executor.run(5, x[:1]), eager(served_model, 5, x[:1]))  # eager from now on
+    assert (5, 1) not in executor._checked  # and not compared with itself
     with pytest.raises(ConfigError, match="trace_batch"):
         make_executor("traced", served_model, trace_batch=0)
 
