@@ -5,11 +5,13 @@ framework's. An eager forward releases and retakes the interpreter lock at every
 so such a thread slows it down; the process executor runs the forward in a child process
 (`elastic.serving.process_executor`), where the lock is not shared, and the traced executor
 (`elastic.serving.traced_executor`) runs it as one TorchScript call, made without the lock,
-which it takes back once at the end. Here one thread calls each executor (as the engine's
+which it takes back once at the end; the staged traced executor (`traced_staged`, which
+lets a batch pause for urgent requests) makes one such call per stage, so it takes the lock
+back at every stage boundary. Here one thread calls each executor (as the engine's
 worker does) while a second thread alternates between `busy_ms` of pure Python and
 `idle_ms` asleep — the share of time it holds the lock is the condition's duty. Alone and
 at each duty, the executors run interleaved, one call per sample; the table gives each
-median, the process and traced executors' ratios to eager (paired per round), and how much
+median, the other executors' ratios to eager (paired per round), and how much
 each slowed down against running alone.
 
 Beside the busy thread each condition also runs with the interpreter's switch interval
@@ -51,7 +53,7 @@ from .onnx import choose_subnets
 
 log = logging.getLogger(__name__)
 
-CONTENDERS = ("eager", "process", "traced")
+CONTENDERS = ("eager", "process", "traced", "traced_staged")
 BATCH_SIZES = (1, 8)
 DUTIES = (0.0, 0.5, 0.9)  # share of each millisecond the busy thread runs Python
 PERIOD_MS = 1.0
@@ -224,12 +226,17 @@ def compare(
     interval) first, then each busy duty with each of `switches` (None: the interpreter's)."""
     from elastic.serving.executor import EagerExecutor
     from elastic.serving.process_executor import ProcessExecutor
-    from elastic.serving.traced_executor import TracedExecutor
+    from elastic.serving.traced_executor import StagedTracedExecutor, TracedExecutor
 
     t0 = time.perf_counter()
     process = ProcessExecutor(model, threads=threads, rows=max(BATCH_SIZES))
     start_s = time.perf_counter() - t0
-    executors = {"eager": EagerExecutor(model), "process": process, "traced": TracedExecutor(model)}
+    executors = {
+        "eager": EagerExecutor(model),
+        "process": process,
+        "traced": TracedExecutor(model),
+        "traced_staged": StagedTracedExecutor(model),
+    }
     rows = []
     try:
         for sid in ids:
@@ -262,6 +269,7 @@ def compare(
                             **{name: summary(times[name]) for name in CONTENDERS},
                             "process_vs_eager": paired_ratio(times["process"], times["eager"]),
                             "traced_vs_eager": paired_ratio(times["traced"], times["eager"]),
+                            "staged_vs_eager": paired_ratio(times["traced_staged"], times["eager"]),
                             "slowdown": {
                                 name: summary(times[name])["median_ms"] / summary(alone[name])["median_ms"]
                                 for name in CONTENDERS
@@ -293,11 +301,14 @@ def run(args: argparse.Namespace) -> dict:
             "eager ms",
             "process ms",
             "traced ms",
+            "staged ms",
             "process/eager",
             "traced/eager",
+            "staged/eager",
             "eager slowdown",
             "process slowdown",
             "traced slowdown",
+            "staged slowdown",
         ],
         [
             [
@@ -308,11 +319,14 @@ def run(args: argparse.Namespace) -> dict:
                 r["eager"]["median_ms"],
                 r["process"]["median_ms"],
                 r["traced"]["median_ms"],
+                r["traced_staged"]["median_ms"],
                 r["process_vs_eager"],
                 r["traced_vs_eager"],
+                r["staged_vs_eager"],
                 r["slowdown"]["eager"],
                 r["slowdown"]["process"],
                 r["slowdown"]["traced"],
+                r["slowdown"]["traced_staged"],
             ]
             for r in rows
         ],
@@ -323,7 +337,8 @@ def run(args: argparse.Namespace) -> dict:
         f"rounds of one call, on a worker thread; the busy thread runs Python for the duty's share of every "
         f"{PERIOD_MS:g} ms (0 %: no busy thread), with the interpreter's switch interval (`sys.setswitchinterval`) "
         f"at its default and at {_interval(SHORT_SWITCH_S)}. Slowdown: median against the same executor's alone. "
-        f"Largest |process - eager| {worst['process']:.1e}, |traced - eager| {worst['traced']:.1e}; "
+        f"Largest |process - eager| {worst['process']:.1e}, |traced - eager| {worst['traced']:.1e}, "
+        f"|staged - eager| {worst['traced_staged']:.1e} (staged: `traced_staged`, one graph per stage); "
         f"the child took {setup['process_start_s']:.1f} s to start; 1-min load "
         f"average {setup['loadavg_1min'][0]:.1f} -> {setup['loadavg_1min'][1]:.1f} on {os.cpu_count()} CPUs."
         f"\n\nBeside refused submits: subnet {refusals['subnet']}'s eager forward of eight took"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import random
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -167,6 +167,14 @@ class ElasticModel(nn.Module):
         """
         return self(x, subnet=subnet)
         yield  # unreachable: makes this a generator
+
+    def stage_pieces(self, subnet: int | Subnet = 0) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+        """`forward_stages` as one function per stage, for an input that passed `check_input`:
+        applied in order they give `forward`, and the staged forward pauses between two (so
+        there is one more than `stage_fractions(subnet)` has boundaries). An executor that
+        prepares each stage apart (the staged traced executor) needs them; None (the
+        default): the model does not list them."""
+        return None
 
     # ---- inputs ------------------------------------------------------------------------
     def input_size(self) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ its side of preemption in preemption.py) behind
 (argument checks in admission.py) over `EngineCore` (engine.py: worker, deadline
 watchdog; intake.py: submits and caller-runs steps; batch_run.py: a batch's forward and
 answers; pending.py: a request's input and future); executors `eager`, `compiled`,
-`traced` (executor.py, compiled_executor.py, traced_executor.py); the worker's torch
+`traced`, `traced_staged` (executor.py, compiled_executor.py, traced_executor.py); the worker's torch
 threading (worker_threads.py);
 `ServingMetrics` (metrics.py) with the Grafana dashboard in dashboards/elastic.json
 (`dashboard_path()`); `replay` (loadgen.py).
@@ -62,6 +62,7 @@ _LAZY = {
     "make_executor": "executor",
     "CompiledExecutor": "compiled_executor",
     "TracedExecutor": "traced_executor",
+    "StagedTracedExecutor": "traced_executor",
     "LatencyModel": "latency_model",
     "OverheadModel": "latency_model",
     "SampleCheck": "admission",

@@ -131,6 +131,7 @@ EXECUTORS: dict[str, str] = {
     "eager": "elastic.serving.executor:EagerExecutor",
     "compiled": "elastic.serving.compiled_executor:CompiledExecutor",
     "traced": "elastic.serving.traced_executor:TracedExecutor",
+    "traced_staged": "elastic.serving.traced_executor:StagedTracedExecutor",
     "onnxruntime": "elastic.serving.onnx_executor:OnnxRuntimeExecutor",
     "cuda_graphs": "elastic.serving.cuda_graph_executor:CUDAGraphExecutor",
     "process": "elastic.serving.process_executor:ProcessExecutor",

@@ -94,8 +94,8 @@ class Runtime:
         ewma_alpha: weight of each observation in the online latency correction, in (0, 1].
         metrics_window: requests in the rolling effective-accuracy / SLO gauges.
         clock: monotonic clock in seconds (tests may pass their own).
-        executor: "eager" (default), "compiled", "traced", "process", another name in `EXECUTORS`, or
-            an `Executor` (one made here from a name is closed by `close`).
+        executor: "eager" (default), "compiled", "traced", "traced_staged" (pauses), "process",
+            another name in `EXECUTORS`, or an `Executor` (one made here from a name is closed by `close`).
         executor_options: keyword arguments for the executor (e.g. `backend=` for "compiled").
         worker_threads: torch intra-op threads of the worker (default: the caller's
             `torch.get_num_threads()` at construction).
@@ -213,7 +213,8 @@ class Runtime:
         except ValueError as e:
             raise ConfigError(str(e)) from e
         self._owns_executor = not isinstance(executor, Executor)  # made here: closed here
-        if self.device.type == "cpu" and self.executor.name in ("eager", "compiled", "traced"):  # torch's own threads
+        torch_threads = ("eager", "compiled", "traced", "traced_staged")  # run on this process's torch threads
+        if self.device.type == "cpu" and self.executor.name in torch_threads:
             warn_if_throttled(torch.get_num_threads(), worker_threads, lanes)
         self._stages = None  # subnet id -> stage boundaries, with preemption
         if preempt and not self.executor.pausable:

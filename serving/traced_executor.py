@@ -15,14 +15,16 @@ are shared with the model, not copied. A trace records one path through the Pyth
 control flow, so the first batch of every size a subnet runs is also run eagerly and
 compared: a graph that does not reproduce the eager forward is dropped, with a warning, and
 that subnet runs eagerly from then on. The traced graph runs as one call, so a batch cannot
-pause at block boundaries (`pausable` is False).
+pause at block boundaries (`pausable` is False). `StagedTracedExecutor` ("traced_staged")
+traces one graph per stage instead (`ElasticModel.stage_pieces`), chained, so a batch can
+pause between two for urgent requests, at the price of a graph call per boundary.
 
 `torch.jit.trace` is deprecated in favour of `torch.compile` and `torch.export`; it is what
 runs a whole forward without the interpreter lock here, with no compiler in the loop (the
 `compiled` executor's C++ takes about half a minute per graph on two cores). Its
 deprecation warning is silenced inside `trace` only.
 
-Use it as `Runtime(model, executor="traced")`.
+Use it as `Runtime(model, executor="traced")` or `executor="traced_staged"`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Callable, Generator
 
 import torch
 from torch import nn
@@ -60,6 +63,19 @@ class _Subnet(nn.Module):
         return self.model(x, subnet=self.subnet)
 
 
+class _Stage(nn.Module):
+    """One stage of a subnet (`ElasticModel.stage_pieces`) as a module: the model is a
+    submodule, so the trace reads its parameters as the model's own."""
+
+    def __init__(self, model: ElasticModel, piece: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.piece = piece
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.piece(x)
+
+
 class TracedExecutor(Executor):
     """Runs each subnet as a TorchScript graph traced from its eager forward.
 
@@ -74,7 +90,7 @@ class TracedExecutor(Executor):
     """
 
     name = "traced"
-    pausable = False
+    pausable = False  # one graph per subnet (`StagedTracedExecutor`: one per stage)
 
     def __init__(self, model: ElasticModel, device: str | torch.device = "cpu", *, trace_batch: int = 2):
         super().__init__(model, device)
@@ -83,29 +99,55 @@ class TracedExecutor(Executor):
         if trace_batch < 1:
             raise ConfigError(f"trace_batch must be >= 1, got {trace_batch}")
         self.trace_batch = trace_batch
-        self._graphs: dict[int, nn.Module] = {}  # subnet id -> its graph, or its eager module
+        self._graphs: dict[int, list[nn.Module]] = {}  # subnet id -> its graphs in order, or its eager module
         self._checked: set[tuple[int, int]] = set()  # (subnet, batch size) compared with eager
-        self.untraceable: set[int] = set()  # subnets whose graph differed from eager: run eagerly
+        self.untraceable: set[int] = set()  # subnets that run eagerly (a graph differed, or no stages listed)
         self._lock = threading.Lock()
 
-    def trace(self, subnet: int) -> nn.Module:
-        """The subnet's graph, traced on first call (under a lock: one trace per subnet)."""
+    def trace(self, subnet: int) -> list[nn.Module]:
+        """The subnet's graphs in the order they run (`pieces`), traced on first call (under
+        a lock: one trace per subnet)."""
         sid = self.model.subnet(subnet).id
-        graph = self._graphs.get(sid)
-        if graph is not None:
-            return graph
+        graphs = self._graphs.get(sid)
+        if graphs is not None:
+            return graphs
         with self._lock:
             if sid not in self._graphs:
-                module = _Subnet(self.model, sid).eval()
-                param = next(self.model.parameters(), None)
-                dtype = param.dtype if param is not None else torch.get_default_dtype()
-                x = torch.zeros(self.trace_batch, *self.model.input_size(), device=self.device, dtype=dtype)
-                with torch.inference_mode(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # the deprecation (module docstring)
-                    warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape asserts baked in
-                    self._graphs[sid] = torch.jit.trace(module, x, check_trace=False)
-                log.info("traced subnet %d", sid)
+                pieces = self.pieces(sid)
+                if pieces is None:
+                    log.warning("the model lists no stage pieces for subnet %d; running it eagerly", sid)
+                    self._graphs[sid] = [_Subnet(self.model, sid)]
+                    self.untraceable.add(sid)
+                else:
+                    self._graphs[sid] = self._trace(pieces)
+                    log.info("traced subnet %d (%d graph%s)", sid, len(pieces), "s" * (len(pieces) > 1))
             return self._graphs[sid]
+
+    def pieces(self, subnet: int) -> list[nn.Module] | None:
+        """What is traced for `subnet`, one graph each, in the order they run: the whole
+        forward; with `pausable`, one module per stage (`ElasticModel.stage_pieces`), or
+        None when the model does not list them for a subnet that can pause."""
+        if not self.pausable or not self.model.stage_fractions(subnet):
+            return [_Subnet(self.model, subnet).eval()]
+        stages = self.model.stage_pieces(subnet)
+        if stages is None or len(stages) != len(self.model.stage_fractions(subnet)) + 1:
+            return None
+        return [_Stage(self.model, piece).eval() for piece in stages]
+
+    def _trace(self, pieces: list[nn.Module]) -> list[nn.Module]:
+        """One graph per piece, each traced on the output of the one before."""
+        param = next(self.model.parameters(), None)
+        dtype = param.dtype if param is not None else torch.get_default_dtype()
+        x = torch.zeros(self.trace_batch, *self.model.input_size(), device=self.device, dtype=dtype)
+        graphs = []
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the deprecation (module docstring)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape asserts baked in
+            for k, piece in enumerate(pieces):
+                graphs.append(torch.jit.trace(piece, x, check_trace=False))
+                if k + 1 < len(pieces):
+                    x = graphs[-1](x)
+        return graphs
 
     def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
         if torch.is_inference_mode_enabled():  # the engine's steps already are: entering again costs ~2 µs
@@ -116,18 +158,41 @@ class TracedExecutor(Executor):
     def _run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
         if x.device != self.device:
             x = x.to(self.device, non_blocking=True)
-        graph = self._graphs.get(subnet)
-        if graph is None:
-            graph = self.trace(subnet)
+        graphs = self._graphs.get(subnet)
+        if graphs is None:
+            graphs = self.trace(subnet)
+        y = x
+        for graph in graphs:
+            y = graph(y)
         if (subnet, x.shape[0]) not in self._checked and subnet not in self.untraceable:
-            return self._first_run(subnet, graph, x)
-        return graph(x)  # an untraceable subnet's entry is its eager module: nothing to compare
+            return self._agreed(subnet, x, y)
+        return y  # an untraceable subnet's entry is its eager module: nothing to compare
 
-    def _first_run(self, subnet: int, graph: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The first batch of its size on `subnet`: run traced and eagerly, and keep the
-        graph only when the two agree (else run that subnet eagerly from now on)."""
+    def run_stages(self, subnet: int, x: torch.Tensor) -> Generator[None, None, torch.Tensor]:
+        """`run`, yielding between two stage graphs (eagerly, `forward_stages`, for an
+        untraceable subnet). The caller enters inference mode around the whole loop."""
+        if x.device != self.device:
+            x = x.to(self.device, non_blocking=True)
+        graphs = self._graphs.get(subnet)
+        if graphs is None:
+            graphs = self.trace(subnet)
+        if subnet in self.untraceable:
+            staged = self.model.forward_stages
+            skip = {"check": False} if takes_check(type(self.model).forward_stages) else {}
+            return (yield from staged(x, subnet, **skip))
+        y = graphs[0](x)
+        for graph in graphs[1:]:
+            yield
+            y = graph(y)
+        if (subnet, x.shape[0]) not in self._checked:
+            return self._agreed(subnet, x, y)
+        return y
+
+    def _agreed(self, subnet: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The first batch of its size on `subnet`, `y` from its graphs: compared with the
+        eager forward on `x`, and the graphs kept only when the two agree (else the subnet
+        runs eagerly from now on). Returns the output to answer with."""
         sid = self.model.subnet(subnet).id
-        y = graph(x)
         expected = _Subnet(self.model, sid)(x)
         if y.shape != expected.shape or not torch.allclose(y, expected, atol=ATOL, rtol=RTOL):
             diff = float((y - expected).abs().max()) if y.shape == expected.shape else float("inf")
@@ -139,8 +204,23 @@ class TracedExecutor(Executor):
                 diff,
             )
             with self._lock:
-                self._graphs[sid] = _Subnet(self.model, sid)
+                self._graphs[sid] = [_Subnet(self.model, sid)]
                 self.untraceable.add(sid)
             y = expected
         self._checked.add((subnet, x.shape[0]))
         return y
+
+
+class StagedTracedExecutor(TracedExecutor):
+    """`TracedExecutor` with one graph per stage of a subnet (`ElasticModel.stage_pieces`),
+    so that a batch can pause at the stage boundaries for urgent requests (the runtime's
+    preemption), as eager batches do. Every batch runs through the stage graphs, paused or
+    not, so a profile measures what runs; each boundary costs one more graph call
+    (`elastic bench onnx` times both). A subnet the model lists no stage pieces for runs
+    eagerly, pausing where `forward_stages` does.
+
+    Use it as `Runtime(model, executor="traced_staged")`.
+    """
+
+    name = "traced_staged"
+    pausable = True

@@ -5,8 +5,9 @@ descendant, a whole anchor) can pause between two blocks: the preemptive schedul
 (`serving/preemption.py`) runs an urgent batch there. Builders list the pieces of a subnet
 in execution order (`StagedPieces.path_pieces`), a stitching layer folded into the block
 before it (`fold`); `flops_fractions` turns their FLOPs into the boundaries
-(`ElasticModel.stage_fractions`) and `StagedPieces` the pieces into the staged forward
-(`ElasticModel.forward_stages`).
+(`ElasticModel.stage_fractions`), `in_stages` them into one function per stage
+(`ElasticModel.stage_pieces`, which the traced executor traces one graph each) and
+`StagedPieces` those into the staged forward (`ElasticModel.forward_stages`).
 """
 
 from __future__ import annotations
@@ -29,17 +30,28 @@ def flops_fractions(stem_flops: int, block_flops: Sequence[int], head_flops: int
     return tuple(fractions)
 
 
-def run_in_stages(
-    x: torch.Tensor, stem: Piece, blocks: Sequence[Piece], head: Piece
-) -> Generator[None, None, torch.Tensor]:
-    """head(blocks[-1](... blocks[0](stem(x)))), yielding between two blocks (len(blocks) - 1
-    times); returns the output."""
-    x = stem(x)
-    for k, block in enumerate(blocks):
-        if k:
-            yield
-        x = block(x)
-    return head(x)
+def in_stages(stem: Piece, blocks: Sequence[Piece], head: Piece) -> list[Piece]:
+    """head(blocks[-1](... blocks[0](stem(x)))) as one function per stage, a stage ending at
+    each block boundary: the stem runs with the first block, the head with the last
+    (max(1, len(blocks)) stages)."""
+    if not blocks:
+        return [lambda x: head(stem(x))]
+    stages: list[Piece] = [*blocks]
+    first = stages[0]
+    stages[0] = lambda x: first(stem(x))
+    last = stages[-1]  # the first stage, stem included, when there is one block
+    stages[-1] = lambda x: head(last(x))
+    return stages
+
+
+def run_in_stages(x: torch.Tensor, stages: Sequence[Piece]) -> Generator[None, None, torch.Tensor]:
+    """stages[-1](... stages[0](x)), yielding between two stages (len(stages) - 1 times);
+    returns the output."""
+    x = stages[0](x)
+    for stage in stages[1:]:
+        yield
+        x = stage(x)
+    return x
 
 
 def then(block: Piece, stitch: Piece) -> Piece:
@@ -100,6 +112,16 @@ class StagedPieces:
             return self.family[sid](x)
         return self.run_path(x, path)
 
+    def stage_pieces(self, subnet=0) -> list[Piece]:
+        """The subnet's forward as one function per stage (`in_stages`): applied in order they
+        give `forward` (its input checked already), and `forward_stages` pauses between two."""
+        sid = self.subnet(subnet).id
+        path = self.paths[sid]
+        if path is None:
+            anchor = self.family[sid]
+            return in_stages(anchor.stem, anchor.blocks, anchor.head)
+        return in_stages(*self.path_pieces(path))
+
     def forward_stages(self, x: torch.Tensor, subnet=0, *, check: bool = True) -> Generator[None, None, torch.Tensor]:
         """`forward`, pausing (a `yield`) between two blocks: the same operations in the same
         order, so the same logits, with `len(stage_fractions(subnet))` pauses (`check=False`:
@@ -108,11 +130,8 @@ class StagedPieces:
         Shape:
             x: (B, C, H, W) -> (B, num_classes)
         """
-        sid, path = self._path_of(x, subnet, check)
-        if path is None:
-            anchor = self.family[sid]
-            return (yield from run_in_stages(x, anchor.stem, anchor.blocks, anchor.head))
-        return (yield from run_in_stages(x, *self.path_pieces(path)))
+        sid, _ = self._path_of(x, subnet, check)
+        return (yield from run_in_stages(x, self.stage_pieces(sid)))
 
     def _path_of(self, x: torch.Tensor, subnet, check: bool):
         """(id, path) of `subnet`, once `x` passed `check_input` (unless `check` is False)."""

@@ -35,10 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--executor",
-        choices=["eager", "process", "traced"],
+        choices=["eager", "process", "traced", "traced_staged"],
         default="eager",
         help="load: how real runs execute forwards (default eager; process: in a child process, off the "
-        "interpreter lock; traced: one TorchScript graph per subnet, run without the lock)",
+        "interpreter lock; traced: one TorchScript graph per subnet, run without the lock, so batches cannot "
+        "pause; traced_staged: one graph per stage, so they can)",
     )
     p.add_argument(
         "--threads",

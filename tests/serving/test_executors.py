@@ -5,6 +5,7 @@ import threading
 import pytest
 import torch
 
+from elastic.builders.stages import run_in_stages
 from elastic.errors import ConfigError
 from elastic.serving import Result, Runtime, measure_latency
 from elastic.serving.executor import EXECUTORS, EagerExecutor, Executor, make_executor, takes_check
@@ -24,6 +25,7 @@ CASES = [
     ("eager", {}, SUBNETS, (1, 3, 8)),
     ("process", {"rows": 2}, SUBNETS, (1, 3, 8)),  # buffers grow from 2 rows to 8
     ("traced", {}, SUBNETS, (1, 3, 8)),  # traced at 2 rows, run at others
+    ("traced_staged", {}, SUBNETS, (1, 3, 8)),  # one graph per stage, chained
     pytest.param("compiled", {"backend": "aot_eager"}, (0, 20), (1, 3), marks=pytest.mark.slow),
     pytest.param("compiled", {"backend": "inductor"}, (20,), (1, 3), marks=pytest.mark.slow),
 ]
@@ -90,13 +92,13 @@ def test_a_traced_graph_shares_the_models_parameters(served_model):
 
 def test_a_graph_that_differs_from_eager_is_dropped_for_the_eager_forward(served_model, caplog):
     executor = make_executor("traced", served_model)
-    graph = executor.trace(5)
+    (graph,) = executor.trace(5)
 
     class Off(torch.nn.Module):  # what a trace that took another Python branch would compute
         def forward(self, x):
             return graph(x) + 1.0
 
-    executor._graphs[5] = Off()
+    executor._graphs[5] = [Off()]
     x = torch.randn(3, 3, 32, 32)
     with caplog.at_level("WARNING", logger="elastic.serving.traced_executor"):
         torch.testing.assert_close(executor.run(5, x), eager(served_model, 5, x))
@@ -105,6 +107,77 @@ def test_a_graph_that_differs_from_eager_is_dropped_for_the_eager_forward(served
     assert (5, 1) not in executor._checked  # and not compared with itself
     with pytest.raises(ConfigError, match="trace_batch"):
         make_executor("traced", served_model, trace_batch=0)
+
+
+def drain(stages):
+    """Run a staged forward to its end: (its output, how many times it paused)."""
+    pauses = 0
+    while True:
+        try:
+            next(stages)
+            pauses += 1
+        except StopIteration as stop:
+            return stop.value, pauses
+
+
+@pytest.mark.parametrize("subnet", SUBNETS)
+def test_the_staged_traced_executor_pauses_where_the_eager_forward_does(served_model, subnet):
+    executor = make_executor("traced_staged", served_model)
+    assert executor.pausable and len(executor.trace(subnet)) == len(served_model.stage_fractions(subnet)) + 1 > 1
+    for b in (1, 3):  # the first batch of a size is compared with eager, the second is not
+        x = torch.randn(b, 3, 32, 32)
+        with torch.inference_mode():
+            for _ in range(2):
+                y, pauses = drain(executor.run_stages(subnet, x))
+                torch.testing.assert_close(y, eager(served_model, subnet, x), atol=1e-5, rtol=1e-5)
+                assert pauses == len(served_model.stage_fractions(subnet))
+    assert not executor.untraceable
+
+
+def test_a_staged_graph_that_differs_from_eager_is_dropped_for_the_eager_staged_forward(served_model, caplog):
+    executor = make_executor("traced_staged", served_model)
+    graphs = executor.trace(20)
+
+    class Off(torch.nn.Module):
+        def forward(self, x):
+            return graphs[-1](x) + 1.0
+
+    executor._graphs[20] = [*graphs[:-1], Off()]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode(), caplog.at_level("WARNING", logger="elastic.serving.traced_executor"):
+        y, _ = drain(executor.run_stages(20, x))
+        torch.testing.assert_close(y, eager(served_model, 20, x))
+        assert executor.untraceable == {20} and "differs from its eager forward" in caplog.text
+        y, pauses = drain(executor.run_stages(20, x[:1]))  # the eager staged forward from now on
+    torch.testing.assert_close(y, eager(served_model, 20, x[:1]))
+    assert pauses == len(served_model.stage_fractions(20))
+
+
+def test_a_model_that_lists_no_stage_pieces_runs_its_pausing_subnets_eagerly(served_model, monkeypatch, caplog):
+    # a model with a staged forward of its own that does not list its stages
+    pieces = type(served_model).stage_pieces
+    staged = lambda self, x, subnet=0, check=True: run_in_stages(x, pieces(self, subnet))  # noqa: E731
+    monkeypatch.setattr(type(served_model), "forward_stages", staged)
+    monkeypatch.setattr(type(served_model), "stage_pieces", lambda self, subnet=0: None)
+    executor = make_executor("traced_staged", served_model)
+    x = torch.randn(2, 3, 32, 32)
+    with caplog.at_level("WARNING", logger="elastic.serving.traced_executor"):
+        torch.testing.assert_close(executor.run(5, x), eager(served_model, 5, x))
+    assert executor.untraceable == {5} and "lists no stage pieces" in caplog.text
+    with torch.inference_mode():
+        y, pauses = drain(executor.run_stages(5, x))
+    torch.testing.assert_close(y, eager(served_model, 5, x))
+    assert pauses == len(served_model.stage_fractions(5))
+
+
+def test_the_runtime_pauses_batches_under_the_staged_traced_executor(served_model, served_profile):
+    with Runtime(served_model, profile=served_profile, executor="traced_staged") as rt:
+        assert rt.preempts  # the executor can pause
+        x = torch.randn(3, 32, 32)
+        result = rt.infer(x, 60_000.0)
+        torch.testing.assert_close(
+            result.output, eager(served_model, result.subnet, x.unsqueeze(0))[0], atol=1e-5, rtol=1e-5
+        )
 
 
 class CountingExecutor(EagerExecutor):

@@ -10,6 +10,7 @@ import torch
 
 from elastic.errors import BudgetInfeasible, ConfigError, Overloaded
 from elastic.serving import LatencyProfile, Runtime
+from elastic.serving.traced_executor import StagedTracedExecutor
 
 SLOW_MS = 2000.0  # the profile says subnet 1 (an anchor) takes this long, subnet 0 1 ms
 
@@ -37,8 +38,44 @@ class BlockGate:
         monkeypatch.setattr(block, "forward", forward)
 
 
-def serve(model, preempt: bool) -> Runtime:
-    return Runtime(model, policy="elastic", profile=profile(), warm=False, caller_runs=False, preempt=preempt)
+class GatedStages(StagedTracedExecutor):
+    """The staged traced executor, holding the worker at subnet 1's first stage boundary
+    (before the engine sees it) until released."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def run_stages(self, subnet, x):
+        stages = super().run_stages(subnet, x)
+        if subnet == 1 and not self.entered.is_set():
+            next(stages)
+            self.entered.set()
+            self.release.wait(60)
+            yield
+        return (yield from stages)
+
+
+def serve(model, preempt: bool, executor="eager") -> Runtime:
+    return Runtime(
+        model, policy="elastic", profile=profile(), warm=False, caller_runs=False, preempt=preempt, executor=executor
+    )
+
+
+def tight_inside_slow(rt: Runtime, x: torch.Tensor, entered: threading.Event, release: threading.Event):
+    """A loose request on the slow subnet 1, held inside its batch (`entered`) while a tight
+    one arrives, then released: both results and the order they were answered in."""
+    slow = rt.submit(x[0], 10_000.0)  # loose: the most accurate subnet, 1
+    assert entered.wait(30)
+    # due in 1.5 s: the slow batch is predicted to end at 2 s, its first block boundary
+    # at about 2 s / depth
+    tight = rt.submit(x[1], 1500.0)
+    assert not tight.done()
+    done: list[str] = []
+    tight.add_done_callback(lambda f: done.append("tight"))
+    slow.add_done_callback(lambda f: done.append("slow"))
+    release.set()
+    return tight.result(30), slow.result(30), done
 
 
 @pytest.mark.parametrize("preempt", [True, False])
@@ -50,23 +87,15 @@ def test_a_tight_request_runs_between_two_blocks_of_a_long_batch(tiny_stitched, 
         expected = [model(x[:1], 1)[0], model(x[1:], 0)[0]]
     gate = BlockGate(monkeypatch, model.family[1].blocks[0])
     with serve(model, preempt) as rt:
-        slow = rt.submit(x[0], 10_000.0)  # loose: the most accurate subnet, 1
-        assert gate.entered.wait(30)
-        # due in 1.5 s: the slow batch is predicted to end at 2 s, its first block boundary
-        # at about 2 s / depth
         if not preempt:
+            slow = rt.submit(x[0], 10_000.0)
+            assert gate.entered.wait(30)
             with pytest.raises(BudgetInfeasible, match="until the running batch ends"):
                 rt.submit(x[1], 1500.0)
             gate.release.set()
             assert slow.result(30).subnet == 1
             return
-        tight = rt.submit(x[1], 1500.0)
-        assert not tight.done()
-        done: list[str] = []
-        tight.add_done_callback(lambda f: done.append("tight"))
-        slow.add_done_callback(lambda f: done.append("slow"))
-        gate.release.set()
-        urgent, paused = tight.result(30), slow.result(30)
+        urgent, paused, done = tight_inside_slow(rt, x, gate.entered, gate.release)
     assert urgent.subnet == 0 and paused.subnet == 1
     assert done == ["tight", "slow"]  # answered inside the slow batch, before it resumed
     # the slow batch's forward time leaves out the pause: an identity of the clock readings
@@ -74,6 +103,23 @@ def test_a_tight_request_runs_between_two_blocks_of_a_long_batch(tiny_stitched, 
     assert paused.exec_ms + urgent.exec_ms <= paused.latency_ms
     torch.testing.assert_close(paused.output, expected[0], rtol=0, atol=0)
     torch.testing.assert_close(urgent.output, expected[1], rtol=0, atol=0)
+
+
+def test_the_staged_traced_executor_pauses_a_long_batch_for_a_tight_request(tiny_stitched):
+    model = tiny_stitched
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected = [model(x[:1], 1)[0], model(x[1:], 0)[0]]
+    executor = GatedStages(model)
+    for subnet in (0, 1):  # traced now, not inside the slow batch (a trace takes a second or two)
+        executor.warmup(subnet, 1)
+    with serve(model, True, executor) as rt:
+        assert rt.preempts
+        urgent, paused, done = tight_inside_slow(rt, x, executor.entered, executor.release)
+    assert (urgent.subnet, paused.subnet) == (0, 1) and done == ["tight", "slow"]
+    torch.testing.assert_close(paused.output, expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(urgent.output, expected[1], rtol=1e-5, atol=1e-5)
+    assert not executor.untraceable
 
 
 def test_preempt_needs_an_executor_that_can_pause(tiny_stitched):
