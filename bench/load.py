@@ -402,12 +402,16 @@ def run(args: argparse.Namespace) -> dict:
 def _served_by(build: Callable[[], Scenario], executor: str) -> Callable[[], Scenario]:
     """`build`, with the scenario's real runs served through `executor` (and labelled so)."""
 
+    from elastic.serving.executor import executor_class
+
     def built() -> Scenario:
         scenario = build()
         scenario.executor = executor
-        scenario.preempt = False  # it runs a forward as one call
+        scenario.preempt = scenario.preempt and executor_class(executor).pausable  # else a forward is one call
         baseline = "eager" if executor == "process" else executor  # `Scenario.executor_for`
         scenario.label += f"; forwards through the {executor} executor (INFaaS's separate models: {baseline})"
+        if not scenario.preempt:
+            scenario.label += ", batches never pause"
         return scenario
 
     return built

@@ -148,8 +148,17 @@ def make_executor(
     """
     if isinstance(spec, Executor):
         return spec
-    target = EXECUTORS.get(spec) if isinstance(spec, str) else None
+    return executor_class(spec)(model, device, **options)
+
+
+def executor_class(name: str) -> type[Executor]:
+    """The executor class registered as `name` in `EXECUTORS` (imported on first use).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    target = EXECUTORS.get(name) if isinstance(name, str) else None
     if target is None:
-        raise ValueError(f"unknown executor {spec!r}; use one of {sorted(EXECUTORS)} or an Executor")
+        raise ValueError(f"unknown executor {name!r}; use one of {sorted(EXECUTORS)} or an Executor")
     module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)(model, device, **options)
+    return getattr(importlib.import_module(module), cls)

@@ -416,3 +416,12 @@ def test_warm_up_requests_run_but_are_not_scored(tiny_stitched, one_thread):
     assert len(outcomes) == len(lag) == len(forward) == 7  # requests 5..11 only
     assert all(o.status == ANSWERED for o in outcomes)
     assert answered == 12  # the five before them ran too, and were waited for
+
+
+@pytest.mark.parametrize(("executor", "pauses"), [("traced", False), ("process", False), ("traced_staged", True)])
+def test_real_runs_through_an_executor_pause_only_where_it_can(tiny_stitched, executor, pauses):
+    from elastic.bench.load import _served_by
+
+    scenario = _served_by(lambda: tiny_scenario(tiny_stitched, {0: 0.5}), executor)()
+    assert scenario.executor == executor and scenario.preempt is pauses
+    assert ("batches never pause" in scenario.label) is not pauses
