@@ -254,3 +254,4 @@ def test_every_descendant_pauses_between_blocks_and_gives_its_forward_bit_for_bi
                     assert torch.equal(stop.value, pool(x, s.id))
                     break
             assert pauses == len(fractions) > 0
+            assert len(pool.stage_pieces(s.id)) == len(fractions) + 1  # what the staged forward ran

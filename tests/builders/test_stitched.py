@@ -264,3 +264,4 @@ def test_forward_stages_pauses_between_blocks_and_gives_the_forward_bit_for_bit(
                     break
             assert pauses == len(tiny_stitched.stage_fractions(s.id))
             assert torch.equal(y, tiny_stitched(x, s.id))
+            assert len(tiny_stitched.stage_pieces(s.id)) == pauses + 1  # what the staged forward ran
