@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 import warnings
 from collections.abc import Callable, Generator
 
@@ -63,17 +64,17 @@ class _Subnet(nn.Module):
         return self.model(x, subnet=self.subnet)
 
 
-class _Stage(nn.Module):
-    """One stage of a subnet (`ElasticModel.stage_pieces`) as a module: the model is a
-    submodule, so the trace reads its parameters as the model's own."""
+class _Stages(nn.Module):
+    """A subnet's pieces as the methods `stage0`, `stage1`, ... of one module that holds the
+    model, so that `trace_module` traces them all in one pass over the model's module tree
+    (a `trace` per piece walked the whole tree each time: six stages of a demo subnet took
+    3.6 s against 0.6), and each traced method reads the model's own parameters."""
 
-    def __init__(self, model: ElasticModel, piece: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, model: ElasticModel, pieces: list[Callable[[torch.Tensor], torch.Tensor]]):
         super().__init__()
         self.model = model
-        self.piece = piece
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.piece(x)
+        for k, piece in enumerate(pieces):
+            setattr(self, f"stage{k}", types.MethodType(lambda self, x, piece=piece: piece(x), self))
 
 
 class TracedExecutor(Executor):
@@ -99,12 +100,12 @@ class TracedExecutor(Executor):
         if trace_batch < 1:
             raise ConfigError(f"trace_batch must be >= 1, got {trace_batch}")
         self.trace_batch = trace_batch
-        self._graphs: dict[int, list[nn.Module]] = {}  # subnet id -> its graphs in order, or its eager module
+        self._graphs: dict[int, list[Callable]] = {}  # subnet id -> its graphs in order, or its eager module
         self._checked: set[tuple[int, int]] = set()  # (subnet, batch size) compared with eager
         self.untraceable: set[int] = set()  # subnets that run eagerly (a graph differed, or no stages listed)
         self._lock = threading.Lock()
 
-    def trace(self, subnet: int) -> list[nn.Module]:
+    def trace(self, subnet: int) -> list[Callable]:
         """The subnet's graphs in the order they run (`pieces`), traced on first call (under
         a lock: one trace per subnet)."""
         sid = self.model.subnet(subnet).id
@@ -123,31 +124,32 @@ class TracedExecutor(Executor):
                     log.info("traced subnet %d (%d graph%s)", sid, len(pieces), "s" * (len(pieces) > 1))
             return self._graphs[sid]
 
-    def pieces(self, subnet: int) -> list[nn.Module] | None:
+    def pieces(self, subnet: int) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
         """What is traced for `subnet`, one graph each, in the order they run: the whole
-        forward; with `pausable`, one module per stage (`ElasticModel.stage_pieces`), or
+        forward; with `pausable`, one function per stage (`ElasticModel.stage_pieces`), or
         None when the model does not list them for a subnet that can pause."""
         if not self.pausable or not self.model.stage_fractions(subnet):
             return [_Subnet(self.model, subnet).eval()]
         stages = self.model.stage_pieces(subnet)
         if stages is None or len(stages) != len(self.model.stage_fractions(subnet)) + 1:
             return None
-        return [_Stage(self.model, piece).eval() for piece in stages]
+        return stages
 
-    def _trace(self, pieces: list[nn.Module]) -> list[nn.Module]:
-        """One graph per piece, each traced on the output of the one before."""
+    def _trace(self, pieces: list[Callable[[torch.Tensor], torch.Tensor]]) -> list[Callable]:
+        """One graph per piece, each traced on the output of the one before (run eagerly)."""
         param = next(self.model.parameters(), None)
         dtype = param.dtype if param is not None else torch.get_default_dtype()
         x = torch.zeros(self.trace_batch, *self.model.input_size(), device=self.device, dtype=dtype)
-        graphs = []
+        inputs = {}
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # the deprecation (module docstring)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape asserts baked in
             for k, piece in enumerate(pieces):
-                graphs.append(torch.jit.trace(piece, x, check_trace=False))
+                inputs[f"stage{k}"] = x
                 if k + 1 < len(pieces):
-                    x = graphs[-1](x)
-        return graphs
+                    x = piece(x)
+            traced = torch.jit.trace_module(_Stages(self.model, pieces).eval(), inputs, check_trace=False)
+        return [getattr(traced, name) for name in inputs]
 
     def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
         if torch.is_inference_mode_enabled():  # the engine's steps already are: entering again costs ~2 µs
