@@ -128,12 +128,11 @@ class TracedExecutor(Executor):
         """What is traced for `subnet`, one graph each, in the order they run: the whole
         forward; with `pausable`, one function per stage (`ElasticModel.stage_pieces`), or
         None when the model does not list them for a subnet that can pause."""
-        if not self.pausable or not self.model.stage_fractions(subnet):
+        boundaries = len(self.model.stage_fractions(subnet)) if self.pausable else 0
+        if not boundaries:
             return [_Subnet(self.model, subnet).eval()]
         stages = self.model.stage_pieces(subnet)
-        if stages is None or len(stages) != len(self.model.stage_fractions(subnet)) + 1:
-            return None
-        return stages
+        return stages if stages is not None and len(stages) == boundaries + 1 else None
 
     def _trace(self, pieces: list[Callable[[torch.Tensor], torch.Tensor]]) -> list[Callable]:
         """One graph per piece, each traced on the output of the one before (run eagerly)."""
