@@ -51,3 +51,21 @@ def tiny_stitched(tiny_vit_family):
     net = StitchedNet(tiny_vit_family).eval()
     net.init_stitches(torch.randn(8, 3, 32, 32))
     return net
+
+
+def _drain(stages):
+    """Run a staged forward (`forward_stages`, `Executor.run_stages`) to its end: (its
+    output, how many times it paused)."""
+    pauses = 0
+    while True:
+        try:
+            next(stages)
+            pauses += 1
+        except StopIteration as stop:
+            return stop.value, pauses
+
+
+@pytest.fixture
+def drain():
+    """`_drain`: a staged forward run to its end, and how many times it paused."""
+    return _drain

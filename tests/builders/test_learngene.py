@@ -239,19 +239,13 @@ def test_pool_fine_tuning_draws_random_descendants():
     assert sum(steps) == 16 and sum(1 for n in steps if n) >= 5  # uniform draws over 11 subnets
 
 
-def test_every_descendant_pauses_between_blocks_and_gives_its_forward_bit_for_bit(pool):
+def test_every_descendant_pauses_between_blocks_and_gives_its_forward_bit_for_bit(pool, drain):
     x = torch.randn(2, 3, IMG, IMG)
     with torch.inference_mode():
         for s in pool.subnets():
             fractions = pool.stage_fractions(s.id)
             assert all(0 < a < b < 1 for a, b in zip(fractions, fractions[1:], strict=False))
-            stages, pauses = pool.forward_stages(x, s.id), 0
-            while True:
-                try:
-                    next(stages)
-                    pauses += 1
-                except StopIteration as stop:
-                    assert torch.equal(stop.value, pool(x, s.id))
-                    break
+            y, pauses = drain(pool.forward_stages(x, s.id))
+            assert torch.equal(y, pool(x, s.id))
             assert pauses == len(fractions) > 0
             assert len(pool.stage_pieces(s.id)) == len(fractions) + 1  # what the staged forward ran

@@ -249,19 +249,11 @@ def test_stage_fractions_are_the_flops_done_after_each_block_but_the_last(tiny_s
         assert all(0 < a < b < 1 for a, b in zip(fractions, fractions[1:], strict=False))
 
 
-def test_forward_stages_pauses_between_blocks_and_gives_the_forward_bit_for_bit(tiny_stitched):
+def test_forward_stages_pauses_between_blocks_and_gives_the_forward_bit_for_bit(tiny_stitched, drain):
     x = torch.randn(3, 3, 32, 32)
     with torch.inference_mode():
         for s in tiny_stitched.subnets():
-            stages = tiny_stitched.forward_stages(x, s.id)
-            pauses = 0
-            while True:
-                try:
-                    next(stages)
-                    pauses += 1
-                except StopIteration as stop:
-                    y = stop.value
-                    break
+            y, pauses = drain(tiny_stitched.forward_stages(x, s.id))
             assert pauses == len(tiny_stitched.stage_fractions(s.id))
             assert torch.equal(y, tiny_stitched(x, s.id))
             assert len(tiny_stitched.stage_pieces(s.id)) == pauses + 1  # what the staged forward ran

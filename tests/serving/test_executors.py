@@ -109,19 +109,8 @@ def test_a_graph_that_differs_from_eager_is_dropped_for_the_eager_forward(served
         make_executor("traced", served_model, trace_batch=0)
 
 
-def drain(stages):
-    """Run a staged forward to its end: (its output, how many times it paused)."""
-    pauses = 0
-    while True:
-        try:
-            next(stages)
-            pauses += 1
-        except StopIteration as stop:
-            return stop.value, pauses
-
-
 @pytest.mark.parametrize("subnet", SUBNETS)
-def test_the_staged_traced_executor_pauses_where_the_eager_forward_does(served_model, subnet):
+def test_the_staged_traced_executor_pauses_where_the_eager_forward_does(served_model, subnet, drain):
     executor = make_executor("traced_staged", served_model)
     assert executor.pausable and len(executor.trace(subnet)) == len(served_model.stage_fractions(subnet)) + 1 > 1
     for b in (1, 3):  # the first batch of a size is compared with eager, the second is not
@@ -134,7 +123,7 @@ def test_the_staged_traced_executor_pauses_where_the_eager_forward_does(served_m
     assert not executor.untraceable
 
 
-def test_a_staged_graph_that_differs_from_eager_is_dropped_for_the_eager_staged_forward(served_model, caplog):
+def test_a_staged_graph_that_differs_from_eager_is_dropped_for_the_eager_staged_forward(served_model, caplog, drain):
     executor = make_executor("traced_staged", served_model)
     graphs = executor.trace(20)
 
@@ -153,7 +142,7 @@ def test_a_staged_graph_that_differs_from_eager_is_dropped_for_the_eager_staged_
     assert pauses == len(served_model.stage_fractions(20))
 
 
-def test_a_model_that_lists_no_stage_pieces_runs_its_pausing_subnets_eagerly(served_model, monkeypatch, caplog):
+def test_a_model_that_lists_no_stage_pieces_runs_its_pausing_subnets_eagerly(served_model, monkeypatch, caplog, drain):
     # a model with a staged forward of its own that does not list its stages
     pieces = type(served_model).stage_pieces
     staged = lambda self, x, subnet=0, check=True: run_in_stages(x, pieces(self, subnet))  # noqa: E731
