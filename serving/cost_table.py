@@ -80,6 +80,8 @@ class CostTable:
         self._real_accuracy = known
         self.candidates = candidates
         self.profile = profile
+        # arrivals closer together than the fastest forward: requests arrive while forwards run
+        self._stream_gap_s = min(profile.latency_ms(sid, 1, "p50") for sid in candidates) / 1e3
         self.latency = LatencyModel(profile, self.quantile, self.ewma_alpha, self.overhead)
         if self.tail_control is not None:  # the planning quantile outlives a new profile
             self.latency.forward.tail_quantile = self.tail_control.quantile

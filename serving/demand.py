@@ -90,6 +90,12 @@ class Demand:
         if busy:
             self._count_now += 1
 
+    def streaming(self, now: float, gap_s: float) -> bool:
+        """Are requests arriving at `now`: the last two arrivals less than `gap_s` apart, the
+        later of them less than `gap_s` ago?"""
+        times = self._times
+        return len(times) >= 2 and now - times[-1] < gap_s and times[-1] - times[-2] < gap_s
+
     def busy_ended(self, busy_ms: float) -> None:
         """The running batch ended after `busy_ms`: fold its arrivals into the busy-time rate."""
         periods = self._periods

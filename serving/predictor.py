@@ -37,12 +37,27 @@ share of admitted requests that end late on its SLO target (serving/slo_margin.p
 Until then the profiled quantile is capped at `COLD_TAIL_CAP` medians: one outlier in the
 profiling run must not make a subnet look unusable, or nothing is ever admitted to correct it.
 
-Evidence that is not renewed is dropped (`forget`, called by the scheduler): forwards run
-in a burst of submits are slow (the submitting threads hold the interpreter lock between
-their ops), and a tail learned there can put every subnet past every budget. Then nothing
-is admitted, nothing runs, and no observation ever corrects it, long after the burst.
-The scheduler forgets when it is about to refuse a request that an idle engine cannot
-serve, on a correction no forward has renewed for a while (`BudgetScheduler.stale_s`).
+Two machine states, two factors. A forward that runs while requests arrive shares the
+interpreter lock with the threads that submit them, and on a small CPU it runs 2–3× as
+long as the same forward run alone (the demo in an on/off burst: 5–7 ms for batches the
+profile times at 2–3 ms). One factor averaged over both states was wrong at each switch:
+after a quiet spell it had decayed (or been forgotten, below), so the first batches of
+the next burst were planned at profile speed, the requests admitted meanwhile ran 2–3×
+later than planned: 70 % of the late and shed requests of an instrumented demo run
+(on/off at 1×) ended in the first 50 ms of their burst. So the factor is kept per state (`loaded`: requests are arriving), the
+scheduler says which state the engine is in now (`set_loaded`: the last two arrivals came
+within the fastest forward of each other and of now), and each observation corrects the
+factor of the state its batch was planned in: the first requests of a burst are planned
+with what the last burst measured. A state with no evidence yet follows the other.
+
+Evidence that is not renewed is dropped (`forget`, called by the scheduler): a correction
+and a tail learned in a burst can put every subnet past every budget. Then nothing is
+admitted, nothing runs, and no observation ever corrects it, long after the burst. The
+scheduler forgets when it is about to refuse a request that an idle engine cannot serve,
+on a correction no forward has renewed for a while (`BudgetScheduler.stale_s`). Such a
+request arrives alone, in the quiet state, so forgetting drops the quiet factor and the
+tail; the loaded factor stays for the next burst (its first request always runs, alone
+and quiet, and the forward it shares with the burst's next arrivals corrects it).
 """
 
 from __future__ import annotations
@@ -84,7 +99,10 @@ class LatencyPredictor:
         self.quantile = quantile
         self.alpha = alpha
         self.clamp = clamp
-        self.shared = 1.0  # the machine factor: every observation moves it; 1.0 before any
+        self.shared = 1.0  # the machine factor of the current state (`set_loaded`); 1.0 before any
+        self.loaded = False  # the state predictions are for: requests arriving while forwards run
+        self._factors = [1.0, 1.0]  # the machine factor per state: [quiet, loaded]
+        self._known = [False, False]  # per state: observed (or forgotten) yet? Else it follows the other
         self._rows: dict[int, list[float]] = {}  # subnet -> profiled ms by batch size (index)
         self._medians: dict[int, list[float]] = {}  # subnet -> profiled median ms by batch size
         self._planned: dict[int, list[float]] = {}  # subnet -> the ms the ratio scales, by batch size
@@ -94,8 +112,11 @@ class LatencyPredictor:
         self.tail_quantile = TAIL_QUANTILE  # which quantile of the residuals `tail` is (the scheduler may move it)
 
     def forget(self) -> None:
-        """Drop everything learned online: predict from the profile again, as when new."""
-        self.shared = 1.0
+        """Drop what the quiet state learned online, and the tail: predict a forward run alone
+        from the profile again, as when new. The loaded state's factor stays (module docstring)."""
+        self._factors[0] = 1.0
+        self._known[0] = True  # the profile, on purpose: not the loaded state's factor
+        self.shared = self._factors[self.loaded]
         self.tail = None
         self._residuals.clear()
         self._seen = 0
@@ -106,9 +127,18 @@ class LatencyPredictor:
         """Whether observations have moved the predictions off the profile's."""
         return self.shared != 1.0 or self.tail is not None
 
+    def set_loaded(self, loaded: bool) -> bool:
+        """Predict for forwards that run while requests arrive (`loaded`) or alone; returns
+        whether the predictions changed (the caller's cached ones are stale then)."""
+        if loaded is self.loaded:
+            return False
+        self.loaded = loaded
+        before, self.shared = self.shared, self._factors[loaded]
+        return self.shared != before
+
     def correction(self, subnet: int) -> float:
-        """The current observed / profiled ratio used for `subnet`: the machine factor, the
-        same for every subnet (1.0 before any data)."""
+        """The current observed / profiled ratio used for `subnet`: the machine factor of the
+        current state, the same for every subnet (1.0 before any data)."""
         return self.shared
 
     def _row(self, table: dict[int, list[float]], subnet: int, batch: int, quantile: str) -> list[float]:
@@ -166,14 +196,17 @@ class LatencyPredictor:
         self._planned[subnet] = row
         return row
 
-    def observe(self, subnet: int, batch: int, observed_ms: float) -> None:
-        """Fold one observed forward time into the machine factor, and its residual
-        (observed / expected median) into the tail estimate."""
+    def observe(self, subnet: int, batch: int, observed_ms: float, loaded: bool | None = None) -> None:
+        """Fold one observed forward time into the machine factor of its state (`loaded`: the
+        state its batch was planned in; None: the current one), and its residual (observed /
+        expected median) into the tail estimate."""
         base = self._row(self._medians, subnet, batch, "p50")[batch]
         if base <= 0 or observed_ms < 0:
             return
         lo, hi = self.clamp
-        prev = self.correction(subnet)
+        state = self.loaded if loaded is None else bool(loaded)
+        factors = self._factors
+        prev = factors[state]
         self._residuals.append(observed_ms / (base * prev))
         self._seen += 1
         if self.quantile != "p50" and self._seen >= TAIL_MIN and self._seen % TAIL_EVERY == 0:
@@ -183,4 +216,9 @@ class LatencyPredictor:
                 self._planned.clear()  # from now on the ratio scales the median
             self.tail = min(TAIL_CLAMP[1], max(TAIL_CLAMP[0], q))
         ratio = min(hi, max(lo, observed_ms / base))
-        self.shared += self.alpha * (ratio - self.shared)
+        factors[state] = prev + self.alpha * (ratio - prev)
+        known = self._known
+        known[state] = True
+        if not known[not state]:  # no evidence of the other state yet: this machine is all there is
+            factors[not state] = factors[state]
+        self.shared = factors[self.loaded]

@@ -155,6 +155,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         self._queued: dict[int, Request] = {}
         self._expiry: list[tuple[float, int]] = []  # heap of (latest start, request id); lazy deletion
         self._busy_until: float | None = None  # predicted end of the batch running
+        self._planned_loaded = False  # the latency model's state when the running batch was planned
         self.demand = Demand()  # recent arrival rate and budgets, every request counted
         self._init_holds()
         self._eligible_cache: dict[float | None, list[int]] = {}
@@ -189,6 +190,13 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             return now
         return end if end > now else now + (now - end)
 
+    def _set_loaded(self, loaded: bool) -> None:
+        """Plan for forwards that share the interpreter with arriving requests, or run alone
+        (`LatencyPredictor.set_loaded`): requests arrive when the last two came within the
+        fastest forward of each other and of now (`Demand.streaming`)."""
+        if self.latency.forward.set_loaded(loaded):
+            self._fast_any = None
+
     def _correction_stale(self, now: float) -> bool:
         """Is the online correction, about to refuse a request an idle engine would serve
         alone, evidence nothing has renewed for `stale_s`? A correction learned in a burst
@@ -219,7 +227,9 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         budget = request.budget_ms
         if not budget > 0:  # also catches NaN
             raise BudgetInfeasible(f"budget must be > 0 ms, got {budget}")
-        self.demand.record(now, math.inf if request.best_effort else budget, self._busy_until is not None)
+        demand = self.demand
+        demand.record(now, math.inf if request.best_effort else budget, self._busy_until is not None)
+        self._set_loaded(demand.streaming(now, self._stream_gap_s))
         floor = request.min_accuracy
         found = self.fastest(floor, 1)
         if found is None:
@@ -283,11 +293,13 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         if pre is not None and pre.urgent:  # the batch they were to interrupt ended first
             out.batch = batch = self._dispatch_urgent(now)
             self._busy_until = now + batch.predicted_ms / 1e3
+            self._planned_loaded = True  # urgent: requests are arriving
             pre.running = None
             return out
         queue = self._reqs
         if not queue:
             return out
+        self._set_loaded(self.demand.streaming(now, self._stream_gap_s))
         b_max = self.max_batch_size
         decision = self.policy.choose(queue, now, self, b_max)
         if decision is None or not 1 <= decision.size <= min(len(queue), b_max):
@@ -309,6 +321,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             if r.min_accuracy is not None:
                 self._n_floored -= 1
         self._busy_until = now + predicted / 1e3
+        self._planned_loaded = self.latency.forward.loaded
         out.batch = ScheduledBatch(decision.subnet, tuple([r.id for r in members]), predicted, now, self.policy.name)
         if pre is not None:
             pre.start(out.batch, binding, now)
@@ -327,12 +340,15 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         else:
             busy_ms = batch.predicted_ms if exec_ms is None else exec_ms + self.overhead_ms(batch.size)
         pre = self._preempt
-        if pre is not None and batch is pre.inner:
+        inner = pre is not None and batch is pre.inner
+        if inner:
             pre.inner = None
             pre.resume_at(batch.start + busy_ms / 1e3)
             if self._busy_until is not None:
                 self._busy_until += (busy_ms - batch.predicted_ms) / 1e3
-        else:
+        # the state it was planned in (an urgent batch runs because requests are arriving)
+        loaded = True if inner else self._planned_loaded
+        if not inner:
             self._busy_until = None
             if pre is not None:
                 pre.running = None
@@ -341,7 +357,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             return None
         forward = self.latency.forward
         predicted_forward = forward.predict_ms(batch.subnet, batch.size)
-        forward.observe(batch.subnet, batch.size, exec_ms)
+        forward.observe(batch.subnet, batch.size, exec_ms, loaded)
         self._observed_at = now if now is not None else batch.start + busy_ms / 1e3
         self._fast_any = None
         self._refresh_fronts()

@@ -1,6 +1,7 @@
 """BudgetScheduler on synthetic cost tables: no model, no tensors, the clock driven by hand."""
 
 import ast
+import contextlib
 import math
 import random
 from pathlib import Path
@@ -351,6 +352,47 @@ def test_a_stale_correction_is_kept_while_a_batch_runs_or_requests_wait():
     with pytest.raises(BudgetInfeasible):
         s.add_request(c.request(6, at=later + 0.05), now=later + 0.05)
     assert s.forgotten == 0
+
+
+def _loaded_burst(s, c, batches=30, ratio=3.0, gap_s=0.0005, t0=0.0):
+    """Forwards of subnet 0 at `ratio` times the profile while requests (loose budgets)
+    arrive every `gap_s`, as in an on/off burst; returns when the last batch ended."""
+    t = arrive = t0
+
+    def arrivals_until(end):
+        nonlocal arrive
+        while arrive <= end:  # a full queue refuses some
+            with contextlib.suppress(Overloaded):
+                s.add_request(c.request(1000, at=arrive), now=arrive)
+            arrive += gap_s
+
+    for _ in range(batches):
+        arrivals_until(t)
+        batch = s.schedule(t).batch
+        forward_ms = ratio * s.profile.latency_ms(0, batch.size, "p50")
+        end = t + forward_ms / 1e3
+        arrivals_until(end)  # these arrive while it runs
+        s.update_from_output(batch, forward_ms, now=end)
+        t = end
+    s.abort_all()
+    return t
+
+
+def test_the_next_burst_is_planned_with_what_the_last_one_measured():
+    # a burst whose forwards ran 3x the profile (requests arriving while they ran), then a
+    # quiet second: the next burst's first request arrives alone and is planned as a forward
+    # alone, but the requests that follow it arrive while it runs, and are planned at what
+    # the last burst measured, not at the profile's speed: a 5 ms budget is refused
+    s, c = make("static:0"), Clock()
+    end = _loaded_burst(s, c)
+    later = end + 1.0
+    s.add_request(c.request(5, at=later), now=later)  # alone
+    assert not s.predictor.loaded and s.predict_ms(0, 1) < 5.0
+    assert s.schedule(later).batch is not None
+    nxt = later + 0.0005
+    with pytest.raises(BudgetInfeasible):
+        s.add_request(c.request(5, at=nxt), now=nxt)
+    assert s.predictor.loaded and s.predict_ms(0, 1) == pytest.approx(3 * TABLE[0][1], rel=0.05)
 
 
 @pytest.mark.parametrize("stale_s", [0, -1.0, math.nan, True, "0.5"])
