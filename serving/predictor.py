@@ -43,12 +43,12 @@ long as the same forward run alone (the demo in an on/off burst: 5–7 ms for ba
 profile times at 2–3 ms). One factor averaged over both states was wrong at each switch:
 after a quiet spell it had decayed (or been forgotten, below), so the first batches of
 the next burst were planned at profile speed, the requests admitted meanwhile ran 2–3×
-later than planned: 70 % of the late and shed requests of an instrumented demo run
-(on/off at 1×) ended in the first 50 ms of their burst. So the factor is kept per state (`loaded`: requests are arriving), the
-scheduler says which state the engine is in now (`set_loaded`: the last two arrivals came
-within the fastest forward of each other and of now), and each observation corrects the
-factor of the state its batch was planned in: the first requests of a burst are planned
-with what the last burst measured. A state with no evidence yet follows the other.
+later than planned, and most of the late and shed requests were those admitted then.
+So the factor is kept per state (`loaded`: requests are arriving), the scheduler says
+which state the engine is in now (`set_loaded`: the last two arrivals came within the
+fastest forward of each other and of now), and each observation corrects the factor of
+the state its batch was planned in: the first requests of a burst are planned with what
+the last burst measured. A state with no evidence yet follows the other.
 
 Evidence that is not renewed is dropped (`forget`, called by the scheduler): a correction
 and a tail learned in a burst can put every subnet past every budget. Then nothing is
