@@ -340,15 +340,14 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         else:
             busy_ms = batch.predicted_ms if exec_ms is None else exec_ms + self.overhead_ms(batch.size)
         pre = self._preempt
-        inner = pre is not None and batch is pre.inner
-        if inner:
+        if pre is not None and batch is pre.inner:
             pre.inner = None
             pre.resume_at(batch.start + busy_ms / 1e3)
             if self._busy_until is not None:
                 self._busy_until += (busy_ms - batch.predicted_ms) / 1e3
-        # the state it was planned in (an urgent batch runs because requests are arriving)
-        loaded = True if inner else self._planned_loaded
-        if not inner:
+            loaded = True  # an urgent batch runs because requests are arriving
+        else:
+            loaded = self._planned_loaded  # the latency model's state when it was planned
             self._busy_until = None
             if pre is not None:
                 pre.running = None
