@@ -164,6 +164,13 @@ class LatencyPredictor:
         tail = self.tail
         return ms * tail if tail is not None else ms
 
+    def predict_in(self, subnet: int, batch: int, loaded: bool) -> float:
+        """`predict_ms` in the state `loaded` (`set_loaded`), whichever state is current: a
+        batch planned in one state and ended in the other is judged against its plan."""
+        ms = self.planned_ms(subnet, batch) * self._factors[loaded]
+        tail = self.tail
+        return ms * tail if tail is not None else ms
+
     def planned_ms(self, subnet: int, batch: int) -> float:
         """The uncorrected prediction `predict_ms` scales: `predict_ms(subnet, batch)` is
         exactly `planned_ms(subnet, batch) * shared` (`* tail` once it is measured). It

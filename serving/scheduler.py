@@ -331,8 +331,9 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         self, batch: ScheduledBatch, exec_ms: float | None, now: float | None = None
     ) -> float | None:
         """Report a finished batch's forward time (None: it failed) at `now` (default: its
-        start + forward + predicted overhead); returns observed over predicted forward time
-        (the overhead is reported apart, `observe_overhead`). An urgent batch that ran inside
+        start + forward + predicted overhead); returns observed over predicted forward time,
+        as predicted in the machine state it was planned in (the overhead is reported apart,
+        `observe_overhead`). An urgent batch that ran inside
         a paused one leaves that one running, its predicted end moved by the urgent one's
         misprediction."""
         if now is not None:
@@ -355,7 +356,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         if exec_ms is None:
             return None
         forward = self.latency.forward
-        predicted_forward = forward.predict_ms(batch.subnet, batch.size)
+        predicted_forward = forward.predict_in(batch.subnet, batch.size, loaded)  # as it was planned
         forward.observe(batch.subnet, batch.size, exec_ms, loaded)
         self._observed_at = now if now is not None else batch.start + busy_ms / 1e3
         self._fast_any = None

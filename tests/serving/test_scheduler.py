@@ -395,6 +395,23 @@ def test_the_next_burst_is_planned_with_what_the_last_one_measured():
     assert s.predictor.loaded and s.predict_ms(0, 1) == pytest.approx(3 * TABLE[0][1], rel=0.05)
 
 
+def test_a_batch_is_judged_against_the_state_it_was_planned_in():
+    # a batch planned alone (quiet), during which requests start to arrive (loaded): the
+    # observed / predicted ratio it reports (the prediction-error metric) is against the quiet
+    # prediction it ran on, not the loaded one current when it ends
+    s, c = make("static:0"), Clock()
+    end = _loaded_burst(s, c)
+    later = end + 1.0
+    s.add_request(c.request(50, at=later), now=later)
+    batch = s.schedule(later).batch
+    quiet_ms = s.predictor.predict_ms(0, batch.size)
+    for k in (1, 2):
+        t = later + k * 0.0005
+        s.add_request(c.request(1000, at=t), now=t)
+    assert s.predictor.loaded and s.predictor.predict_ms(0, batch.size) > 2 * quiet_ms
+    assert s.update_from_output(batch, quiet_ms, now=later + quiet_ms / 1e3) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("stale_s", [0, -1.0, math.nan, True, "0.5"])
 def test_a_bad_stale_s_is_a_config_error(stale_s):
     with pytest.raises(ConfigError, match="stale_s"):
