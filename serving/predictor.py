@@ -54,10 +54,13 @@ Evidence that is not renewed is dropped (`forget`, called by the scheduler): a c
 and a tail learned in a burst can put every subnet past every budget. Then nothing is
 admitted, nothing runs, and no observation ever corrects it, long after the burst. The
 scheduler forgets when it is about to refuse a request that an idle engine cannot serve,
-on a correction no forward has renewed for a while (`BudgetScheduler.stale_s`). Such a
-request arrives alone, in the quiet state, so forgetting drops the quiet factor and the
-tail; the loaded factor stays for the next burst (its first request always runs, alone
-and quiet, and the forward it shares with the burst's next arrivals corrects it).
+on a correction no forward has renewed for a while (`BudgetScheduler.stale_s`): the tail
+and the factor of the state the engine is in. Such a request usually arrives alone, in the
+quiet state, and the loaded factor stays for the next burst (its first request always
+runs, alone and quiet, and the forward it shares with the burst's next arrivals corrects
+it). But only a batch planned while requests arrive renews the loaded factor: a burst
+whose every request it puts past its budget runs no such batch, so a stale loaded factor
+is what that burst's refused requests forget, or every burst after it would be refused too.
 """
 
 from __future__ import annotations
@@ -112,11 +115,12 @@ class LatencyPredictor:
         self.tail_quantile = TAIL_QUANTILE  # which quantile of the residuals `tail` is (the scheduler may move it)
 
     def forget(self) -> None:
-        """Drop what the quiet state learned online, and the tail: predict a forward run alone
-        from the profile again, as when new. The loaded state's factor stays (module docstring)."""
-        self._factors[0] = 1.0
-        self._known[0] = True  # the profile, on purpose: not the loaded state's factor
-        self.shared = self._factors[self.loaded]
+        """Drop what the current state learned online, and the tail: predict its forwards
+        from the profile again, as when new. The other state's factor stays (module docstring)."""
+        state = self.loaded
+        self._factors[state] = 1.0
+        self._known[state] = True  # the profile, on purpose: not the other state's factor
+        self.shared = 1.0
         self.tail = None
         self._residuals.clear()
         self._seen = 0

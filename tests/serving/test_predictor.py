@@ -97,23 +97,27 @@ def test_forget_predicts_from_the_profile_again_as_when_new():
 
 
 def test_forwards_run_while_requests_arrive_have_their_own_factor():
-    # alone the forwards run as profiled; while requests arrive (the submitting threads hold
-    # the interpreter lock between their ops) 3x as long: each state predicts its own
+    # alone the forwards run 1.5x the profile; while requests arrive (the submitting threads
+    # hold the interpreter lock between their ops) 3x: each state predicts its own
     p = LatencyPredictor(_profile({0: 1.0, 1: 2.0}), "p50")
     for _ in range(40):
-        p.observe(0, 1, 1.0, loaded=False)
+        p.observe(0, 1, 1.5, loaded=False)
         p.observe(0, 1, 3.0, loaded=True)
-    assert p.predict_ms(1, 1) == pytest.approx(2.0, rel=0.01)  # quiet: the state it starts in
+    assert p.predict_ms(1, 1) == pytest.approx(3.0, rel=0.01)  # quiet: the state it starts in
     assert p.set_loaded(True) and p.loaded
     assert p.predict_ms(1, 1) == pytest.approx(6.0, rel=0.01)
     assert not p.set_loaded(True)  # no change: nothing cached goes stale
-    # forgetting is for a request that arrives alone: the loaded state keeps what it learned
+    # forgetting drops the current state's factor only: here the loaded state's (a burst of
+    # requests all refused on it), and the quiet state keeps what it learned
     p.forget()
-    assert p.predict_ms(1, 1) == pytest.approx(6.0, rel=0.01)
+    assert p.predict_ms(1, 1) == 2.0 and not p.corrected
     assert p.set_loaded(False)
+    assert p.predict_ms(1, 1) == pytest.approx(3.0, rel=0.01)
+    p.forget()  # a request alone, refused: the quiet state's
     assert p.predict_ms(1, 1) == 2.0 and not p.corrected
     p.observe(0, 1, 3.0, loaded=True)  # the loaded state's evidence does not undo the forgetting
     assert p.predict_ms(1, 1) == 2.0
+    assert p.set_loaded(True) and p.predict_ms(1, 1) == pytest.approx(2.0 * 1.4)  # one 3x after the profile
 
 
 def test_a_state_never_observed_follows_the_one_that_was():

@@ -412,6 +412,32 @@ def test_a_batch_is_judged_against_the_state_it_was_planned_in():
     assert s.update_from_output(batch, quiet_ms, now=later + quiet_ms / 1e3) == pytest.approx(1.0)
 
 
+def test_a_burst_refused_whole_on_a_stale_loaded_correction_is_served_again():
+    # a burst measured forwards at 5x the profile; the machine has since recovered, but only
+    # a batch planned while requests arrive renews the loaded state's correction: a burst of
+    # 8 ms requests, every one predicted past its budget, would be refused whole, this burst
+    # and every one after. Once nothing has renewed that correction for `stale_s`, the state
+    # the engine is in is forgotten, and the burst is served from the profile again
+    s, c = make("static:0"), Clock()
+    end = _loaded_burst(s, c, ratio=5.0)
+    t, stop = end + 1.0, end + 2.0
+    running, running_end, served_loaded = None, 0.0, 0
+    while t < stop:
+        if running is not None and running_end <= t:
+            s.update_from_output(running, s.profile.latency_ms(0, running.size, "p50"), now=running_end)
+            running = None
+        with contextlib.suppress(BudgetInfeasible, Overloaded):
+            s.add_request(c.request(8, at=t), now=t)
+            served_loaded += s.predictor.loaded
+        if running is None:
+            running = s.schedule(t).batch
+            if running is not None:
+                running_end = t + s.profile.latency_ms(0, running.size, "p50") / 1e3
+        t += 0.0005
+    assert served_loaded > 100
+    assert s.forgotten == 1
+
+
 @pytest.mark.parametrize("stale_s", [0, -1.0, math.nan, True, "0.5"])
 def test_a_bad_stale_s_is_a_config_error(stale_s):
     with pytest.raises(ConfigError, match="stale_s"):
