@@ -207,13 +207,15 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         return self._observed_at is None or now - self._observed_at > self.stale_s
 
     def _forget(self, now: float) -> None:
-        """Drop the online forward correction: plan from the profile until forwards run again."""
+        """Drop the online forward correction of the machine state the engine is in (and the
+        tail): plan from the profile until forwards run again (`LatencyPredictor.forget`)."""
         forward = self.latency.forward
         log.info(
-            "latency model: no forward observed for %.0f ms while refusing work it predicts %.2fx the profile;"
-            " planning from the profile again",
+            "latency model: no forward observed for %.0f ms while refusing work it predicts %.2fx the profile"
+            " (%s); planning from the profile again",
             1e3 * (now - self._observed_at) if self._observed_at is not None else math.inf,
             forward.shared * (forward.tail or 1.0),
+            "requests arriving" if forward.loaded else "alone",
         )
         forward.forget()
         self.forgotten += 1
