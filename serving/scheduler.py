@@ -335,9 +335,8 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         """Report a finished batch's forward time (None: it failed) at `now` (default: its
         start + forward + predicted overhead); returns observed over predicted forward time,
         as predicted in the machine state it was planned in (the overhead is reported apart,
-        `observe_overhead`). An urgent batch that ran inside
-        a paused one leaves that one running, its predicted end moved by the urgent one's
-        misprediction."""
+        `observe_overhead`). An urgent batch that ran inside a paused one leaves that one
+        running, its predicted end moved by the urgent one's misprediction."""
         if now is not None:
             busy_ms = 1e3 * (now - batch.start)
         else:
