@@ -438,6 +438,21 @@ def test_a_burst_refused_whole_on_a_stale_loaded_correction_is_served_again():
     assert s.forgotten == 1
 
 
+def test_a_stream_of_requests_no_subnet_can_serve_forgets_each_state_once():
+    # after a burst, a stream of 1 ms requests (the fastest forward takes 2 ms alone): all
+    # refused, whatever the correction. The first, alone, forgets the quiet state; the rest
+    # arrive while requests arrive and forget the loaded one; after that nothing is left to
+    # forget (one log line and one counted reset each, not one per refused request)
+    s, c = make("static:0"), Clock()
+    end = _loaded_burst(s, c)
+    t = end + 1.0
+    for _ in range(2000):
+        with pytest.raises(BudgetInfeasible):
+            s.add_request(c.request(1, at=t), now=t)
+        t += 0.0005
+    assert s.forgotten == 2
+
+
 @pytest.mark.parametrize("stale_s", [0, -1.0, math.nan, True, "0.5"])
 def test_a_bad_stale_s_is_a_config_error(stale_s):
     with pytest.raises(ConfigError, match="stale_s"):
