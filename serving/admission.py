@@ -23,6 +23,8 @@ import torch
 from elastic.errors import BudgetInfeasible, InvalidInput
 from elastic.model import ElasticModel
 
+_STRIDED = torch.strided
+
 
 def check_budget(budget_ms: object) -> float:
     """The budget as a float; `BudgetInfeasible` unless it is a real number (not a bool or a
@@ -79,6 +81,9 @@ class SampleCheck:
         self.dtype = dtype
         self.input_size = tuple(model.input_size())
         self._own_check = getattr(type(model), "check_input", None) is not ElasticModel.check_input
+        # the shapes `shape` passes on attribute reads alone (a model with its own check: none)
+        usual = () if self._own_check or not dtype.is_floating_point else (self.input_size, (1, *self.input_size))
+        self._usual = usual
 
     def _check_tensor(self, x: object, name: str) -> None:
         """What every sample tensor must be, whatever its shape: a dense tensor with data,
@@ -119,6 +124,12 @@ class SampleCheck:
         Raises:
             InvalidInput: naming what is wrong with `x`.
         """
+        # the usual sample, on attribute reads only: a plain dense tensor of the model's
+        # (floating) dtype, shaped (C, H, W) or (1, C, H, W); anything else the checks below
+        if type(x) is torch.Tensor and x.dtype is self.dtype and x.layout is _STRIDED and not x.is_meta:
+            shape = x.shape
+            if shape in self._usual:
+                return len(shape) == 3
         self._check_tensor(x, "x")
         shape = x.shape
         squeeze = len(shape) == 3

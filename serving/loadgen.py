@@ -120,14 +120,15 @@ def replay_schedule(
     n = len(arrivals_s)
     sent: list[tuple[int, float, Future[Result]]] = []
     rejected = Counter()
+    samples = images.unbind(0)  # split once: indexing a tensor per request costs the driver ~2 µs
     t0 = time.perf_counter()
     for k, (at, budget) in enumerate(zip(arrivals_s, budgets_ms, strict=True)):
         delay = t0 + at - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        i = k % len(images)
+        i = k % len(samples)
         try:
-            future = runtime.submit(images[i], budget, min_accuracy=min_accuracy, best_effort=best_effort)
+            future = runtime.submit(samples[i], budget, min_accuracy=min_accuracy, best_effort=best_effort)
         except BudgetInfeasible:
             rejected["infeasible"] += 1
             continue

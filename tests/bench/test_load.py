@@ -12,10 +12,11 @@ from elastic.bench.arrivals import BudgetDistribution
 from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist, warmed_workload, workload
 from elastic.bench.load_calibration import Calibration
 from elastic.bench.load_report import FIXED_MARGIN, summarize, target_summary
-from elastic.bench.outcomes import ANSWERED, BernoulliJudge
+from elastic.bench.outcomes import ANSWERED, REJECTED, BernoulliJudge
 from elastic.bench.replay import replay_outcomes
 from elastic.bench.scenarios import Scenario
 from elastic.bench.simulate import ServiceModel
+from elastic.errors import BudgetInfeasible, Overloaded
 from elastic.serving import LatencyProfile, Runtime
 from elastic.serving.predictor import TAIL_QUANTILE
 
@@ -399,6 +400,26 @@ def test_a_trace_with_no_scored_arrival_is_drawn_again():
         assert (arrivals, budget, first) == warmed_workload("on_off", 20.0, 1.0, 1.0, budgets, seed)  # from the seed
     with pytest.raises(ValueError, match="no arrival"):  # a rate too low for the window
         warmed_workload("poisson", 1e-9, 1.0, 1.0, budgets, "seed")
+
+
+def test_the_driver_splits_the_stream_once_and_writes_refusals_after_the_run():
+    # the driver shares the interpreter with the worker: indexing a tensor per request is a
+    # tensor operation, which lets go of the interpreter lock in the middle of the driver's turn
+    images = torch.randn(3, 1, 4, 4)
+    seen = []
+
+    class Refusing:
+        def submit(self, x, budget):
+            seen.append(x)
+            raise (BudgetInfeasible if budget < 5 else Overloaded)("refused")
+
+    outcomes = replay_outcomes(Refusing(), images, [0.0] * 6, [1.0, 9.0] * 3, judge=None)
+    assert [(o.status, o.reason, o.budget_ms) for o in outcomes] == [
+        (REJECTED, "infeasible", 1.0),
+        (REJECTED, "overloaded", 9.0),
+    ] * 3
+    assert seen[0] is seen[3] and seen[1] is seen[4]  # one view per image, split before the run
+    torch.testing.assert_close(seen[2], images[2])
 
 
 def test_warm_up_requests_run_but_are_not_scored(tiny_stitched, one_thread):
