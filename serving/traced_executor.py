@@ -14,7 +14,9 @@ Each subnet is traced on first use (or warm-up) with `torch.jit.trace`, at a bat
 are shared with the model, not copied. A trace records one path through the Python
 control flow, so the first batch of every size a subnet runs is also run eagerly and
 compared: a graph that does not reproduce the eager forward is dropped, with a warning, and
-that subnet runs eagerly from then on. The traced graph runs as one call, so a batch cannot
+that subnet runs eagerly from then on. `warmup(subnet, b)` makes those checks for every
+size up to b, so that a runtime's warm-up (batch 1 and its largest) leaves none for live
+batches. The traced graph runs as one call, so a batch cannot
 pause at block boundaries (`pausable` is False). `StagedTracedExecutor` ("traced_staged")
 traces one graph per stage instead (`ElasticModel.stage_pieces`), chained, so a batch can
 pause between two for urgent requests, at the price of a graph call per boundary.
@@ -149,6 +151,20 @@ class TracedExecutor(Executor):
                     x = piece(x)
             traced = torch.jit.trace_module(_Stages(self.model, pieces).eval(), inputs, check_trace=False)
         return [getattr(traced, name) for name in inputs]
+
+    def warmup(self, subnet: int, batch: int) -> None:
+        """Trace `subnet` and check its graphs against the eager forward at every batch size
+        up to `batch`, each on a random batch, run twice (TorchScript profiles a graph's
+        first run at a size): else the first live batch of each size would pay the eager
+        comparison and the profiling, 4-5x its time on the demo model, where no prediction
+        expects it."""
+        param = next(self.model.parameters(), None)
+        dtype = param.dtype if param is not None else torch.get_default_dtype()
+        generator = torch.Generator().manual_seed(0)
+        for b in range(1, batch + 1):
+            x = torch.randn(b, *self.model.input_size(), generator=generator, dtype=dtype).to(self.device)
+            for _ in range(1 if (subnet, b) in self._checked else 2):
+                self.run(subnet, x)
 
     def run(self, subnet: int, x: torch.Tensor) -> torch.Tensor:
         if torch.is_inference_mode_enabled():  # the engine's steps already are: entering again costs ~2 µs

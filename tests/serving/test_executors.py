@@ -90,6 +90,21 @@ def test_a_traced_graph_shares_the_models_parameters(served_model):
     assert not torch.allclose(changed, before)
 
 
+@pytest.mark.parametrize("name", ["traced", "traced_staged"])
+def test_a_traced_warmup_checks_every_size_up_to_its_batch(served_model, monkeypatch, name):
+    # a live batch of an unchecked size would run twice (graph, then eager) and pay TorchScript's
+    # first-run profiling, where no prediction expects it: warm-up does that work instead
+    executor = make_executor(name, served_model)
+    executor.warmup(5, 4)
+    assert {(5, b) for b in range(1, 5)} <= executor._checked and (5, 5) not in executor._checked
+    compared = []
+    monkeypatch.setattr(executor, "_agreed", lambda subnet, x, y: compared.append(x.shape[0]) or y)
+    for b in range(1, 5):
+        x = torch.randn(b, 3, 32, 32)
+        torch.testing.assert_close(executor.run(5, x), eager(served_model, 5, x))
+    assert compared == []
+
+
 def test_a_graph_that_differs_from_eager_is_dropped_for_the_eager_forward(served_model, caplog):
     executor = make_executor("traced", served_model)
     (graph,) = executor.trace(5)
