@@ -66,7 +66,8 @@ def replay_outcomes(
     sent: list[tuple[int, Future]] = []
     refused: list[tuple[int, str]] = []
     # the driver shares the interpreter with the runtime's worker, so its own per-request
-    # work is kept to the least: samples split once (indexing a tensor costs ~2 µs), and a
+    # work is kept to the least: samples split once (indexing a tensor is a tensor operation,
+    # which lets go of the interpreter lock mid-turn), and a
     # refusal's outcome is written after the run
     samples, n = images.unbind(0), len(images)
     t0 = time.perf_counter()
