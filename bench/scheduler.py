@@ -9,6 +9,11 @@ load, so the elastic policy prices busy periods (`serving/demand.py`): the costl
 which a loop that finished each batch before the next arrival never took. Pure Python, no
 model.
 
+The elastic policy's inner searches run compiled when `elastic.serving._front_search` is
+built (serving/front_search.py; the `build` column); one more row per queue depth at 100
+subnets runs the same decisions in Python (`pure_python`), so the compiled module's share
+is a ratio from the same run. Targets are judged on the default build.
+
 Each configuration runs `ROUNDS` times, the rounds interleaved; the median round is
 reported with a distribution-free 95 % interval of the median (`stats.median_interval`: the
 2nd and 8th of 9 rounds), and all rounds are in the JSON. Pure Python on a shared CPU swings
@@ -26,7 +31,7 @@ import random
 import time
 
 from elastic.errors import BudgetInfeasible, Overloaded
-from elastic.serving import BudgetScheduler, LatencyProfile, Request
+from elastic.serving import BudgetScheduler, LatencyProfile, Request, front_search
 from elastic.subnet import Subnet
 
 from .harness import markdown_table, write_results
@@ -47,14 +52,25 @@ def synthetic(n: int) -> tuple[list[Subnet], LatencyProfile]:
     return subnets, LatencyProfile.from_table(table)
 
 
-def decision_time(n: int, policy: str, depth: int, requests: int, seed: int = 0) -> dict:
+def build() -> str:
+    """ "compiled" when the scheduler's searches run in `elastic.serving._front_search`, else "python"."""
+    return "compiled" if front_search.native is not None else "python"
+
+
+def decision_time(n: int, policy: str, depth: int, requests: int, seed: int = 0, python: bool = False) -> dict:
     """Time `requests` admissions and schedule steps with about `depth` requests queued.
 
+    Args:
+        python: run the searches in Python even where the compiled module is built.
+
     Returns:
-        subnets, candidates, policy, queue_depth, requests, admitted, rejected, batches,
-        admit_us (per request), schedule_us (per `schedule` call) and decision_us (admission
-        plus schedule time, per request).
+        subnets, candidates, policy, build, queue_depth, requests, admitted, rejected,
+        batches, admit_us (per request), schedule_us (per `schedule` call) and decision_us
+        (admission plus schedule time, per request).
     """
+    if python:
+        with front_search.pure_python():
+            return decision_time(n, policy, depth, requests, seed)
     subnets, profile = synthetic(n)
     sched = BudgetScheduler(subnets, profile, policy, max_batch_size=8, max_queue=10_000)
     rng = random.Random(seed)
@@ -88,6 +104,7 @@ def decision_time(n: int, policy: str, depth: int, requests: int, seed: int = 0)
         "subnets": n,
         "candidates": len(sched.candidates),
         "policy": policy,
+        "build": build(),
         "queue_depth": depth,
         "requests": requests,
         "rejected": rejected,
@@ -103,7 +120,7 @@ def targets(rows: list[dict]) -> list[dict]:
     row's interval over rounds (`decision_us_ci95`, `verdict`), on its value when it has none."""
     checks = []
     for r in rows:
-        if r["policy"] != "elastic" or r["subnets"] not in TARGET_US:
+        if r["policy"] != "elastic" or r["subnets"] not in TARGET_US or r.get("python"):
             continue
         target = TARGET_US[r["subnets"]]
         lo, hi = r.get("decision_us_ci95") or (r["decision_us"], r["decision_us"])
@@ -124,25 +141,41 @@ def targets(rows: list[dict]) -> list[dict]:
 
 def run(args: argparse.Namespace) -> dict:
     requests = 300 if args.quick else 2000
-    configs = [(n, policy, depth) for n in (10, 100, 1000) for policy in ("elastic", "slackfit") for depth in (8, 64)]
+    configs = [
+        (n, policy, depth, False) for n in (10, 100, 1000) for policy in ("elastic", "slackfit") for depth in (8, 64)
+    ]
+    if front_search.native is not None:  # the same decisions in Python, beside the compiled rows
+        configs[6:6] = [(100, "elastic", depth, True) for depth in (8, 64)]
     # every configuration once per round, rounds interleaved; the row of the median round is kept
     rounds: dict[tuple, list[dict]] = {c: [] for c in configs}
     for r in range(ROUNDS):
-        for n, policy, depth in configs:
-            rounds[(n, policy, depth)].append(decision_time(n, policy, depth, requests, seed=args.seed + r))
+        for n, policy, depth, python in configs:
+            rounds[(n, policy, depth, python)].append(
+                decision_time(n, policy, depth, requests, seed=args.seed + r, python=python)
+            )
     rows = []
     for c in configs:
         ordered = sorted(rounds[c], key=lambda row: row["decision_us"])
-        row = dict(ordered[len(ordered) // 2])
+        row = dict(ordered[len(ordered) // 2], python=c[3])
         row["decision_us_rounds"] = [x["decision_us"] for x in rounds[c]]
         row["decision_us_ci95"] = list(median_interval(row["decision_us_rounds"])[1:])
         rows.append(row)
+    # the compiled module's share: per round, compiled over Python time, as a median and interval
+    for depth in (8, 64):
+        compiled, python = rounds.get((100, "elastic", depth, False)), rounds.get((100, "elastic", depth, True))
+        if compiled and python:
+            ratios = [a["decision_us"] / b["decision_us"] for a, b in zip(compiled, python, strict=True)]
+            mid, lo, hi = median_interval(ratios)
+            for row in rows:
+                if (row["subnets"], row["policy"], row["queue_depth"], row["python"]) == (100, "elastic", depth, False):
+                    row["over_python"], row["over_python_ci95"] = mid, [lo, hi]
     checks = targets(rows)
     table = markdown_table(
         [
             "subnets",
             "candidates",
             "policy",
+            "build",
             "queue depth",
             "admit µs",
             "schedule µs / call",
@@ -153,6 +186,7 @@ def run(args: argparse.Namespace) -> dict:
                 r["subnets"],
                 r["candidates"],
                 r["policy"],
+                r["build"],
                 r["queue_depth"],
                 r["admit_us"],
                 r["schedule_us"],
@@ -166,5 +200,12 @@ def run(args: argparse.Namespace) -> dict:
         f"[{c['decision_us_ci95'][0]:.1f}, {c['decision_us_ci95'][1]:.1f}] (≤ {c['target_us']:.0f}) {c['verdict']}"
         for c in checks
     )
+    shares = [r for r in rows if "over_python" in r]
+    if shares:
+        table += "\n\nCompiled over Python, per round (100 subnets, elastic; median [95 % interval]): " + "; ".join(
+            f"depth {r['queue_depth']}: {r['over_python']:.2f} [{r['over_python_ci95'][0]:.2f}, "
+            f"{r['over_python_ci95'][1]:.2f}]"
+            for r in shares
+        )
     write_results(args.out, "scheduler", {"rows": rows, "targets": checks}, table, args.command)
     return {"rows": rows, "targets": checks, "table": table}

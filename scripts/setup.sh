@@ -16,7 +16,7 @@ fi
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-stamp=.venv/.elastic-setup-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.elastic-setup-$(cat pyproject.toml serving/*.c | sha256sum | cut -c1-16)  # the C source rebuilds too
 if [ ! -e "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e ".[dev,ray]"

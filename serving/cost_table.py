@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from elastic.errors import ConfigError
 from elastic.subnet import Subnet
 
+from .front_search import front_query
 from .latency_model import LatencyModel
 from .profile import LatencyProfile
 from .request import Request
@@ -112,9 +113,9 @@ class CostTable:
             lat, ids, acc = [], [], []
             for ms, neg_acc, sid in rows:
                 if not acc or -neg_acc > acc[-1]:
-                    lat.append(ms)
+                    lat.append(float(ms))  # floats: what the compiled search reads (`front_search`)
                     ids.append(sid)
-                    acc.append(-neg_acc)
+                    acc.append(float(-neg_acc))
             self._front_lat.append(lat)
             self._front_ids.append(ids)
             self._front_acc.append(acc)
@@ -176,37 +177,18 @@ class CostTable:
 
     def best_within(self, batch: int, floor: float, max_ms: float, expected: bool = False) -> tuple[int, float] | None:
         """(id, service ms) of the most accurate candidate with accuracy >= `floor` whose
-        service time at `batch` is <= `max_ms`; None if there is none. Two binary searches.
+        service time at `batch` is <= `max_ms`; None if there is none (`FrontQuery.best_within`:
+        two binary searches). `expected`: bound the expected service time, without the
+        measured tail factor; the ms returned is the planned one either way."""
+        return self.front_query().best_within(batch, floor, max_ms, expected)
 
-        `expected`: bound the expected service time instead of the planned one — without
-        the measured tail factor, the margin a deadline needs; a rate of batches is paid at
-        the mean. The ms returned is the planned one either way. Until the tail is measured
-        the two are the same."""
-        forward = self.latency.forward
-        shared, tail = forward.shared, forward.tail
-        if tail is None:
-            tail = 1.0  # × 1.0 is exact: the products below are `predict_ms`'s, bit for bit
-        bound = 1.0 if expected else tail
-        lat = self._front_lat[batch]
-        over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
-        limit = max_ms - over
-        j = bisect.bisect_right(lat, limit / (shared * bound)) - 1
-        # the bisect may be one rounding off at the boundary: settle it on the exact products
-        ms = lat[j] * shared * bound if j >= 0 else None
-        while ms is not None and ms > limit:
-            j -= 1
-            ms = lat[j] * shared * bound if j >= 0 else None
-        while j + 1 < len(lat):
-            after = lat[j + 1] * shared * bound
-            if after > limit:
-                break
-            j, ms = j + 1, after
-        if j < 0:
-            return None
-        ids = self._front_ids[batch]
-        if floor > _NO_FLOOR and (not self.accuracy_known or self._front_acc[batch][j] < floor):
-            return None
-        return ids[j], (ms if bound == tail else lat[j] * shared * tail) + over
+    def front_query(self):
+        """The fronts bound to the current predictions (`FrontQuery`, compiled when built): what
+        one decision asks `best_within` of many times, without a Python call each. Rebuilt with
+        `fastest_at`'s row, whenever a prediction or the overhead changes."""
+        if self._fast_any is None:
+            self.fastest_at()
+        return self._query
 
     def arrival_gap_ms(self) -> float | None:
         """Mean time between recent arrivals (admitted or not), in ms; None while unknown."""
@@ -273,39 +255,11 @@ class CostTable:
         hull) is compared with it. `known`: (value, service ms) of `top` when the caller has
         priced it already, exactly as here.
         """
-        ids = self._front_ids[batch]
-        over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
-        predict = self.latency.forward.predict_ms
-        if price <= 0 or top not in self._front_pos[batch]:
-            return top, predict(top, batch) + over
-        acc, hull = self._front_acc[batch], self._front_hull[batch]
-        j_top = self._front_pos[batch][top]
-        memo: dict[int, tuple[float, float]] = {} if known is None else {j_top: known}
-
-        def value(j: int) -> tuple[float, float]:
-            if j not in memo:
-                ms = predict(ids[j], batch) + over
-                memo[j] = (members * acc[j] - price * charge(ms), ms)
-            return memo[j]
-
-        # a charge is never negative: only a subnet whose members × accuracy exceeds top's
-        # value can beat top, so the search starts at the first such hull point (the peak,
-        # if it beats top, lies at or after it)
-        first = 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor)
-        if members:
-            first = max(first, bisect.bisect_right(acc, value(j_top)[0] / members))
-        lo = bisect.bisect_left(hull, first)
-        hi = bisect.bisect_right(hull, j_top) - 1
-        while lo < hi:  # unimodal along the hull: find its peak
-            mid = (lo + hi) // 2
-            if value(hull[mid + 1])[0] > value(hull[mid])[0]:
-                lo = mid + 1
-            else:
-                hi = mid
-        best = j_top
-        if lo == hi and value(hull[lo])[0] > value(j_top)[0]:
-            best = hull[lo]
-        return ids[best], value(best)[1]
+        found = self.front_query().best_priced(batch, floor, top, members, price, charge, known)
+        if found is None:  # no price, or top is not on the front: top itself
+            over = self.overhead.per_batch_ms + self.overhead.per_request_ms * batch
+            return top, self.latency.forward.predict_ms(top, batch) + over
+        return found
 
     def fastest_ms(self, request: Request) -> float:
         found = self.fastest(request.min_accuracy, 1)
@@ -321,7 +275,8 @@ class CostTable:
         """[b] = (id, service ms) of the fastest candidate at batch size b, no accuracy floor
         ([0] is None): built in one pass over the fronts' first points, scaled as
         `best_within` scales them (`predict_ms`'s products, bit for bit), cached until a
-        prediction or the overhead changes (every policy decision reads most of it)."""
+        prediction or the overhead changes (every policy decision reads most of it); the
+        `front_query` of the same state is bound with it."""
         row = self._fast_any
         if row is None:
             forward = self.latency.forward
@@ -331,6 +286,18 @@ class CostTable:
             firsts = zip(range(1, len(self._front_ids)), self._front_ids[1:], self._front_lat[1:], strict=True)
             row = [None, *[(ids[0], lat[0] * shared * tail + (per_batch + per_request * b)) for b, ids, lat in firsts]]
             self._fast_any = row
+            self._query = front_query(
+                self._front_lat,
+                self._front_ids,
+                self._front_acc,
+                self._front_hull,
+                self._front_pos,
+                shared,
+                tail,
+                per_batch,
+                per_request,
+                self.accuracy_known,
+            )
         return row
 
     def _service_at(self, size: int, floor: float) -> float:

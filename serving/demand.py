@@ -34,6 +34,8 @@ from collections import deque
 from collections.abc import Callable
 from itertools import accumulate
 
+from . import front_search
+
 _RATE_WINDOW = 64  # arrivals the arrival-rate estimate spans: the median of 15 gaps is off by
 # ~30 %, of 63 by ~15 %; the backlog rule's 10 % margin flipped on the noise of 15 (simulated
 # demo, Poisson 1.5x-2x: subnet 0 for a quarter of the batches where subnet 1 keeps up)
@@ -84,7 +86,7 @@ class Demand:
         times.append(now)
         while len(gaps) >= len(times):  # the oldest arrival left the window, and its gap with it
             del ordered[bisect.bisect_left(ordered, gaps.popleft())]
-        self._budgets.append(budget_ms)
+        self._budgets.append(float(budget_ms))  # floats: what the compiled charge reads
         self._stale += 1
         self._gap_known = False
         if busy:
@@ -167,11 +169,15 @@ class Demand:
     def charge_curve(self, service_ms: float, sat_weight: float) -> Callable[[float, float, float], float]:
         """`busy_charge` over `blocked_curve(service_ms)` as one function of (ms, rest_ms,
         fluid_ms), the same value bit for bit: both curves inlined, since one decision
-        prices many batches and a Python call costs as much as the curve itself."""
+        prices many batches and a Python call costs as much as the curve itself — compiled
+        when `elastic.serving._front_search` is built (serving/front_search.py)."""
         bound = self._bound(service_ms)
         if bound is None:
             return _no_charge
         budgets, prefix, k0, below, scale = bound
+        native = front_search.native
+        if native is not None:
+            return native.ChargeCurve(budgets, prefix, k0, below, scale, service_ms, sat_weight)
         right = bisect.bisect_left
 
         def charge(ms: float, rest_ms: float, fluid_ms: float) -> float:

@@ -54,6 +54,8 @@ class OnFronts:
         self.fast_at = (
             row if len(row) > max_batch else [None, *(costs.fastest(None, b) for b in range(1, max_batch + 1))]
         )
+        # `best_within` bound to this decision's predictions (compiled when built): asked ~10 times
+        self.best_within = costs.front_query().best_within if hasattr(costs, "front_query") else costs.best_within
         self.acc_of = costs.accuracies()  # id -> accuracy, read many times per decision
         self.acc_fast = self.acc_of[fast[0]]
         self.n_hard = h - window.count(_INF)
@@ -83,7 +85,7 @@ class OnFronts:
         if len(queue) <= max_batch or not hasattr(costs, "arrival_gap_ms"):
             return None
         gap = costs.arrival_gap_ms()
-        top = costs.best_within(max_batch, _NO_FLOOR, _INF)
+        top = self.best_within(max_batch, _NO_FLOOR, _INF)
         drain_ms = -(-len(queue) // max_batch) * top[1] if top is not None else _INF
         if gap is not None and drain_ms <= (self.suffix_min[0] - self.now) * 1e3:
             return None
@@ -94,12 +96,12 @@ class OnFronts:
         arrival rate (b requests arrive every b × gap: a batch that takes longer on average
         makes the queue grow; the share bounds its expected time, the window its planned
         time); else the fastest that makes the window."""
-        costs, gap = self.costs, self.gap
+        costs, gap, best_within = self.costs, self.gap, self.best_within
         if gap is None or gap * b * self.utilisation >= window_ms:
-            return costs.best_within(b, f, window_ms)
-        found = costs.best_within(b, f, gap * b * self.utilisation, expected=True)
+            return best_within(b, f, window_ms)
+        found = best_within(b, f, gap * b * self.utilisation, expected=True)
         if found is not None:  # the window's bound binds when it is the tighter one
-            return found if found[1] <= window_ms else costs.best_within(b, f, window_ms)
+            return found if found[1] <= window_ms else best_within(b, f, window_ms)
         fastest = costs.fastest(None if f == _NO_FLOOR else f, b)
         return fastest if fastest is not None and fastest[1] <= window_ms else None
 
@@ -146,7 +148,7 @@ class OnFronts:
         if cap_ms < self.t_full * 1e3:  # not even the fastest subnet keeps up: nothing to gain
             return []
         hard, floors, now, lead = self.hard, self.floors, self.now, self.t_full
-        acc_of, acc_fast, max_batch, best_within = self.acc_of, self.acc_fast, self.max_batch, costs.best_within
+        acc_of, acc_fast, max_batch, best_within = self.acc_of, self.acc_fast, self.max_batch, self.best_within
         later = [0.0] * n
         capped: dict[float, tuple[int, float] | None] = {}  # floor -> the search the rate bounds
         for i in range(1, n):
@@ -218,7 +220,7 @@ class OnFronts:
         soft_d = _INF  # earliest deadline of the best-effort members (they never bind)
         latest_ends = self.latest_ends()
         later = self.later_accuracies()
-        pick = self.pick if self.gap is not None else costs.best_within  # no backlog rate: the window alone
+        pick = self.pick if self.gap is not None else self.best_within  # no backlog rate: the window alone
         if self.reserve:
             pick = self.with_room(pick)
         for b in range(1, self.n + 1):
@@ -261,7 +263,7 @@ class OnFronts:
                     found = None
             if found is None:
                 # nobody can keep everyone on time: serve the most of this prefix on time
-                found = costs.best_within(b, f, (d - now) * 1e3) if hard_b else None
+                found = self.best_within(b, f, (d - now) * 1e3) if hard_b else None
                 if found is None:
                     if hard_b:
                         continue
@@ -347,7 +349,7 @@ class OnFronts:
             hard_b += hard[b - 1] < _INF
             options = {costs.fastest(None if f == _NO_FLOOR else f, b)}
             if d < _INF:
-                options.add(costs.best_within(b, f, (d - now) * 1e3))
+                options.add(self.best_within(b, f, (d - now) * 1e3))
             for found in options:
                 if found is None:
                     continue

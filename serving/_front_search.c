@@ -1,0 +1,626 @@
+/* elastic.serving._front_search: the two inner calls of the elastic policy's decision, compiled.
+ *
+ * One decision (serving/fronts_decision.py) asks a scheduler's fronts "the most accurate subnet
+ * within t ms" some ten times and prices a batch's busy period a dozen times; in Python each call
+ * costs as much as the rest of its loop. These are the same functions, bit for bit:
+ *
+ *   FrontQuery.best_within   = serving/front_search.py `FrontQuery.best_within`
+ *   FrontQuery.best_priced   = serving/front_search.py `FrontQuery.best_priced`
+ *   ChargeCurve.__call__     = serving/demand.py `Demand.charge_curve`'s `charge`
+ *
+ * Every float operation is the Python one in the Python order (IEEE doubles, no contraction:
+ * built with -ffp-contract=off), and every binary search is `bisect`'s, comparison for comparison,
+ * so a decision is the same with or without this module (tests/serving/test_front_search.py checks
+ * it on random fronts and curves). The lists are read in place (never copied): they hold floats
+ * (`CostTable._build_fronts` and `Demand.record` make them so); anything else is a TypeError.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stddef.h>
+
+/* list[i] as a double; the list holds exact floats (else TypeError, -1.0 returned) */
+static inline int
+item(PyObject *list, Py_ssize_t i, double *out)
+{
+    PyObject *v = PyList_GET_ITEM(list, i);
+    if (!PyFloat_CheckExact(v)) {
+        PyErr_Format(PyExc_TypeError, "expected a float at index %zd, got %.100s", i, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    *out = PyFloat_AS_DOUBLE(v);
+    return 0;
+}
+
+/* bisect.bisect_right(list, x): the first index whose item is > x (`x < a[mid]`) */
+static Py_ssize_t
+bisect_right(PyObject *list, double x)
+{
+    Py_ssize_t lo = 0, hi = PyList_GET_SIZE(list);
+    while (lo < hi) {
+        Py_ssize_t mid = ((size_t)lo + hi) / 2;
+        double a;
+        if (item(list, mid, &a) < 0)
+            return -1;
+        if (x < a)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+/* bisect.bisect_left(list, x, lo): the first index from lo whose item is >= x (`a[mid] < x`) */
+static Py_ssize_t
+bisect_left(PyObject *list, double x, Py_ssize_t lo)
+{
+    Py_ssize_t hi = PyList_GET_SIZE(list);
+    while (lo < hi) {
+        Py_ssize_t mid = ((size_t)lo + hi) / 2;
+        double a;
+        if (item(list, mid, &a) < 0)
+            return -1;
+        if (a < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int
+as_double(PyObject *o, double *out)
+{
+    *out = PyFloat_AsDouble(o);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+check_lists(PyObject *lists, const char *name)
+{
+    if (!PyList_Check(lists)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list of lists", name);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lists); i++) {
+        if (!PyList_Check(PyList_GET_ITEM(lists, i))) {
+            PyErr_Format(PyExc_TypeError, "%s must be a list of lists", name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- FrontQuery ------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *lat, *ids, *acc; /* per batch size: uncorrected latencies, subnet ids, accuracies */
+    PyObject *hull, *pos;      /* per batch size: the upper concave hull's indices, id -> index */
+    double shared, tail, per_batch, per_request;
+    int accuracy_known;
+} FrontQuery;
+
+static void
+fq_dealloc(FrontQuery *self)
+{
+    Py_XDECREF(self->lat);
+    Py_XDECREF(self->ids);
+    Py_XDECREF(self->acc);
+    Py_XDECREF(self->hull);
+    Py_XDECREF(self->pos);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+fq_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"lat", "ids", "acc", "hull", "pos", "shared", "tail", "per_batch", "per_request",
+                             "accuracy_known", NULL};
+    PyObject *lat, *ids, *acc, *hull, *pos;
+    double shared, tail, per_batch, per_request;
+    int known;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!ddddp", kwlist, &lat, &ids, &acc, &hull, &PyList_Type, &pos,
+                                     &shared, &tail, &per_batch, &per_request, &known))
+        return NULL;
+    if (check_lists(lat, "lat") < 0 || check_lists(ids, "ids") < 0 || check_lists(acc, "acc") < 0 ||
+        check_lists(hull, "hull") < 0)
+        return NULL;
+    Py_ssize_t sizes = PyList_GET_SIZE(lat);
+    if (PyList_GET_SIZE(ids) != sizes || PyList_GET_SIZE(acc) != sizes || PyList_GET_SIZE(hull) != sizes ||
+        PyList_GET_SIZE(pos) != sizes) {
+        PyErr_SetString(PyExc_ValueError, "lat, ids, acc, hull and pos must have one entry per batch size each");
+        return NULL;
+    }
+    for (Py_ssize_t b = 0; b < sizes; b++) {
+        if (!PyDict_Check(PyList_GET_ITEM(pos, b))) {
+            PyErr_SetString(PyExc_TypeError, "pos must be a list of dicts");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t b = 0; b < PyList_GET_SIZE(lat); b++) {
+        Py_ssize_t n = PyList_GET_SIZE(PyList_GET_ITEM(lat, b));
+        if (PyList_GET_SIZE(PyList_GET_ITEM(ids, b)) != n || PyList_GET_SIZE(PyList_GET_ITEM(acc, b)) != n) {
+            PyErr_Format(PyExc_ValueError, "front %zd: lat, ids and acc differ in length", b);
+            return NULL;
+        }
+    }
+    FrontQuery *self = (FrontQuery *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(lat);
+    Py_INCREF(ids);
+    Py_INCREF(acc);
+    Py_INCREF(hull);
+    Py_INCREF(pos);
+    self->lat = lat;
+    self->ids = ids;
+    self->acc = acc;
+    self->hull = hull;
+    self->pos = pos;
+    self->shared = shared;
+    self->tail = tail;
+    self->per_batch = per_batch;
+    self->per_request = per_request;
+    self->accuracy_known = known;
+    return (PyObject *)self;
+}
+
+/* best_within(batch, floor, max_ms, expected=False) -> (id, service ms) | None */
+static PyObject *
+fq_best_within(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *expected_obj = NULL;
+    if (nargs + nkw > 4 || nargs < 3) {
+        PyErr_SetString(PyExc_TypeError, "best_within(batch, floor, max_ms, expected=False)");
+        return NULL;
+    }
+    if (nargs == 4)
+        expected_obj = args[3];
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        if (nargs == 4 || !PyUnicode_Check(PyTuple_GET_ITEM(kwnames, k)) ||
+            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, k), "expected") != 0) {
+            PyErr_SetString(PyExc_TypeError, "best_within(batch, floor, max_ms, expected=False)");
+            return NULL;
+        }
+        expected_obj = args[nargs + k];
+    }
+    Py_ssize_t batch = PyNumber_AsSsize_t(args[0], PyExc_IndexError);
+    if (batch == -1 && PyErr_Occurred())
+        return NULL;
+    double floor, max_ms;
+    if (as_double(args[1], &floor) < 0 || as_double(args[2], &max_ms) < 0)
+        return NULL;
+    int expected = 0;
+    if (expected_obj != NULL && (expected = PyObject_IsTrue(expected_obj)) < 0)
+        return NULL;
+
+    Py_ssize_t sizes = PyList_GET_SIZE(self->lat);
+    Py_ssize_t index = batch < 0 ? batch + sizes : batch; /* Python's indexing of the fronts */
+    if (index < 0 || index >= sizes) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return NULL;
+    }
+    PyObject *lat = PyList_GET_ITEM(self->lat, index);
+    double shared = self->shared, tail = self->tail;
+    double bound = expected ? 1.0 : tail;
+    double over = self->per_batch + self->per_request * (double)batch;
+    double limit = max_ms - over;
+    double scale = shared * bound;
+    if (scale == 0.0) {
+        PyErr_SetString(PyExc_ZeroDivisionError, "float division by zero");
+        return NULL;
+    }
+    Py_ssize_t j = bisect_right(lat, limit / scale);
+    if (j < 0)
+        return NULL;
+    j -= 1;
+    double a, ms = 0.0;
+    if (j >= 0) {
+        if (item(lat, j, &a) < 0)
+            return NULL;
+        ms = a * shared * bound;
+    }
+    while (j >= 0 && ms > limit) { /* the bisect may be one rounding off: settle on the exact products */
+        j -= 1;
+        if (j >= 0) {
+            if (item(lat, j, &a) < 0)
+                return NULL;
+            ms = a * shared * bound;
+        }
+    }
+    Py_ssize_t n = PyList_GET_SIZE(lat);
+    while (j + 1 < n) {
+        if (item(lat, j + 1, &a) < 0)
+            return NULL;
+        double after = a * shared * bound;
+        if (after > limit)
+            break;
+        j += 1;
+        ms = after;
+    }
+    if (j < 0)
+        Py_RETURN_NONE;
+    if (floor > -INFINITY) {
+        double acc;
+        if (!self->accuracy_known)
+            Py_RETURN_NONE;
+        if (item(PyList_GET_ITEM(self->acc, index), j, &acc) < 0)
+            return NULL;
+        if (acc < floor)
+            Py_RETURN_NONE;
+    }
+    if (!(bound == tail)) {
+        if (item(lat, j, &a) < 0)
+            return NULL;
+        ms = a * shared * tail;
+    }
+    PyObject *id = PyList_GET_ITEM(PyList_GET_ITEM(self->ids, index), j);
+    PyObject *service = PyFloat_FromDouble(ms + over);
+    if (service == NULL)
+        return NULL;
+    Py_INCREF(id);
+    PyObject *found = PyTuple_New(2);
+    if (found == NULL) {
+        Py_DECREF(id);
+        Py_DECREF(service);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(found, 0, id);
+    PyTuple_SET_ITEM(found, 1, service);
+    return found;
+}
+
+/* hull[i] as an index (the hull holds ints) */
+static int
+index_item(PyObject *list, Py_ssize_t i, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(PyList_GET_ITEM(list, i));
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* bisect over a list of ints: bisect_right (`x < a[mid]`) when `right`, else bisect_left (`a[mid] < x`) */
+static Py_ssize_t
+bisect_index(PyObject *list, Py_ssize_t x, int right)
+{
+    Py_ssize_t lo = 0, hi = PyList_GET_SIZE(list);
+    while (lo < hi) {
+        Py_ssize_t mid = ((size_t)lo + hi) / 2, a;
+        if (index_item(list, mid, &a) < 0)
+            return -1;
+        if (right ? x < a : !(a < x))
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+#define MEMO 160 /* a priced search evaluates at most ~2 log2(front) + 3 points */
+
+typedef struct {
+    Py_ssize_t n, j[MEMO];
+    double value[MEMO], ms[MEMO];
+    PyObject *lat, *acc, *charge;
+    double shared, tail, over, members, price;
+} Priced;
+
+/* (members × acc[j] − price × charge(ms), ms) with ms = lat[j] × shared × tail + over, memoised */
+static int
+priced_value(Priced *p, Py_ssize_t j, double *value, double *ms)
+{
+    for (Py_ssize_t k = 0; k < p->n; k++) {
+        if (p->j[k] == j) {
+            *value = p->value[k];
+            *ms = p->ms[k];
+            return 0;
+        }
+    }
+    double lat, acc;
+    if (item(p->lat, j, &lat) < 0 || item(p->acc, j, &acc) < 0)
+        return -1;
+    *ms = lat * p->shared * p->tail + p->over;
+    PyObject *arg = PyFloat_FromDouble(*ms);
+    if (arg == NULL)
+        return -1;
+    PyObject *res = PyObject_CallOneArg(p->charge, arg);
+    Py_DECREF(arg);
+    if (res == NULL)
+        return -1;
+    double charge = PyFloat_AsDouble(res);
+    Py_DECREF(res);
+    if (charge == -1.0 && PyErr_Occurred())
+        return -1;
+    *value = p->members * acc - p->price * charge;
+    if (p->n < MEMO) {
+        p->j[p->n] = j;
+        p->value[p->n] = *value;
+        p->ms[p->n] = *ms;
+        p->n++;
+    }
+    return 0;
+}
+
+/* best_priced(batch, floor, top, members, price, charge, known=None) -> (id, service ms) | None */
+static PyObject *
+fq_best_priced(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 6 || nargs > 7) {
+        PyErr_SetString(PyExc_TypeError, "best_priced(batch, floor, top, members, price, charge, known=None)");
+        return NULL;
+    }
+    Py_ssize_t batch = PyNumber_AsSsize_t(args[0], PyExc_IndexError);
+    if (batch == -1 && PyErr_Occurred())
+        return NULL;
+    double floor, price;
+    if (as_double(args[1], &floor) < 0 || as_double(args[4], &price) < 0)
+        return NULL;
+    PyObject *top = args[2];
+    Py_ssize_t members = PyLong_AsSsize_t(args[3]);
+    if (members == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *known = nargs == 7 ? args[6] : Py_None;
+    Py_ssize_t sizes = PyList_GET_SIZE(self->lat);
+    Py_ssize_t index = batch < 0 ? batch + sizes : batch;
+    if (index < 0 || index >= sizes) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return NULL;
+    }
+    if (price <= 0)
+        Py_RETURN_NONE;
+    PyObject *at = PyDict_GetItemWithError(PyList_GET_ITEM(self->pos, index), top);
+    if (at == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE; /* top is not on the front */
+    }
+    Py_ssize_t j_top = PyLong_AsSsize_t(at);
+    if (j_top == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *ids = PyList_GET_ITEM(self->ids, index), *hull = PyList_GET_ITEM(self->hull, index);
+    Priced p = {
+        .n = 0,
+        .lat = PyList_GET_ITEM(self->lat, index),
+        .acc = PyList_GET_ITEM(self->acc, index),
+        .charge = args[5],
+        .shared = self->shared,
+        .tail = self->tail,
+        .over = self->per_batch + self->per_request * (double)batch,
+        .members = (double)members,
+        .price = price,
+    };
+    Py_ssize_t n = PyList_GET_SIZE(p.lat);
+    if (j_top < 0 || j_top >= n) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return NULL;
+    }
+    if (known != Py_None) {
+        if (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) != 2) {
+            PyErr_SetString(PyExc_TypeError, "known must be a (value, ms) tuple");
+            return NULL;
+        }
+        if (as_double(PyTuple_GET_ITEM(known, 0), &p.value[0]) < 0 || as_double(PyTuple_GET_ITEM(known, 1), &p.ms[0]) < 0)
+            return NULL;
+        p.j[0] = j_top;
+        p.n = 1;
+    }
+    double v, w, ms;
+    Py_ssize_t first = 0;
+    if (floor != -INFINITY) {
+        first = bisect_left(p.acc, floor, 0);
+        if (first < 0)
+            return NULL;
+    }
+    if (members) {
+        if (priced_value(&p, j_top, &v, &ms) < 0)
+            return NULL;
+        Py_ssize_t above = bisect_right(p.acc, v / p.members);
+        if (above < 0)
+            return NULL;
+        if (above > first)
+            first = above;
+    }
+    Py_ssize_t lo = bisect_index(hull, first, 0), hi = bisect_index(hull, j_top, 1);
+    if (lo < 0 || hi < 0)
+        return NULL;
+    hi -= 1;
+    while (lo < hi) { /* unimodal along the hull: find its peak */
+        Py_ssize_t mid = (lo + hi) / 2, a, b;
+        if (index_item(hull, mid + 1, &a) < 0 || index_item(hull, mid, &b) < 0)
+            return NULL;
+        if (priced_value(&p, a, &v, &ms) < 0 || priced_value(&p, b, &w, &ms) < 0)
+            return NULL;
+        if (v > w)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    Py_ssize_t best = j_top;
+    if (lo == hi) {
+        Py_ssize_t a;
+        if (index_item(hull, lo, &a) < 0)
+            return NULL;
+        if (priced_value(&p, a, &v, &ms) < 0 || priced_value(&p, j_top, &w, &ms) < 0)
+            return NULL;
+        if (v > w)
+            best = a;
+    }
+    if (best < 0 || best >= PyList_GET_SIZE(ids)) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return NULL;
+    }
+    if (priced_value(&p, best, &v, &ms) < 0)
+        return NULL;
+    PyObject *id = PyList_GET_ITEM(ids, best), *service = PyFloat_FromDouble(ms);
+    if (service == NULL)
+        return NULL;
+    Py_INCREF(id);
+    PyObject *found = PyTuple_New(2);
+    if (found == NULL) {
+        Py_DECREF(id);
+        Py_DECREF(service);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(found, 0, id);
+    PyTuple_SET_ITEM(found, 1, service);
+    return found;
+}
+
+static PyMethodDef fq_methods[] = {
+    {"best_within", (PyCFunction)(void (*)(void))fq_best_within, METH_FASTCALL | METH_KEYWORDS,
+     "best_within(batch, floor, max_ms, expected=False): (id, service ms) of the most accurate subnet with "
+     "accuracy >= floor whose service time at batch is <= max_ms, or None (`CostTable.best_within`)."},
+    {"best_priced", (PyCFunction)(void (*)(void))fq_best_priced, METH_FASTCALL,
+     "best_priced(batch, floor, top, members, price, charge, known=None): the priced search on the front's hull, "
+     "or None without a price or with top off the front (`FrontQuery.best_priced`)."},
+    {NULL},
+};
+
+static PyTypeObject FrontQueryType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "elastic.serving._front_search.FrontQuery",
+    .tp_basicsize = sizeof(FrontQuery),
+    .tp_dealloc = (destructor)fq_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "FrontQuery(lat, ids, acc, hull, pos, shared, tail, per_batch, per_request, accuracy_known): the fronts of one "
+              "prediction state (serving/front_search.py).",
+    .tp_methods = fq_methods,
+    .tp_new = fq_new,
+};
+
+/* ---- ChargeCurve ----------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *budgets, *prefix; /* sorted budgets (ms) and their prefix sums */
+    Py_ssize_t k0;
+    double below, scale, service_ms, sat_weight;
+} ChargeCurve;
+
+static void
+cc_dealloc(ChargeCurve *self)
+{
+    Py_XDECREF(self->budgets);
+    Py_XDECREF(self->prefix);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* (k0 * busy + (k1 - k0) * end - (prefix[k1] - below)) * scale, with k1 = bisect_left(budgets, end, k0) */
+static int
+blocked(ChargeCurve *self, double busy, double *out)
+{
+    double end = busy + self->service_ms;
+    Py_ssize_t k1 = bisect_left(self->budgets, end, self->k0);
+    if (k1 < 0)
+        return -1;
+    double p;
+    if (k1 >= PyList_GET_SIZE(self->prefix)) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return -1;
+    }
+    if (item(self->prefix, k1, &p) < 0)
+        return -1;
+    *out = ((double)self->k0 * busy + (double)(k1 - self->k0) * end - (p - self->below)) * self->scale;
+    return 0;
+}
+
+static PyObject *
+cc_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    ChargeCurve *self = (ChargeCurve *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 3 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "charge(ms, rest_ms, fluid_ms) takes 3 positional arguments");
+        return NULL;
+    }
+    double ms, rest_ms, fluid_ms;
+    if (as_double(args[0], &ms) < 0 || as_double(args[1], &rest_ms) < 0 || as_double(args[2], &fluid_ms) < 0)
+        return NULL;
+    double sat = 0.0, busy = ms + fluid_ms, value;
+    if (self->sat_weight != 0.0 && busy > 0) {
+        if (blocked(self, busy, &value) < 0)
+            return NULL;
+        sat = self->sat_weight * value;
+    }
+    busy = ms + rest_ms;
+    if (busy <= 0)
+        return PyFloat_FromDouble(0.0 + sat);
+    if (blocked(self, busy, &value) < 0)
+        return NULL;
+    return PyFloat_FromDouble(value + sat);
+}
+
+static PyObject *
+cc_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"budgets", "prefix", "k0", "below", "scale", "service_ms", "sat_weight", NULL};
+    PyObject *budgets, *prefix;
+    Py_ssize_t k0;
+    double below, scale, service_ms, sat_weight;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!ndddd", kwlist, &PyList_Type, &budgets, &PyList_Type, &prefix,
+                                     &k0, &below, &scale, &service_ms, &sat_weight))
+        return NULL;
+    if (k0 < 0 || k0 > PyList_GET_SIZE(budgets)) {
+        PyErr_SetString(PyExc_ValueError, "k0 must index the budgets");
+        return NULL;
+    }
+    ChargeCurve *self = (ChargeCurve *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = cc_call;
+    Py_INCREF(budgets);
+    Py_INCREF(prefix);
+    self->budgets = budgets;
+    self->prefix = prefix;
+    self->k0 = k0;
+    self->below = below;
+    self->scale = scale;
+    self->service_ms = service_ms;
+    self->sat_weight = sat_weight;
+    return (PyObject *)self;
+}
+
+static PyTypeObject ChargeCurveType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "elastic.serving._front_search.ChargeCurve",
+    .tp_basicsize = sizeof(ChargeCurve),
+    .tp_dealloc = (destructor)cc_dealloc,
+    .tp_vectorcall_offset = offsetof(ChargeCurve, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "ChargeCurve(budgets, prefix, k0, below, scale, service_ms, sat_weight): "
+              "`Demand.charge_curve`'s charge(ms, rest_ms, fluid_ms).",
+    .tp_new = cc_new,
+};
+
+/* ---- module ---------------------------------------------------------------------------------- */
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "elastic.serving._front_search",
+    .m_doc = "The elastic policy's front search and busy-period charge, compiled (serving/front_search.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__front_search(void)
+{
+    if (PyType_Ready(&FrontQueryType) < 0 || PyType_Ready(&ChargeCurveType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&FrontQueryType);
+    if (PyModule_AddObject(m, "FrontQuery", (PyObject *)&FrontQueryType) < 0) {
+        Py_DECREF(&FrontQueryType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&ChargeCurveType);
+    if (PyModule_AddObject(m, "ChargeCurve", (PyObject *)&ChargeCurveType) < 0) {
+        Py_DECREF(&ChargeCurveType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
