@@ -1,11 +1,14 @@
-/* elastic.serving._front_search: the two inner calls of the elastic policy's decision, compiled.
+/* elastic.serving._front_search: the inner calls of the elastic policy's decision and admission's
+ * queue plan, compiled.
  *
  * One decision (serving/fronts_decision.py) asks a scheduler's fronts "the most accurate subnet
- * within t ms" some ten times and prices a batch's busy period a dozen times; in Python each call
- * costs as much as the rest of its loop. These are the same functions, bit for bit:
+ * within t ms" some ten times and prices a batch's busy period a dozen times, and every admission
+ * plans the queue (serving/queue_plan.py); in Python each call costs as much as the rest of its
+ * loop. These are the same functions, bit for bit:
  *
  *   FrontQuery.best_within   = serving/front_search.py `FrontQuery.best_within`
  *   FrontQuery.best_priced   = serving/front_search.py `FrontQuery.best_priced`
+ *   FrontQuery.plan_late     = serving/front_search.py `FrontQuery.plan_late` (admission's queue plan)
  *   ChargeCurve.__call__     = serving/demand.py `Demand.charge_curve`'s `charge`
  *
  * Every float operation is the Python one in the Python order (IEEE doubles, no contraction:
@@ -467,6 +470,174 @@ fq_best_priced(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs)
     return found;
 }
 
+/* a number from a caller's list (deadlines, floors): exact floats read directly, else converted */
+static inline int
+number(PyObject *list, Py_ssize_t i, double *out)
+{
+    PyObject *v = PyList_GET_ITEM(list, i);
+    if (PyFloat_CheckExact(v)) {
+        *out = PyFloat_AS_DOUBLE(v);
+        return 0;
+    }
+    return as_double(v, out);
+}
+
+/* service ms of `size` requests on the fastest subnet meeting `floor` (inf: none does) */
+static int
+service(FrontQuery *self, Py_ssize_t size, double floor, double *out)
+{
+    if (size < 0 || size >= PyList_GET_SIZE(self->lat)) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return -1;
+    }
+    PyObject *acc = PyList_GET_ITEM(self->acc, size);
+    Py_ssize_t i = 0;
+    if (floor != -INFINITY && (i = bisect_left(acc, floor, 0)) < 0)
+        return -1;
+    if (i == PyList_GET_SIZE(acc)) {
+        *out = INFINITY;
+        return 0;
+    }
+    double lat;
+    if (item(PyList_GET_ITEM(self->lat, size), i, &lat) < 0)
+        return -1;
+    *out = lat * self->shared * self->tail + (self->per_batch + self->per_request * (double)size);
+    return 0;
+}
+
+/* service_ms(size, floor) -> float */
+static PyObject *
+fq_service_ms(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "service_ms(size, floor)");
+        return NULL;
+    }
+    Py_ssize_t size = PyNumber_AsSsize_t(args[0], PyExc_IndexError);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    double floor, ms;
+    if (as_double(args[1], &floor) < 0)
+        return NULL;
+    Py_ssize_t sizes = PyList_GET_SIZE(self->lat);
+    if (service(self, size < 0 ? size + sizes : size, floor, &ms) < 0)
+        return NULL;
+    return PyFloat_FromDouble(ms);
+}
+
+/* plan_late(hard, floors, t, max_batch) -> [positions late] */
+static PyObject *
+fq_plan_late(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "plan_late(hard, floors, t, max_batch)");
+        return NULL;
+    }
+    PyObject *hard = args[0], *floors = args[1];
+    if (!PyList_Check(hard) || (floors != Py_None && !PyList_Check(floors))) {
+        PyErr_SetString(PyExc_TypeError, "plan_late: hard must be a list, floors a list or None");
+        return NULL;
+    }
+    double t;
+    if (as_double(args[2], &t) < 0)
+        return NULL;
+    Py_ssize_t B = PyLong_AsSsize_t(args[3]);
+    if (B == -1 && PyErr_Occurred())
+        return NULL;
+    if (B < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_batch must be >= 1");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(hard), i = 0;
+    /* Python's `if floors`: None and an empty list both mean no floors */
+    int floored = floors != Py_None && PyList_GET_SIZE(floors) > 0;
+    if (floored && PyList_GET_SIZE(floors) < n) {
+        PyErr_SetString(PyExc_IndexError, "floors is shorter than hard");
+        return NULL;
+    }
+    double *earliest = PyMem_Malloc(sizeof(double) * 2 * (size_t)B), *strictest = earliest + B;
+    if (earliest == NULL)
+        return PyErr_NoMemory();
+    PyObject *late = PyList_New(0);
+    if (late == NULL)
+        goto fail;
+    double svc, v, w;
+    if (floors == Py_None) { /* the common case first: full batches that all make it */
+        double full;
+        if (service(self, B, -INFINITY, &full) < 0)
+            goto fail;
+        full = full / 1e3;
+        while (i + B <= n) {
+            double least;
+            if (number(hard, i, &least) < 0)
+                goto fail;
+            for (Py_ssize_t k = i + 1; k < i + B; k++) {
+                if (number(hard, k, &v) < 0)
+                    goto fail;
+                if (v < least)
+                    least = v;
+            }
+            if (!(t + full <= least))
+                break;
+            t += full;
+            i += B;
+        }
+    }
+    while (i < n) {
+        Py_ssize_t m = B < n - i ? B : n - i;
+        /* running minimum of the deadlines and maximum of the floors over the chunk */
+        for (Py_ssize_t k = 0; k < m; k++) {
+            if (number(hard, i + k, &v) < 0)
+                goto fail;
+            /* accumulate(chunk, min): min(a, b) keeps a unless b < a; max keeps a unless b > a */
+            earliest[k] = k == 0 || v < earliest[k - 1] ? v : earliest[k - 1];
+            if (floored) {
+                if (number(floors, i + k, &w) < 0)
+                    goto fail;
+                strictest[k] = k == 0 || w > strictest[k - 1] ? w : strictest[k - 1];
+            }
+        }
+        if (service(self, m, floored ? strictest[m - 1] : -INFINITY, &svc) < 0)
+            goto fail;
+        svc = svc / 1e3;
+        if (t + svc <= earliest[m - 1]) { /* the common case: a full batch makes it */
+            t += svc;
+            i += m;
+            continue;
+        }
+        Py_ssize_t lo = 0, hi = m - 1; /* the largest size that makes it: predicate monotone in it */
+        while (lo < hi) {
+            Py_ssize_t mid = (lo + hi + 1) / 2;
+            if (service(self, mid, floored ? strictest[mid - 1] : -INFINITY, &svc) < 0)
+                goto fail;
+            if (t + svc / 1e3 <= earliest[mid - 1])
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        if (lo == 0) {
+            PyObject *at = PyLong_FromSsize_t(i);
+            if (at == NULL || PyList_Append(late, at) < 0) {
+                Py_XDECREF(at);
+                goto fail;
+            }
+            Py_DECREF(at);
+            i += 1;
+            continue;
+        }
+        if (service(self, lo, floored ? strictest[lo - 1] : -INFINITY, &svc) < 0)
+            goto fail;
+        t += svc / 1e3;
+        i += lo;
+    }
+    PyMem_Free(earliest);
+    return late;
+fail:
+    PyMem_Free(earliest);
+    Py_XDECREF(late);
+    return NULL;
+}
+
 static PyMethodDef fq_methods[] = {
     {"best_within", (PyCFunction)(void (*)(void))fq_best_within, METH_FASTCALL | METH_KEYWORDS,
      "best_within(batch, floor, max_ms, expected=False): (id, service ms) of the most accurate subnet with "
@@ -474,6 +645,12 @@ static PyMethodDef fq_methods[] = {
     {"best_priced", (PyCFunction)(void (*)(void))fq_best_priced, METH_FASTCALL,
      "best_priced(batch, floor, top, members, price, charge, known=None): the priced search on the front's hull, "
      "or None without a price or with top off the front (`FrontQuery.best_priced`)."},
+    {"service_ms", (PyCFunction)(void (*)(void))fq_service_ms, METH_FASTCALL,
+     "service_ms(size, floor): service ms of size requests on the fastest subnet meeting floor, inf if none "
+     "(`FrontQuery.service_ms`)."},
+    {"plan_late", (PyCFunction)(void (*)(void))fq_plan_late, METH_FASTCALL,
+     "plan_late(hard, floors, t, max_batch): positions that miss their deadline in the engine's cheapest plan "
+     "(`FrontQuery.plan_late`)."},
     {NULL},
 };
 

@@ -1,19 +1,21 @@
 """`FrontQuery`: "the most accurate subnet within t ms" on a scheduler's fronts, for one
-prediction state — and the compiled versions of it and of the busy-period charge.
+prediction state, and admission's queue plan over them — and the compiled versions of it
+and of the busy-period charge.
 
 A `CostTable` keeps, per batch size, a Pareto front of uncorrected latencies; the online
 correction (`shared`, the measured `tail`) and the engine's overhead scale a query's answer
 at query time. Between two prediction updates those factors are fixed, so the table binds
-them once into a `FrontQuery` (`CostTable.front_query`), and one decision of the elastic
-policy asks it some ten times (`OnFronts`).
+them once into a `FrontQuery` (`CostTable.front_query`): one decision of the elastic
+policy asks it some ten times (`OnFronts`), and every admission plans the queue on it
+(`plan_late`, `QueuePlan`).
 
 The compiled module `elastic.serving._front_search` (serving/_front_search.c, built by
-`pip install`) holds the same `FrontQuery.best_within` and `Demand.charge_curve`'s charge,
-bit for bit: every float operation in the same order, every binary search `bisect`'s. A
-decision is the same with or without it (tests/serving/test_front_search.py); with it one
-decision costs about half as much (`elastic bench scheduler`, the `python` rows). Without a C
-compiler the install goes on without it, and `ELASTIC_PURE_PYTHON=1` in the environment
-leaves it unused; the Python here is the reference either way. No torch.
+`pip install`) holds the same `FrontQuery` and `Demand.charge_curve`'s charge, bit for
+bit: every float operation in the same order, every binary search `bisect`'s. A decision
+is the same with or without it (tests/serving/test_front_search.py); how much less it
+costs, `elastic bench scheduler` says (its `python` rows). Without a C compiler the
+install goes on without it, and `ELASTIC_PURE_PYTHON=1` in the environment leaves it
+unused; the Python here is the reference either way. No torch.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import accumulate
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -165,6 +168,52 @@ class FrontQuery:
         if lo == hi and value(hull[lo])[0] > value(j_top)[0]:
             best = hull[lo]
         return ids[best], value(best)[1]
+
+    def service_ms(self, size: int, floor: float) -> float:
+        """Service ms of `size` requests on the fastest subnet meeting `floor` (inf: none
+        does): `CostTable._service_at`, bit for bit."""
+        acc = self.acc[size]
+        i = 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor)
+        if i == len(acc):
+            return math.inf
+        return self.lat[size][i] * self.shared * self.tail + (self.per_batch + self.per_request * size)
+
+    def plan_late(self, hard: list[float], floors: list[float] | None, t: float, max_batch: int) -> list[int]:
+        """Positions in `hard` that miss their deadline in the engine's cheapest plan from
+        `t` (`QueuePlan._plan_late`, which says what the plan is)."""
+        B = max_batch
+        service = self.service_ms
+        late: list[int] = []
+        i, n = 0, len(hard)
+        if floors is None:  # the common case first: full batches that all make it
+            full = service(B, _NO_FLOOR) / 1e3
+            while i + B <= n and t + full <= min(hard[i : i + B]):
+                t += full
+                i += B
+        while i < n:
+            m = min(B, n - i)
+            chunk = hard[i : i + m]
+            svc = service(m, max(floors[i : i + m]) if floors else _NO_FLOOR) / 1e3
+            if t + svc <= min(chunk):  # the common case: a full batch makes it
+                t += svc
+                i += m
+                continue
+            earliest = list(accumulate(chunk, min))
+            strictest = list(accumulate(floors[i : i + m], max)) if floors else None
+            lo, hi = 0, m - 1  # the largest size s that makes it: predicate monotone in s
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if t + service(mid, strictest[mid - 1] if strictest else _NO_FLOOR) / 1e3 <= earliest[mid - 1]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo == 0:
+                late.append(i)
+                i += 1
+                continue
+            t += service(lo, strictest[lo - 1] if strictest else _NO_FLOOR) / 1e3
+            i += lo
+        return late
 
 
 def front_query(

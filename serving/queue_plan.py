@@ -9,13 +9,12 @@ being so (`_admission_check`); the elastic policy plans the rest of the queue wi
 its quick look-ahead finds no choice that keeps everyone on time (`plan_late`).
 
 A mixin of `BudgetScheduler`, over its queue arrays (`_hard`, `_floor`, `_n_floored`) and
-its cost table (`_service_at`). Pure Python.
+its cost table (`front_query`: the plan is `FrontQuery.plan_late`, compiled when built).
 """
 
 from __future__ import annotations
 
 import math
-from itertools import accumulate
 
 _NO_FLOOR = -math.inf
 
@@ -36,39 +35,7 @@ class QueuePlan:
         the batches the scheduler forms when it must save time. A member that cannot make
         its deadline even alone is counted late and skipped (it would be shed).
         """
-        B = self.max_batch_size
-        service = self._service_at
-        late: list[int] = []
-        i, n = 0, len(hard)
-        if floors is None:  # the common case first: full batches that all make it
-            full = service(B, _NO_FLOOR) / 1e3
-            while i + B <= n and t + full <= min(hard[i : i + B]):
-                t += full
-                i += B
-        while i < n:
-            m = min(B, n - i)
-            chunk = hard[i : i + m]
-            svc = service(m, max(floors[i : i + m]) if floors else _NO_FLOOR) / 1e3
-            if t + svc <= min(chunk):  # the common case: a full batch makes it
-                t += svc
-                i += m
-                continue
-            earliest = list(accumulate(chunk, min))
-            strictest = list(accumulate(floors[i : i + m], max)) if floors else None
-            lo, hi = 0, m - 1  # the largest size s that makes it: predicate monotone in s
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if t + service(mid, strictest[mid - 1] if strictest else _NO_FLOOR) / 1e3 <= earliest[mid - 1]:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            if lo == 0:
-                late.append(i)
-                i += 1
-                continue
-            t += service(lo, strictest[lo - 1] if strictest else _NO_FLOOR) / 1e3
-            i += lo
-        return late
+        return self.front_query().plan_late(hard, floors, t, self.max_batch_size)  # compiled when built
 
     def _admission_check(self, p: int, deadline: float, floor: float, start: float) -> str | None:
         """Why inserting a request (deadline, floor) at queue position `p` breaks the plan

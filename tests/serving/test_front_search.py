@@ -103,6 +103,34 @@ def test_best_priced_is_the_python_search_bit_for_bit(seed):
 
 
 @needs_native
+@pytest.mark.parametrize("seed", range(6))
+def test_the_queue_plan_is_the_python_plan_bit_for_bit(seed):
+    # admission's plan (`QueuePlan._plan_late`): who misses when the queue is served in order,
+    # each batch on the fastest subnet its floors allow, as large as its deadlines allow
+    rng = random.Random(seed)
+    plans = someone_late = 0
+    for _ in range(40):
+        args = random_query_args(rng)
+        if not all(args[0][1:]):  # every batch size has a front (a scheduler's always does)
+            continue
+        py, c = FrontQuery(*args), native.FrontQuery(*args)
+        max_batch = len(args[0]) - 1
+        plans += 60
+        for _ in range(60):
+            n = rng.randint(0, 40)
+            t = rng.uniform(0.0, 0.05)
+            hard = sorted(rng.choice([math.inf, t + rng.uniform(0.0, 0.25)]) for _ in range(n))
+            floors = rng.choice([None, [], [rng.choice([-math.inf, rng.uniform(0.0, 1.0)]) for _ in range(n)]])
+            want = py.plan_late(hard, floors, t, max_batch)
+            assert c.plan_late(hard, floors, t, max_batch) == want
+            someone_late += bool(want)
+            for size in range(1, max_batch + 1):
+                floor = rng.choice([-math.inf, rng.uniform(0.0, 1.0)])
+                assert c.service_ms(size, floor) == py.service_ms(size, floor)
+    assert 0.05 * plans < someone_late < 0.95 * plans  # plans with and without misses
+
+
+@needs_native
 def test_the_compiled_query_refuses_what_python_refuses():
     lat, ids, acc, hull, pos = [[], [1.0, 2.0]], [[], [0, 1]], [[], [0.5, 0.6]], [[], [0, 1]], [{}, {0: 0, 1: 1}]
     c = native.FrontQuery(lat, ids, acc, hull, pos, 1.0, 1.0, 0.0, 0.0, True)
