@@ -169,6 +169,18 @@ fq_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
+/* (ids[j], ms): what a search returns */
+static PyObject *
+found(PyObject *ids, Py_ssize_t j, double ms)
+{
+    PyObject *service = PyFloat_FromDouble(ms);
+    if (service == NULL)
+        return NULL;
+    PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(ids, j), service);
+    Py_DECREF(service);
+    return pair;
+}
+
 /* best_within(batch, floor, max_ms, expected=False) -> (id, service ms) | None */
 static PyObject *
 fq_best_within(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -259,20 +271,7 @@ fq_best_within(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs, PyObje
             return NULL;
         ms = a * shared * tail;
     }
-    PyObject *id = PyList_GET_ITEM(PyList_GET_ITEM(self->ids, index), j);
-    PyObject *service = PyFloat_FromDouble(ms + over);
-    if (service == NULL)
-        return NULL;
-    Py_INCREF(id);
-    PyObject *found = PyTuple_New(2);
-    if (found == NULL) {
-        Py_DECREF(id);
-        Py_DECREF(service);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(found, 0, id);
-    PyTuple_SET_ITEM(found, 1, service);
-    return found;
+    return found(PyList_GET_ITEM(self->ids, index), j, ms + over);
 }
 
 /* hull[i] as an index (the hull holds ints) */
@@ -455,19 +454,7 @@ fq_best_priced(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (priced_value(&p, best, &v, &ms) < 0)
         return NULL;
-    PyObject *id = PyList_GET_ITEM(ids, best), *service = PyFloat_FromDouble(ms);
-    if (service == NULL)
-        return NULL;
-    Py_INCREF(id);
-    PyObject *found = PyTuple_New(2);
-    if (found == NULL) {
-        Py_DECREF(id);
-        Py_DECREF(service);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(found, 0, id);
-    PyTuple_SET_ITEM(found, 1, service);
-    return found;
+    return found(ids, best, ms);
 }
 
 /* a number from a caller's list (deadlines, floors): exact floats read directly, else converted */
