@@ -203,12 +203,12 @@ class CostTable:
         """Expected arrivals a busy period of `busy_ms` turns away (`Demand.blocked`), as a
         function of `busy_ms` bound to the current rate and budgets: one decision asks many
         times (`Demand.blocked_curve`)."""
-        return self.demand.blocked_curve(self._service_at(1, _NO_FLOOR))
+        return self.demand.blocked_curve(self._service_at(1))
 
     def charge_curve(self, sat_weight: float) -> Callable[[float, float, float], float]:
         """`busy_charge` over `blocked_curve()` with `sat_weight`, as one function of (ms,
         rest_ms, fluid_ms) (`Demand.charge_curve`)."""
-        return self.demand.charge_curve(self._service_at(1, _NO_FLOOR), sat_weight)
+        return self.demand.charge_curve(self._service_at(1), sat_weight)
 
     def displaced_per_ms(self) -> float:
         """Answers a ms of worker time displaces when the worker is the bottleneck: the
@@ -220,7 +220,7 @@ class CostTable:
         if gap is None or gap == _INF:
             return 0.0
         b = self.max_batch_size
-        t_full = self._service_at(b, _NO_FLOOR)
+        t_full = self._service_at(b)
         u = t_full / (b * gap)
         return min(1.0 / gap, b / t_full) * min(1.0, u) ** 2
 
@@ -300,17 +300,7 @@ class CostTable:
             )
         return row
 
-    def _service_at(self, size: int, floor: float) -> float:
-        """Service ms of `size` requests on the fastest subnet meeting `floor`."""
-        if floor == _NO_FLOOR:
-            return (self._fast_any or self.fastest_at())[size][1]
-        return self._service_uncached(size, floor)
-
-    def _service_uncached(self, size: int, floor: float) -> float:
-        acc = self._front_acc[size]
-        i = 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor)
-        if i == len(acc):
-            return _INF
-        return self.latency.forward.predict_ms(self._front_ids[size][i], size) + (
-            self.overhead.per_batch_ms + self.overhead.per_request_ms * size
-        )
+    def _service_at(self, size: int) -> float:
+        """Service ms of `size` requests on the fastest subnet (`fastest_at`'s row; with an
+        accuracy floor, `FrontQuery.service_ms`)."""
+        return (self._fast_any or self.fastest_at())[size][1]

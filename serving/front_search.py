@@ -171,7 +171,8 @@ class FrontQuery:
 
     def service_ms(self, size: int, floor: float) -> float:
         """Service ms of `size` requests on the fastest subnet meeting `floor` (inf: none
-        does): `CostTable._service_at`, bit for bit."""
+        does): `predict_ms` plus the overhead, bit for bit (`CostTable.fastest_at`'s row
+        where there is no floor)."""
         acc = self.acc[size]
         i = 0 if floor == _NO_FLOOR else bisect.bisect_left(acc, floor)
         if i == len(acc):
