@@ -22,10 +22,24 @@
 #include <math.h>
 #include <stddef.h>
 
-/* list[i] as a double; the list holds exact floats (else TypeError, -1.0 returned) */
+/* IndexError unless 0 <= i < len(list): every read is checked, so a list changed since a query was
+ * built (the scheduler never does) gives an error, not a read out of bounds */
+static inline int
+in_range(PyObject *list, Py_ssize_t i)
+{
+    if (i < 0 || i >= PyList_GET_SIZE(list)) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return -1;
+    }
+    return 0;
+}
+
+/* list[i] as a double; the list holds exact floats (else TypeError) */
 static inline int
 item(PyObject *list, Py_ssize_t i, double *out)
 {
+    if (in_range(list, i) < 0)
+        return -1;
     PyObject *v = PyList_GET_ITEM(list, i);
     if (!PyFloat_CheckExact(v)) {
         PyErr_Format(PyExc_TypeError, "expected a float at index %zd, got %.100s", i, Py_TYPE(v)->tp_name);
@@ -98,8 +112,8 @@ check_lists(PyObject *lists, const char *name)
 
 typedef struct {
     PyObject_HEAD
-    PyObject *lat, *ids, *acc; /* per batch size: uncorrected latencies, subnet ids, accuracies */
-    PyObject *hull, *pos;      /* per batch size: the upper concave hull's indices, id -> index */
+    PyObject *lat, *ids, *acc; /* tuples, per batch size: uncorrected latencies, subnet ids, accuracies */
+    PyObject *hull, *pos;      /* tuples, per batch size: the upper concave hull's indices, id -> index */
     double shared, tail, per_batch, per_request;
     int accuracy_known;
 } FrontQuery;
@@ -151,16 +165,16 @@ fq_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     FrontQuery *self = (FrontQuery *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    Py_INCREF(lat);
-    Py_INCREF(ids);
-    Py_INCREF(acc);
-    Py_INCREF(hull);
-    Py_INCREF(pos);
-    self->lat = lat;
-    self->ids = ids;
-    self->acc = acc;
-    self->hull = hull;
-    self->pos = pos;
+    /* the per-size entries, fixed in tuples: each front's own list is read with its length checked */
+    self->lat = PyList_AsTuple(lat);
+    self->ids = PyList_AsTuple(ids);
+    self->acc = PyList_AsTuple(acc);
+    self->hull = PyList_AsTuple(hull);
+    self->pos = PyList_AsTuple(pos);
+    if (!self->lat || !self->ids || !self->acc || !self->hull || !self->pos) {
+        Py_DECREF(self);
+        return NULL;
+    }
     self->shared = shared;
     self->tail = tail;
     self->per_batch = per_batch;
@@ -173,6 +187,8 @@ fq_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static PyObject *
 found(PyObject *ids, Py_ssize_t j, double ms)
 {
+    if (in_range(ids, j) < 0)
+        return NULL;
     PyObject *service = PyFloat_FromDouble(ms);
     if (service == NULL)
         return NULL;
@@ -211,13 +227,13 @@ fq_best_within(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs, PyObje
     if (expected_obj != NULL && (expected = PyObject_IsTrue(expected_obj)) < 0)
         return NULL;
 
-    Py_ssize_t sizes = PyList_GET_SIZE(self->lat);
+    Py_ssize_t sizes = PyTuple_GET_SIZE(self->lat);
     Py_ssize_t index = batch < 0 ? batch + sizes : batch; /* Python's indexing of the fronts */
     if (index < 0 || index >= sizes) {
         PyErr_SetString(PyExc_IndexError, "list index out of range");
         return NULL;
     }
-    PyObject *lat = PyList_GET_ITEM(self->lat, index);
+    PyObject *lat = PyTuple_GET_ITEM(self->lat, index);
     double shared = self->shared, tail = self->tail;
     double bound = expected ? 1.0 : tail;
     double over = self->per_batch + self->per_request * (double)batch;
@@ -261,7 +277,7 @@ fq_best_within(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs, PyObje
         double acc;
         if (!self->accuracy_known)
             Py_RETURN_NONE;
-        if (item(PyList_GET_ITEM(self->acc, index), j, &acc) < 0)
+        if (item(PyTuple_GET_ITEM(self->acc, index), j, &acc) < 0)
             return NULL;
         if (acc < floor)
             Py_RETURN_NONE;
@@ -271,13 +287,15 @@ fq_best_within(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs, PyObje
             return NULL;
         ms = a * shared * tail;
     }
-    return found(PyList_GET_ITEM(self->ids, index), j, ms + over);
+    return found(PyTuple_GET_ITEM(self->ids, index), j, ms + over);
 }
 
 /* hull[i] as an index (the hull holds ints) */
 static int
 index_item(PyObject *list, Py_ssize_t i, Py_ssize_t *out)
 {
+    if (in_range(list, i) < 0)
+        return -1;
     *out = PyLong_AsSsize_t(PyList_GET_ITEM(list, i));
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
@@ -363,7 +381,7 @@ fq_best_priced(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs)
     if (members == -1 && PyErr_Occurred())
         return NULL;
     PyObject *known = nargs == 7 ? args[6] : Py_None;
-    Py_ssize_t sizes = PyList_GET_SIZE(self->lat);
+    Py_ssize_t sizes = PyTuple_GET_SIZE(self->lat);
     Py_ssize_t index = batch < 0 ? batch + sizes : batch;
     if (index < 0 || index >= sizes) {
         PyErr_SetString(PyExc_IndexError, "list index out of range");
@@ -371,7 +389,7 @@ fq_best_priced(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (price <= 0)
         Py_RETURN_NONE;
-    PyObject *at = PyDict_GetItemWithError(PyList_GET_ITEM(self->pos, index), top);
+    PyObject *at = PyDict_GetItemWithError(PyTuple_GET_ITEM(self->pos, index), top);
     if (at == NULL) {
         if (PyErr_Occurred())
             return NULL;
@@ -380,11 +398,11 @@ fq_best_priced(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t j_top = PyLong_AsSsize_t(at);
     if (j_top == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *ids = PyList_GET_ITEM(self->ids, index), *hull = PyList_GET_ITEM(self->hull, index);
+    PyObject *ids = PyTuple_GET_ITEM(self->ids, index), *hull = PyTuple_GET_ITEM(self->hull, index);
     Priced p = {
         .n = 0,
-        .lat = PyList_GET_ITEM(self->lat, index),
-        .acc = PyList_GET_ITEM(self->acc, index),
+        .lat = PyTuple_GET_ITEM(self->lat, index),
+        .acc = PyTuple_GET_ITEM(self->acc, index),
         .charge = args[5],
         .shared = self->shared,
         .tail = self->tail,
@@ -461,6 +479,8 @@ fq_best_priced(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs)
 static inline int
 number(PyObject *list, Py_ssize_t i, double *out)
 {
+    if (in_range(list, i) < 0)
+        return -1;
     PyObject *v = PyList_GET_ITEM(list, i);
     if (PyFloat_CheckExact(v)) {
         *out = PyFloat_AS_DOUBLE(v);
@@ -473,11 +493,11 @@ number(PyObject *list, Py_ssize_t i, double *out)
 static int
 service(FrontQuery *self, Py_ssize_t size, double floor, double *out)
 {
-    if (size < 0 || size >= PyList_GET_SIZE(self->lat)) {
+    if (size < 0 || size >= PyTuple_GET_SIZE(self->lat)) {
         PyErr_SetString(PyExc_IndexError, "list index out of range");
         return -1;
     }
-    PyObject *acc = PyList_GET_ITEM(self->acc, size);
+    PyObject *acc = PyTuple_GET_ITEM(self->acc, size);
     Py_ssize_t i = 0;
     if (floor != -INFINITY && (i = bisect_left(acc, floor, 0)) < 0)
         return -1;
@@ -486,7 +506,7 @@ service(FrontQuery *self, Py_ssize_t size, double floor, double *out)
         return 0;
     }
     double lat;
-    if (item(PyList_GET_ITEM(self->lat, size), i, &lat) < 0)
+    if (item(PyTuple_GET_ITEM(self->lat, size), i, &lat) < 0)
         return -1;
     *out = lat * self->shared * self->tail + (self->per_batch + self->per_request * (double)size);
     return 0;
@@ -506,7 +526,7 @@ fq_service_ms(FrontQuery *self, PyObject *const *args, Py_ssize_t nargs)
     double floor, ms;
     if (as_double(args[1], &floor) < 0)
         return NULL;
-    Py_ssize_t sizes = PyList_GET_SIZE(self->lat);
+    Py_ssize_t sizes = PyTuple_GET_SIZE(self->lat);
     if (service(self, size < 0 ? size + sizes : size, floor, &ms) < 0)
         return NULL;
     return PyFloat_FromDouble(ms);

@@ -152,6 +152,17 @@ def test_the_compiled_query_refuses_what_python_refuses():
         c.best_priced(1, -math.inf, 1, 2, 1.0, lambda ms: 1 / 0)
     with pytest.raises(TypeError):
         c.best_priced(1, -math.inf, 1, 2, 1.0)
+    # lists changed after the query was built (the scheduler never does): errors, never a read
+    # out of bounds
+    acc[1].pop()
+    ids[1].pop()
+    hull[1].append(7)
+    with pytest.raises(IndexError):
+        c.best_within(1, 0.1, 5.0)
+    with pytest.raises(IndexError):
+        c.best_within(1, -math.inf, 5.0)
+    with pytest.raises(IndexError):
+        c.best_priced(1, -math.inf, 1, 2, 1.0, lambda ms: ms)
 
 
 def loaded_demand(rng: random.Random) -> Demand:
