@@ -13,7 +13,9 @@ fronts are never re-sorted. The busy-period pricing the elastic policy reads
 
 A mixin: `BudgetScheduler.__init__` sets what it reads — `policy`, `quantile`,
 `ewma_alpha`, `overhead`, `max_batch_size`, `demand`, `tail_control`, `_subnets`,
-`_eligible_cache`, `_fast_any` — and then calls `set_profile`. Pure Python, no torch.
+`_eligible_cache`, `_fast_any` — and then calls `set_profile`. Pure Python, no torch; the
+queries run on a `FrontQuery` bound to the current predictions (serving/front_search.py,
+compiled when built).
 """
 
 from __future__ import annotations

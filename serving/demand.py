@@ -22,7 +22,8 @@ shortest run of recent periods holding 16 such arrivals, at most 256 periods). F
 arrivals that is the arrival rate (Poisson arrivals see time averages); for bursts, the rate
 inside the bursts, when the worker is busy; and for clients that wait for each answer
 before sending the next, only the other clients' requests — one such client is never
-priced into a cheaper subnet for arrivals that cannot happen. Pure Python: O(log window)
+priced into a cheaper subnet for arrivals that cannot happen. Pure Python (the charge
+compiled when built: serving/front_search.py): O(log window)
 per query; the sorted sample is rebuilt at most once per `refresh` arrivals.
 """
 

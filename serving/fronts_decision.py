@@ -8,7 +8,8 @@ that can still win (`charged`, pruned by an upper bound), the credit for request
 leaves behind (`later_accuracies`), and among the batch's subnets the best priced one on the
 front's concave hull (`BudgetScheduler.best_priced`). When no choice keeps everyone on time,
 the rest is planned exactly (`fewest_late`), and failing that the worker's best rate decides
-(`throughput`). Pure Python.
+(`throughput`). Pure Python over the fronts' `FrontQuery` (compiled when built:
+serving/front_search.py).
 """
 
 from __future__ import annotations

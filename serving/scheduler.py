@@ -33,7 +33,8 @@ model whose subnets are the "model variants":
   (`PreemptingScheduler`, serving/preemption.py; the worker calls `boundary` at each
   boundary, and `interrupt` when it says an urgent batch waits).
 
-Pure Python, no torch, single-threaded: the runtime serialises calls, and the clock is an
+Pure Python (its inner searches also compiled: serving/front_search.py), no torch,
+single-threaded: the runtime serialises calls, and the clock is an
 argument, so tests drive time by hand. Only subnets on the accuracy/latency Pareto front of
 the profile are candidates. When the model carries no accuracies at all, the scheduler
 plans with FLOPs as a stand-in (more FLOPs taken as more accurate, the SN-Net premise) and
