@@ -252,10 +252,8 @@ class CostTable:
         `price` is what one arrival turned away by the batch's busy period loses, and
         `charge(ms)` how many arrivals a batch of `ms` costs, with the queue behind it
         (`busy_charge` over the decision's `blocked_curve`): never negative and convex in
-        ms. On the front's upper concave hull the gain of a slower subnet shrinks and the
-        cost grows, so a binary search finds the best hull point; `top` (maybe off the
-        hull) is compared with it. `known`: (value, service ms) of `top` when the caller has
-        priced it already, exactly as here.
+        ms. The search over the front's hull is `FrontQuery.best_priced`; `known`: (value,
+        service ms) of `top` when the caller has priced it already, exactly as there.
         """
         found = self.front_query().best_priced(batch, floor, top, members, price, charge, known)
         if found is None:  # no price, or top is not on the front: top itself
