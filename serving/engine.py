@@ -24,7 +24,10 @@ sleeping until it answers. On a loaded CPU each of those two thread hand-offs co
 than a small forward. The forward then runs with the calling thread's torch settings.
 Likewise, while the worker holds a partial batch back to fill it, a submit wakes it only
 when the batch is full or the new request could not wait for the hold's end
-(`_hold_must_end`); otherwise the worker wakes by itself when the hold ends.
+(`_hold_must_end`); otherwise the worker wakes by itself when the hold ends. And once
+waiting callers run the batches (`CLAIM_STREAK` in a row), the idle worker polls the queue
+instead of being woken, and a submit leaves it asleep when it will look before the request
+must start (`_looks_in_time`); the first batch the worker runs itself ends that mode.
 
 Threading contract: futures are resolved — and their done-callbacks run — on the worker
 thread, on a caller-runs thread (results, failed batches), on the watchdog thread
@@ -51,7 +54,7 @@ from elastic.errors import ExecutionError, Overloaded
 
 from .batch_run import BatchRunner, execution_error
 from .executor import Executor
-from .intake import Intake
+from .intake import CLAIM_STREAK, POLL_LINGER_S, POLL_S, Intake
 from .metrics import ServingMetrics
 from .output import ScheduledBatch, ShedRequest
 from .pending import Pending, fail_future
@@ -112,6 +115,11 @@ class EngineCore(Intake, BatchRunner):
         self._idle = False  # the worker is waiting for work
         self._woken_at: float | None = None  # when a submit woke the idle worker
         self._hold_until: float | None = None  # the worker holds a partial batch back until then
+        # callers run the batches: how many in a row since the worker last ran one, the last
+        # one's time, and when the idle worker, polling instead of waiting to be woken, looks next
+        self._claims = 0
+        self._claimed_at = -math.inf
+        self._poll_until: float | None = None
         # last batch, folded into the scheduler under the next lock: (size, overhead ms, of it
         # waking the worker, late, ended)
         self._overhead: tuple[int, float, float, int, int] | None = None
@@ -158,6 +166,12 @@ class EngineCore(Intake, BatchRunner):
     def lock(self) -> threading.Lock:
         return self._lock
 
+    def _callers_run(self, now: float) -> bool:
+        """Under the lock: have waiting callers run the last `CLAIM_STREAK` batches (the
+        worker none since), the last within `POLL_LINGER_S`? Then the idle worker polls the
+        queue every `POLL_S` instead of sleeping until a submit wakes it (`_looks_in_time`)."""
+        return self._claims >= CLAIM_STREAK and now - self._claimed_at <= POLL_LINGER_S
+
     # ---- the worker --------------------------------------------------------------------
     def _run_worker(self) -> None:
         try:
@@ -199,6 +213,7 @@ class EngineCore(Intake, BatchRunner):
                             batch = out.batch
                             members = [self._pending.pop(rid) for rid in batch.request_ids]
                             self._running = (batch, members)
+                            self._claims = 0  # the worker serves: submits wake it again
                             woken_at, self._woken_at = self._woken_at, None
                             if scheduler.has_waiting():
                                 self._watch.notify()
@@ -215,7 +230,12 @@ class EngineCore(Intake, BatchRunner):
                     if self._closing:
                         return
                     self._idle = True
-                    self._work.wait()
+                    if self._callers_run(clock()):  # look now and then: submits need not wake it
+                        self._poll_until = clock() + POLL_S
+                        self._work.wait(POLL_S)
+                        self._poll_until = None
+                    else:
+                        self._work.wait()
                     self._idle = False
             if failed:
                 self.metrics.failed(len(failed))

@@ -24,6 +24,12 @@ from .request import Request, Result
 from .scheduler import BudgetScheduler
 
 log = logging.getLogger(__name__)
+# Callers that block on their results run the batches themselves (caller runs): after this
+# many in a row, an idle worker polls every POLL_S rather than being woken by each submit,
+# for as long as callers keep doing so (POLL_LINGER_S after the last such batch)
+CLAIM_STREAK = 4
+POLL_S = 0.020
+POLL_LINGER_S = 1.0
 
 
 class Intake:
@@ -107,7 +113,8 @@ class Intake:
             if step is None:
                 pending.x = x.clone()  # queued: the caller may change its tensor once this returns
                 if self._idle:
-                    if self._hold_until is None or self._hold_must_end(scheduler, request):
+                    wake = self._hold_until is None or self._hold_must_end(scheduler, request)
+                    if wake and not self._looks_in_time(scheduler, request):
                         self._woken_at = now
                         self._work.notify()
                 elif self._running is not None and not best_effort:
@@ -185,7 +192,7 @@ class Intake:
                     victims += [(self._pending.pop(s.request_id), s) for s in evicted]
             if admitted:
                 metrics.admitted(budget_ms, admitted)
-            if self._idle:
+            if self._idle and admitted and not self._looks_in_time(scheduler, request):
                 self._woken_at = now
                 self._work.notify()
             elif self._running is not None and not best_effort:
@@ -213,6 +220,22 @@ class Intake:
         top = scheduler.best_within(scheduler.max_batch_size, -math.inf, math.inf)  # the front's slowest
         slowest_ms = top[1] if top is not None else 0.0
         return deadline - slowest_ms / 1e3 <= self._hold_until
+
+    def _looks_in_time(self, scheduler: BudgetScheduler, request: Request) -> bool:
+        """Under the lock, the worker idle: while waiting callers run the batches
+        (`_callers_run`), need a submit leave the worker asleep? Yes when it looks at the queue
+        by itself (its poll or its hold ends) before `request` must start — its deadline less
+        the front's slowest full batch (O(log subnets)). A caller about to block on a result
+        then runs the batch (`help`) without the two thread hand-offs a wake-up costs; a caller
+        that never blocks is served when the worker looks."""
+        wakes = self._hold_until if self._hold_until is not None else self._poll_until
+        if wakes is None or self._claims < CLAIM_STREAK:
+            return False
+        deadline = request.deadline
+        if request.best_effort or deadline == math.inf:
+            return True
+        top = scheduler.best_within(scheduler.max_batch_size, -math.inf, math.inf)  # the front's slowest
+        return deadline - (top[1] if top is not None else 0.0) / 1e3 > wakes
 
     def _new_future(self) -> Future[Result]:
         """A request's future, running from the start (it cannot be cancelled)."""
@@ -268,6 +291,8 @@ class Intake:
         members = [self._pending.pop(rid) for rid in out.batch.request_ids]
         self._running = (out.batch, members)
         self._woken_at = None  # a wake-up the worker has not acted on is not the next batch's cost
+        self._claims += 1
+        self._claimed_at = t_sched
         return (out.batch, members, t_sched), shed
 
     def _execute_here(

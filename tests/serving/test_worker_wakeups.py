@@ -5,6 +5,11 @@ only when the batch is now full or when the new request could not wait for the h
 end (`EngineCore._hold_must_end`); otherwise the worker wakes by itself when the hold ends.
 The rule is checked on a stand-in scheduler, and end to end with holds long enough (2 s)
 that a request left waiting for the hold would visibly miss.
+
+Once waiting callers run the batches (`CLAIM_STREAK` in a row), the idle worker polls the
+queue every `POLL_S` instead, and a submit leaves it asleep when it looks (poll or hold end)
+before the request must start (`EngineCore._looks_in_time`): checked on the stand-in, and end
+to end by counting the worker's wake-ups.
 """
 
 import math
@@ -16,6 +21,7 @@ import torch
 
 from elastic.serving import Runtime
 from elastic.serving.engine import EngineCore
+from elastic.serving.intake import CLAIM_STREAK
 from elastic.serving.request import Request
 
 HOLD_MS = 2000.0  # the longest the worker holds a partial batch back, in these tests
@@ -144,3 +150,100 @@ def test_the_worker_s_wake_up_is_reported_apart_from_the_rest_of_the_overhead(se
         assert 0.0 < overhead.wake_ms <= overhead.ms(1)
     finally:
         runtime.close(drain=True, timeout=60)
+
+
+# ---- callers run the batches: the idle worker polls, and submits leave it asleep ---------------
+
+
+def engine_polling_until(t: float | None, claims: int = CLAIM_STREAK) -> EngineCore:
+    engine = EngineCore(executor=None, metrics=None, clock=time.perf_counter)  # threads never started
+    engine._poll_until = t
+    engine._claims = claims
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("budget_ms", "best_effort", "claims", "poll_until", "asleep"),
+    [
+        (math.inf, False, CLAIM_STREAK, 0.100, True),  # no deadline: the next poll is soon enough
+        (500.0, False, CLAIM_STREAK, 0.100, True),  # must start by 480 ms; the worker looks at 100 ms
+        (50.0, False, CLAIM_STREAK, 0.100, False),  # must start by 30 ms: wake it
+        (50.0, True, CLAIM_STREAK, 0.100, True),  # best effort: waits for the poll
+        (math.inf, False, CLAIM_STREAK - 1, 0.100, False),  # callers have not run enough batches
+        (math.inf, False, CLAIM_STREAK, None, False),  # the worker waits untimed: only a wake-up reaches it
+    ],
+)
+def test_a_submit_leaves_the_worker_asleep_only_when_it_looks_in_time(
+    budget_ms, best_effort, claims, poll_until, asleep
+):
+    engine = engine_polling_until(poll_until, claims)
+    request = Request(1, 0.0, budget_ms, best_effort=best_effort)
+    assert engine._looks_in_time(StubScheduler(1), request) is asleep
+
+
+def test_a_hold_ending_in_time_counts_as_looking():
+    engine = engine_polling_until(None)
+    engine._hold_until = 0.100
+    assert engine._looks_in_time(StubScheduler(8), Request(1, 0.0, math.inf))  # a full batch: a caller runs it
+    assert not engine._looks_in_time(StubScheduler(8), Request(1, 0.0, 50.0))
+
+
+class CountingWakeUps:
+    """Counts the worker's wake-ups (`notify` on its condition), passing them on."""
+
+    def __init__(self, engine: EngineCore):
+        self.count = 0
+        self._notify = engine._work.notify
+        engine._work.notify = self
+
+    def __call__(self, n: int = 1) -> None:
+        self.count += 1
+        self._notify(n)
+
+
+@pytest.fixture
+def callers_run(served_model, served_profile):
+    """A runtime whose last batches its callers ran (`infer`), its worker now polling."""
+    runtime = Runtime(served_model, max_batch_size=8, policy="static:0", profile=served_profile)
+    for i in range(CLAIM_STREAK + 1):
+        runtime.infer(sample(i), math.inf)
+    engine = runtime._engine
+    for _ in range(500):  # the worker, asleep since before the streak, polls once it next looks
+        with engine._lock:
+            if engine._poll_until is not None:
+                break
+            engine._work.notify()
+        time.sleep(0.002)
+    else:
+        pytest.fail("the worker never polled")
+    yield runtime
+    runtime.close(drain=True, timeout=60)
+
+
+def test_requests_a_caller_waits_on_run_without_waking_the_worker(callers_run):
+    wakeups = CountingWakeUps(callers_run._engine)
+    futures = [callers_run.submit(sample(i), math.inf) for i in range(8)]
+    assert [f.result().batch_size for f in futures] == [8] * 8
+    assert wakeups.count == 0
+
+
+def test_a_request_nobody_waits_on_is_served_at_the_worker_s_next_poll(callers_run):
+    """Nobody calls result(): the poll serves it, and the worker, serving, wakes on submits again."""
+    wakeups = CountingWakeUps(callers_run._engine)
+    future = callers_run.submit(sample(0), math.inf)
+    done, _ = wait([future], timeout=60)
+    assert done and wakeups.count == 0
+    assert callers_run._engine._claims == 0
+    second = callers_run.submit(sample(1), math.inf)
+    done, _ = wait([second], timeout=60)
+    assert done and wakeups.count == 1
+
+
+def test_a_request_that_cannot_wait_for_the_poll_wakes_the_worker(callers_run):
+    engine = callers_run._engine
+    wakeups = CountingWakeUps(engine)
+    with engine._lock:  # as if the worker's next look were 10 s away
+        engine._poll_until = time.perf_counter() + 10.0
+    future = callers_run.submit(sample(0), 500.0)  # must start within 0.5 s
+    wait([future], timeout=60)
+    assert wakeups.count == 1
