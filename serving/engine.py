@@ -230,8 +230,9 @@ class EngineCore(Intake, BatchRunner):
                     if self._closing:
                         return
                     self._idle = True
-                    if self._callers_run(clock()):  # look now and then: submits need not wake it
-                        self._poll_until = clock() + POLL_S
+                    now = clock()
+                    if self._callers_run(now):  # look now and then: submits need not wake it
+                        self._poll_until = now + POLL_S
                         self._work.wait(POLL_S)
                         self._poll_until = None
                     else:

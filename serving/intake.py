@@ -214,12 +214,7 @@ class Intake:
         so a burst of submits costs no wake-up (no thread hand-off) per request."""
         if scheduler.get_num_waiting() >= scheduler.max_batch_size or self._hold_until is None:
             return True
-        deadline = request.deadline
-        if request.best_effort or deadline == math.inf:
-            return False
-        top = scheduler.best_within(scheduler.max_batch_size, -math.inf, math.inf)  # the front's slowest
-        slowest_ms = top[1] if top is not None else 0.0
-        return deadline - slowest_ms / 1e3 <= self._hold_until
+        return _must_start_by(scheduler, request) <= self._hold_until
 
     def _looks_in_time(self, scheduler: BudgetScheduler, request: Request) -> bool:
         """Under the lock, the worker idle: while waiting callers run the batches
@@ -231,11 +226,7 @@ class Intake:
         wakes = self._hold_until if self._hold_until is not None else self._poll_until
         if wakes is None or self._claims < CLAIM_STREAK:
             return False
-        deadline = request.deadline
-        if request.best_effort or deadline == math.inf:
-            return True
-        top = scheduler.best_within(scheduler.max_batch_size, -math.inf, math.inf)  # the front's slowest
-        return deadline - (top[1] if top is not None else 0.0) / 1e3 > wakes
+        return _must_start_by(scheduler, request) > wakes
 
     def _new_future(self) -> Future[Result]:
         """A request's future, running from the start (it cannot be cancelled)."""
@@ -342,3 +333,14 @@ class Intake:
             self._jobs.append((fn, future))
             self._work.notify()
         return future
+
+
+def _must_start_by(scheduler: BudgetScheduler, request: Request) -> float:
+    """When a queued request must be started at the latest, as a wake-up rule can tell in
+    O(log subnets): its deadline less the full batch of the front's slowest subnet (inf for
+    best effort or no deadline)."""
+    deadline = request.deadline
+    if request.best_effort or deadline == math.inf:
+        return math.inf
+    top = scheduler.best_within(scheduler.max_batch_size, -math.inf, math.inf)  # the front's slowest
+    return deadline - (top[1] if top is not None else 0.0) / 1e3
