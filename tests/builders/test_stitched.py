@@ -168,6 +168,7 @@ def test_subnet_flops_equal_a_count_of_their_own_forward(tiny_stitched):
         (torch.zeros(0, 3, 32, 32), "shape"),
         (torch.ones(2, 3, 32, 32, dtype=torch.int64), "floating"),
         (torch.full((2, 3, 32, 32), float("nan")), "NaN"),
+        (torch.randn(2, 3, 32, 32).index_put_((torch.tensor(1), torch.tensor(2)), torch.tensor(float("-inf"))), "NaN"),
         ([[1.0]], "Tensor"),
     ],
 )
@@ -175,6 +176,13 @@ def test_bad_inputs_raise_invalid_input(tiny_stitched, bad, match):
     with pytest.raises(InvalidInput, match=match) as caught:
         tiny_stitched(bad, subnet=0)
     assert isinstance(caught.value, ValueError)  # callers may catch it as a ValueError
+
+
+def test_finite_inputs_whose_sum_overflows_are_accepted(tiny_stitched):
+    # the finiteness check sums first: an overflow to inf must not reject finite inputs
+    x = torch.full((2, 3, 32, 32), 3e38)
+    assert not torch.isfinite(x.sum())
+    tiny_stitched.check_input(x)
 
 
 @pytest.mark.parametrize("ref", [-1, 23, 1.5, True, "3"])

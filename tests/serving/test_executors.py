@@ -253,6 +253,32 @@ def test_the_eager_executor_leaves_the_input_check_to_the_runtime(served_model, 
     assert checks == [(2, 3, 32, 32)]
 
 
+def test_the_eager_staged_forward_builds_each_subnets_stages_once(served_model, monkeypatch, drain):
+    # the same logits and pauses as the model's own staged forward, batch after batch, with
+    # the stage functions built once per subnet; a staged forward patched in later runs as is
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        expected = {s: drain(served_model.forward_stages(x, s)) for s in (20, 5)}
+    built = []
+    pieces = type(served_model).stage_pieces
+    monkeypatch.setattr(type(served_model), "stage_pieces", lambda self, s=0: built.append(s) or pieces(self, s))
+    executor = EagerExecutor(served_model)
+    with torch.inference_mode():
+        for subnet in (20, 5, 20, 5):
+            y, pauses = drain(executor.run_stages(subnet, x))
+            assert torch.equal(y, expected[subnet][0]) and pauses == expected[subnet][1] > 0
+        assert built == [20, 5]
+
+        def whole(x, subnet=0):
+            return served_model.forward(x, subnet=subnet) + 1.0
+            yield  # unreachable: never pauses
+
+        monkeypatch.setattr(served_model, "forward_stages", whole)
+        y, pauses = drain(executor.run_stages(20, x))
+    torch.testing.assert_close(y, served_model(x, subnet=20) + 1.0)
+    assert pauses == 0 and built == [20, 5]
+
+
 def test_a_forward_without_the_check_keyword_is_not_told_to_skip_it(served_model, monkeypatch):
     # one patched in after the executor was built included: its signature is read per function
     x = torch.randn(1, 3, 32, 32)
