@@ -59,16 +59,18 @@ from __future__ import annotations
 import argparse
 import bisect
 import logging
+import math
 import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from elastic.errors import ConfigError
 from elastic.serving import Runtime
 
 from .arrivals import BudgetDistribution, on_off, poisson
@@ -118,6 +120,12 @@ class LoadPlan:
     oracle_extra: int  # front subnets run statically for real besides the two anchors
     deit_front: int  # published-front subnets of the DeiT scenario to profile and serve
     warmup: Span = Span(0.0, 0.0, 0)  # unscored arrivals before every run's scored ones
+    add_middle: bool = True  # real runs also at the middle of the middle range when no load lies in it
+
+    def real_loads_of(self, calib: Calibration) -> list[float]:
+        """The loads real runs cover: `real_loads`, plus the middle range's middle when
+        `add_middle` and no load lies in it (`Calibration.real_loads`)."""
+        return calib.real_loads(self.real_loads) if self.add_middle else sorted(set(self.real_loads))
 
 
 FULL = LoadPlan(
@@ -368,7 +376,7 @@ def shortlist(sim_points: list[dict], plan: LoadPlan, calib: Calibration) -> dic
     chosen = {}
     for pattern in plan.patterns:
         pts = [p for p in sim_points if p["pattern"] == pattern]
-        for load in calib.real_loads(plan.real_loads):
+        for load in plan.real_loads_of(calib):
             nearest = min(pts, key=lambda p: abs(p["load"] - load))
             ranked = sorted(
                 (p for p in nearest["contenders"] if p.startswith("static:")),
@@ -383,8 +391,45 @@ def shortlist(sim_points: list[dict], plan: LoadPlan, calib: Calibration) -> dic
     return chosen
 
 
+def focused(plan: LoadPlan, patterns: str | None, loads: str | None, repeats: int | None) -> LoadPlan:
+    """`plan` narrowed to some points, or given more seeds (`--patterns`, `--loads`,
+    `--repeats`): a point the full grid found close, run again with more seeds. The
+    simulation sweeps its grid for the chosen patterns (it ranks the statics to run for
+    real); real runs cover exactly the loads given.
+
+    Raises:
+        ConfigError: an unknown pattern, a load that is not a positive number, or fewer
+            than 2 seeds (no interval).
+    """
+    changes: dict[str, Any] = {}
+    if patterns is not None:
+        chosen = tuple(dict.fromkeys(p.strip() for p in patterns.split(",") if p.strip()))
+        unknown = [p for p in chosen if p not in FULL.patterns]
+        if unknown or not chosen:
+            raise ConfigError(f"--patterns takes some of {', '.join(FULL.patterns)}; got {patterns!r}")
+        changes["patterns"] = chosen
+    if loads is not None:
+        try:
+            values = tuple(float(x) for x in loads.split(",") if x.strip())
+        except ValueError:
+            values = ()
+        if not values or not all(math.isfinite(x) and x > 0 for x in values):
+            raise ConfigError(f"--loads takes positive numbers (x the largest anchor's capacity), got {loads!r}")
+        changes.update(real_loads=tuple(sorted(set(values))), add_middle=False)
+    if repeats is not None:
+        if repeats < 2:
+            raise ConfigError(f"--repeats must be at least 2 (an interval needs two seeds), got {repeats}")
+        changes["repeats"] = repeats
+    return replace(plan, **changes)
+
+
 def run(args: argparse.Namespace) -> dict:
-    plan = QUICK if args.quick else FULL
+    plan = focused(
+        QUICK if args.quick else FULL,
+        getattr(args, "patterns", None),
+        getattr(args, "loads", None),
+        getattr(args, "repeats", None),
+    )
     only = getattr(args, "scenario", None) or "all"
     builders = {
         "demo": lambda: demo_scenario(args.model, profile_repeats=10 if args.quick else 30),
@@ -529,7 +574,7 @@ def _run_scenario(
         return sim_result, None
     t0 = time.perf_counter()
     statics_at = shortlist(sim_points, plan, calib)
-    real_loads = calib.real_loads(plan.real_loads)
+    real_loads = plan.real_loads_of(calib)
     real_runs = sweep(
         "real", scenario, calib, plan.patterns, real_loads, plan.repeats, plan.span, statics_at, seed, plan.warmup
     )

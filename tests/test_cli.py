@@ -182,6 +182,24 @@ def test_bench_with_a_model_that_cannot_load_exits_2_before_running(tmp_path, ca
     _user_error(code, err, "lacks")
 
 
+def test_bench_load_options_are_checked_before_anything_runs(tmp_path, capsys, monkeypatch):
+    import elastic.bench.load
+    import elastic.bench.overhead
+
+    def ran(*args, **kwargs):
+        raise AssertionError("a suite ran despite a bad option")
+
+    monkeypatch.setattr(elastic.bench.load, "run", ran)
+    monkeypatch.setattr(elastic.bench.overhead, "run", ran)
+    for option, value, message in (("--loads", "1,fast", "--loads"), ("--patterns", "bursty", "--patterns")):
+        code, _, err = _run(capsys, "bench", "load", option, value, "--out", str(tmp_path))
+        _user_error(code, err, message)
+    code, _, err = _run(capsys, "bench", "load", "--repeats", "1", "--out", str(tmp_path))
+    _user_error(code, err, "at least 2")
+    code, _, err = _run(capsys, "bench", "overhead", "--repeats", "9", "--out", str(tmp_path))
+    _user_error(code, err, "load suite only")
+
+
 def test_bugs_keep_their_traceback(saved, monkeypatch):
     import elastic.commands.info
 

@@ -42,6 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pause; traced_staged: one graph per stage, so they can)",
     )
     p.add_argument(
+        "--patterns",
+        default=None,
+        help="load: only these arrival patterns, comma-separated (poisson, on_off; default both)",
+    )
+    p.add_argument(
+        "--loads",
+        default=None,
+        help="load: real runs at exactly these loads, comma-separated (x the largest anchor's served "
+        "capacity; default 0.25,1,1.5,2,3 and the middle range's middle)",
+    )
+    p.add_argument("--repeats", type=int, default=None, help="load: seeds per real point (default 5; --quick 3)")
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -61,10 +73,15 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         read_manifest(args.model)  # a missing or malformed --model
     require_writable_dir(args.out)
-    if getattr(args, "no_preempt", False) and args.suite != "load":
-        from elastic.errors import ConfigError
+    for option in ("no_preempt", "patterns", "loads", "repeats"):
+        if getattr(args, option, None) not in (None, False) and args.suite != "load":
+            from elastic.errors import ConfigError
 
-        raise ConfigError("--no-preempt goes with the load suite only")
+            raise ConfigError(f"--{option.replace('_', '-')} goes with the load suite only")
+    if args.suite == "load":
+        from elastic.bench.load import FULL, QUICK, focused
+
+        focused(QUICK if args.quick else FULL, args.patterns, args.loads, args.repeats)  # exit 2 now, not later
     suites = SUITES if args.suite == "all" else [args.suite]
     if getattr(args, "threads", 0):
         import torch

@@ -9,14 +9,14 @@ import torch
 
 from elastic.bench import headroom, margin, policy_variants, pricing, ride_along, targets
 from elastic.bench.arrivals import BudgetDistribution
-from elastic.bench.load import LoadPlan, Span, run_scenarios, shortlist, warmed_workload, workload
+from elastic.bench.load import FULL, LoadPlan, Span, focused, run_scenarios, shortlist, warmed_workload, workload
 from elastic.bench.load_calibration import Calibration
 from elastic.bench.load_report import FIXED_MARGIN, summarize, target_summary
 from elastic.bench.outcomes import ANSWERED, REJECTED, BernoulliJudge
 from elastic.bench.replay import replay_outcomes
 from elastic.bench.scenarios import Scenario
 from elastic.bench.simulate import ServiceModel
-from elastic.errors import BudgetInfeasible, Overloaded
+from elastic.errors import BudgetInfeasible, ConfigError, Overloaded
 from elastic.serving import LatencyProfile, Runtime
 from elastic.serving.predictor import TAIL_QUANTILE
 
@@ -141,6 +141,22 @@ def test_shortlist_takes_both_anchors_and_the_simulations_best():
     ]
     # 1.75: the middle of the middle range (1x-2.5x), which the grid misses; nearest point: 1.25
     assert shortlist(sim_points, plan, calib) == {("poisson", 1.0): [0, 1, 2], ("poisson", 1.75): [0, 1, 2]}
+
+
+def test_a_focused_plan_runs_exactly_the_points_and_seeds_asked_for():
+    calib = calibration(capacity=100.0, smallest_capacity=130.0)  # middle range 1x-1.3x: the grid misses it
+    assert FULL.real_loads_of(calib) == [0.25, 1.0, 1.15, 1.5, 2.0, 3.0]
+    plan = focused(FULL, "poisson", "1, 0.5,1", 12)
+    assert (plan.patterns, plan.real_loads, plan.repeats) == (("poisson",), (0.5, 1.0), 12)
+    assert plan.real_loads_of(calib) == [0.5, 1.0]  # no middle added to loads given by hand
+    assert (plan.sim_loads, plan.span, plan.warmup) == (FULL.sim_loads, FULL.span, FULL.warmup)
+    assert focused(FULL, None, None, None) == FULL
+    assert focused(FULL, "on_off,poisson", None, None).patterns == ("on_off", "poisson")
+    for bad in (("bursty", None, None), ("", None, None), (None, "1,x", None), (None, "0", None)):
+        with pytest.raises(ConfigError):
+            focused(FULL, *bad)
+    with pytest.raises(ConfigError, match="at least 2"):
+        focused(FULL, None, None, 1)
 
 
 @pytest.fixture
