@@ -183,6 +183,12 @@ def test_finite_inputs_whose_sum_overflows_are_accepted(tiny_stitched):
     x = torch.full((2, 3, 32, 32), 3e38)
     assert not torch.isfinite(x.sum())
     tiny_stitched.check_input(x)
+    half = torch.full((2, 3, 32, 32), 100.0, dtype=torch.float16)  # its own sum overflows half's range
+    assert not torch.isfinite(half.sum())
+    tiny_stitched.check_input(half)
+    half[1, 2, 3, 4] = float("inf")
+    with pytest.raises(InvalidInput, match="NaN"):
+        tiny_stitched.check_input(half)
 
 
 @pytest.mark.parametrize("ref", [-1, 23, 1.5, True, "3"])
