@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--loads",
         default=None,
         help="load: real runs at exactly these loads, comma-separated (x the largest anchor's served "
-        "capacity; default 0.25,1,1.5,2,3 and the middle range's middle)",
+        "capacity; default 0.25,1,1.5,2,3, --quick 0.5,2, plus the middle range's middle when none lies in it)",
     )
     p.add_argument("--repeats", type=int, default=None, help="load: seeds per real point (default 5; --quick 3)")
     p.add_argument(
