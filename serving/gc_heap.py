@@ -7,10 +7,13 @@ such collection took about 180 ms on the development machine (2 cores), longer t
 latency budgets. Serving allocates fast enough to trigger one every so often: in the load
 suite's real runs at aef6a87, 8 of the 70 demo runs at 0.25× load (2–5 s each) had one
 225–245 ms stall, and the requests waiting then were shed or late. Freezing the heap once
-the runtime is built (`gc.freeze()`: everything alive moves to a permanent generation the
-collector skips) makes later collections scan only what serving allocates; vLLM's engine
-does the same at start-up (`freeze_gc_heap`). Cyclic garbage among the frozen objects is not reclaimed, which for a
-start-up heap (modules, weights, imported code) is the point.
+the model and its executor are ready (`gc.freeze()`: everything alive moves to a permanent
+generation the collector skips) makes later collections scan only what serving allocates;
+vLLM's engine does the same at start-up (`freeze_gc_heap`). Cyclic garbage among the frozen
+objects is never reclaimed, which for a start-up heap (modules, weights, imported code) is
+the point, and for anything shorter-lived a leak: the runtime freezes before it builds its
+own book-keeping (metrics, engines, scheduler, all full of reference cycles), so that a
+closed runtime's is collected.
 """
 
 from __future__ import annotations

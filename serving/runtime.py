@@ -109,11 +109,13 @@ class Runtime:
         caller_runs: let a thread that blocks on a result run the next batch itself when
             the worker is idle (fewer thread hand-offs; the forward then runs with that
             thread's torch settings). False: every forward runs on the worker.
-        freeze_gc: once built, move every object the process holds to the garbage
-            collector's permanent generation (`gc.freeze`, see `gc_heap.py`): a later
-            collection of the oldest generation then scans only what serving allocated,
-            instead of stopping every thread for the whole heap (~180 ms with torch and
-            timm loaded on the development machine). False leaves the collector alone.
+        freeze_gc: once the model and executor are ready, move every object the process
+            holds to the garbage collector's permanent generation (`gc.freeze`, see
+            `gc_heap.py`): a later collection of the oldest generation then scans only what
+            serving allocated, instead of stopping every thread for the whole heap (~180 ms
+            with torch and timm loaded on the development machine). The runtime's own
+            book-keeping (metrics, engines, scheduler) is built after it, so that a closed
+            runtime's is collected. False leaves the collector alone.
         lanes: engines over the one set of weights, each with its own worker thread,
             scheduler and queue (one per core the runtime may use; see `lanes.py`). With
             more than one, and a policy that chooses subnets, requests with budgets under
@@ -227,6 +229,8 @@ class Runtime:
                 self._stages = stages
         self._check_sample = SampleCheck(self.model, self.dtype)
         self._clock = clock
+        if freeze_gc:  # before the book-keeping: frozen, its reference cycles would outlive `close`
+            freeze_gc_heap()
         self.metrics = ServingMetrics(window=metrics_window)
         ids = itertools.count()  # one counter: request ids stay unique across lanes
         self._engines = [
@@ -246,8 +250,6 @@ class Runtime:
         self._engine = self._engines[0]  # profiles run on it; its scheduler is `scheduler`
         if profile is not None:
             self.set_profile(profile)
-        if freeze_gc:
-            freeze_gc_heap()
         for engine in self._engines:
             engine.start()
         if profile is not None and self.warm:
