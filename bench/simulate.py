@@ -43,6 +43,7 @@ from functools import cached_property
 from elastic.errors import BudgetInfeasible, Overloaded
 from elastic.serving.latency_model import OverheadModel
 from elastic.serving.profile import LatencyProfile
+from elastic.serving.refit import REFIT_MS
 from elastic.serving.request import Request
 from elastic.serving.scheduler import BudgetScheduler
 from elastic.subnet import Subnet
@@ -102,6 +103,7 @@ def simulate(
     seed: int | str = 0,
     stages: Mapping[int, Sequence[float]] | None = None,
     slo_target: float | None = 0.99,
+    refit_ms: float = REFIT_MS,
     on_end: Callable[[BudgetScheduler], None] | None = None,
 ) -> list[Outcome]:
     """Run one load on a virtual clock; one `Outcome` per request, as a real run gives.
@@ -129,6 +131,8 @@ def simulate(
             of the drawn forward; None: they never pause.
         slo_target: as `Runtime(slo_target=...)`: the planning quantile follows the late
             share (None: fixed).
+        refit_ms: as `Runtime(refit_ms=...)`: how long observations wait to be folded
+            into the latency model together (serving/refit.py; 0: after every batch).
         on_end: called with the scheduler once every request has ended (to read its state).
     """
     if len(arrivals_s) != len(budgets_ms):
@@ -143,6 +147,7 @@ def simulate(
         batch_wait_ms=batch_wait_ms,
         stages=stages,
         slo_target=slo_target,
+        refit_ms=refit_ms,
     )
     rng = random.Random(f"service/{seed}")
 

@@ -65,6 +65,7 @@ from .metrics import ServingMetrics
 from .policies import Policy, StaticPolicy, make_policy
 from .profile import QUANTILES, LatencyProfile
 from .profiler import device_name, measure_latency
+from .refit import REFIT_MS, check_refit_ms
 from .request import Result
 from .scheduler import BudgetScheduler, check_positive_int
 from .slo_margin import check_slo_target
@@ -143,6 +144,11 @@ class Runtime:
             that quantile follows the share that ends late (`serving/slo_margin.py`): down
             while fewer than half the allowed misses happen, back up (never past 0.95) while
             more do. None: a fixed quantile (0.95).
+        refit_ms: fold what the forwards teach the latency model (forward times, the
+            engine's overhead, late requests) once the oldest is this old, all together
+            (`serving/refit.py`): after a small forward the folds' caches are cold, and
+            grouping them halves what the runtime adds to a request. A forward off its
+            prediction by 2× or a late request refits at once; 0: after every batch.
 
     Raises:
         ConfigError: a bad setting; no thread is left running.
@@ -174,6 +180,7 @@ class Runtime:
         warm: bool = True,
         preempt: bool | None = None,
         slo_target: float | None = 0.99,
+        refit_ms: float = REFIT_MS,
     ):
         # every check first: a failure here leaves no thread behind
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
@@ -188,6 +195,7 @@ class Runtime:
         if isinstance(stale_s, bool) or not isinstance(stale_s, (int, float)) or not stale_s > 0:
             raise ConfigError(f"stale_s must be a number > 0, got {stale_s!r}")
         self.slo_target = check_slo_target(slo_target) if slo_target is not None else None
+        self.refit_ms = check_refit_ms(refit_ms)
         if worker_threads is None:
             worker_threads = torch.get_num_threads()
         worker_threads = check_positive_int("worker_threads", worker_threads)
@@ -350,6 +358,7 @@ class Runtime:
                         stale_s=self.stale_s,
                         stages=self._stages,
                         slo_target=self.slo_target,
+                        refit_ms=self.refit_ms,
                     )
                     scheduler.on_forget = self.metrics.latency_reset
                 else:

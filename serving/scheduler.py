@@ -27,7 +27,8 @@ model whose subnets are the "model variants":
 - feedback: every batch's observed forward time corrects the forward predictions, the
   engine reports its overhead (`observe_overhead`), and how many admitted requests ended
   late (`observe_outcomes`), which sets the quantile of the forwards' spread every batch
-  is planned at (`TailQuantile`, serving/slo_margin.py).
+  is planned at (`TailQuantile`, serving/slo_margin.py); with `refit_ms` the three are
+  kept and folded together once the oldest is that old (`GroupedRefit`, serving/refit.py).
 - preemption (optional, `stages=`): a request the running batch would make late runs inside
   it at its next block boundary when the batch, the queue and it stay on time
   (`PreemptingScheduler`, serving/preemption.py; the worker calls `boundary` at each
@@ -64,6 +65,7 @@ from .predictor import TAIL_QUANTILE
 from .preemption import PreemptingScheduler
 from .profile import QUANTILES, LatencyProfile
 from .queue_plan import QueuePlan
+from .refit import _FORWARD, _OUTCOMES, _OVERHEAD, SURPRISE, GroupedRefit
 from .request import Request
 from .slo_margin import TailQuantile
 
@@ -80,7 +82,7 @@ def check_positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, SchedulerInterface):
+class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, GroupedRefit, SchedulerInterface):
     """Deadline-aware batching over the subnets of one elastic model.
 
     Args:
@@ -106,6 +108,9 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             budget; the quantile of the forwards' spread that plans every batch follows it
             (`TailQuantile`, serving/slo_margin.py), fed by `observe_outcomes`. None: the
             quantile stays at `predictor.TAIL_QUANTILE`.
+        refit_ms: keep what the batches teach the latency model and fold it together once
+            the oldest is this old, or at once on a surprise (serving/refit.py); 0 (the
+            default here; the runtime groups): after every batch.
 
     Raises:
         ConfigError: a bad setting (also a `ValueError`).
@@ -126,6 +131,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         stale_s: float = 0.5,
         stages: Mapping[int, Sequence[float]] | None = None,
         slo_target: float | None = 0.99,
+        refit_ms: float = 0.0,
     ):
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
         self.max_queue = check_positive_int("max_queue", max_queue)
@@ -163,6 +169,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         self._fast_any: list[tuple[int, float] | None] | None = None  # `fastest_at()`, until a prediction changes
         self._init_preemption(stages)
         self.tail_control = TailQuantile(slo_target, TAIL_QUANTILE) if slo_target is not None else None
+        self._init_refit(refit_ms)
         self.set_profile(profile)
 
     # ---- the queue, as policies read it -------------------------------------------------
@@ -225,11 +232,19 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
         self._fast_any = None
         self._refresh_fronts()
 
+    def set_profile(self, profile: LatencyProfile, subnets: Sequence[Subnet] | None = None) -> None:
+        """`CostTable.set_profile`, after folding what the old profile's forwards taught
+        (their correction goes with it; the overhead and the tail control stay)."""
+        self.refit()
+        super().set_profile(profile, subnets)
+
     # ---- SchedulerInterface ------------------------------------------------------------
     def add_request(self, request: Request, now: float) -> list[ShedRequest]:
         budget = request.budget_ms
         if not budget > 0:  # also catches NaN
             raise BudgetInfeasible(f"budget must be > 0 ms, got {budget}")
+        if self._unfit_since is not None and now - self._unfit_since >= self._refit_s:
+            self.refit()  # the model lags the forwards by at most `refit_ms` (serving/refit.py)
         demand = self.demand
         demand.record(now, math.inf if request.best_effort else budget, self._busy_until is not None)
         self._set_loaded(demand.streaming(now, self._stream_gap_s))
@@ -357,28 +372,27 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Sche
             self.demand.busy_ended(busy_ms)
         if exec_ms is None:
             return None
-        forward = self.latency.forward
-        predicted_forward = forward.predict_in(batch.subnet, batch.size, loaded)  # as it was planned
-        forward.observe(batch.subnet, batch.size, exec_ms, loaded)
+        predicted_forward = self.latency.forward.predict_in(batch.subnet, batch.size, loaded)  # as it was planned
         self._observed_at = now if now is not None else batch.start + busy_ms / 1e3
-        self._fast_any = None
-        self._refresh_fronts()
-        return exec_ms / predicted_forward if predicted_forward > 0 else None
+        ratio = exec_ms / predicted_forward if predicted_forward > 0 else None
+        surprise = ratio is None or not 1 / SURPRISE <= ratio <= SURPRISE
+        self._keep((_FORWARD, batch.subnet, batch.size, exec_ms, loaded), surprise, self._observed_at)
+        return ratio
 
     def observe_outcomes(self, late: int, total: int) -> None:
         """`total` admitted, non-best-effort requests ended, `late` of them after their
         deadline or shed because they could no longer make it: the planning quantile
-        follows (`TailQuantile`; nothing without `slo_target`)."""
-        control = self.tail_control
-        if control is not None and total > 0:
-            self.latency.forward.tail_quantile = control.observe(late, total)
+        follows (`TailQuantile`; nothing without `slo_target`). Folded with the next refit
+        (serving/refit.py); at once when any ended late."""
+        if self.tail_control is not None and total > 0:
+            self._keep((_OUTCOMES, late, total), late > 0)
 
     def observe_overhead(self, batch_size: int, overhead_ms: float, wake_ms: float = 0.0) -> None:
         """The engine's own time around one batch's forward (wake-up, scheduling, stacking,
         answering), `wake_ms` of it waking the worker: folded into the overhead model every
-        prediction adds (the wake-up apart, which shedding leaves out: `_latest_start`)."""
-        self.overhead.observe(batch_size, overhead_ms, wake_ms)
-        self._fast_any = None
+        prediction adds (the wake-up apart, which shedding leaves out: `_latest_start`),
+        with the next refit (serving/refit.py)."""
+        self._keep((_OVERHEAD, batch_size, overhead_ms, wake_ms), False)
 
     def abort_all(self, reason: str = "closed") -> list[ShedRequest]:
         urgent = self._preempt.clear() if self._preempt is not None else []
