@@ -16,8 +16,9 @@ at a time: after a refit the model is exactly the model per-batch folding would 
 in between, admission and scheduling plan with a model that lacks at most the last
 `refit_ms` of forwards. A batch that surprises the model refits at once: a forward more
 than `SURPRISE`× off its prediction either way, or a request that ended late. `refit_ms=0`
-folds after every batch. A forward of `refit_ms` or more (DeiT on this CPU) always refits
-at its end, so only short forwards are grouped.
+folds after every batch. With forwards of `refit_ms` or more (DeiT on this CPU) a group is
+one batch, folded at the next batch's end or at the first admission `refit_ms` after its
+own: the decisions in between plan without it (grouping buys nothing there).
 
 A mixin of `BudgetScheduler` (serving/scheduler.py), over its latency model, overhead
 model, tail control and cached fronts.
