@@ -15,6 +15,7 @@ SUITES = [
     "pricing",
     "margin",
     "ride_along",
+    "refit",
     "onnx",
     "contention",
     "switch_interval",

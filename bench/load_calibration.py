@@ -213,7 +213,10 @@ def served_open_loop(
             wait(futures)
             elapsed += time.perf_counter() - t0
             sizes += [f.result().batch_size for f in futures]
-        wait([rt.submit(example, math.inf)])  # the engine folds the last batch's overhead in first
+        # once the oldest observation the latency model keeps is `refit_ms` old, the next
+        # admission folds them all, the last batch's overhead included (serving/refit.py)
+        time.sleep(rt.refit_ms / 1e3)
+        wait([rt.submit(example, math.inf)])
         overhead = rt.scheduler.overhead
         if overhead.observations == 0:
             raise RuntimeError("the runtime reported no overhead observations")

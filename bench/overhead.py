@@ -19,6 +19,10 @@ Refusals: one more measurement times a `submit` the runtime refuses (a budget be
 fastest subnet's prediction: `BudgetInfeasible` from admission), per call on the caller's
 thread — what each request turned away costs in overload, where most are.
 
+refit_ms: one more table times batch-1 requests of the first demo row under several
+`Runtime(refit_ms=...)` settings, in rotating blocks (`bench/refit_cadence.py`): what the
+latency model's refit cadence costs a request, the evidence for its default.
+
 Targets (issue 9), per row on the CPU: <= 100 µs added per request at batch 1; at batch 8
 the runtime's time <= 1.15× the direct batched forward's.
 
@@ -50,6 +54,7 @@ from elastic.serving import LatencyProfile, Runtime
 
 from .harness import interleaved, markdown_table, paired_ratio, summary, write_results
 from .models import deit_pair, demo_model
+from .refit_cadence import refit_cadence
 from .stats import median_interval, verdict
 
 log = logging.getLogger(__name__)
@@ -195,6 +200,8 @@ def run(args: argparse.Namespace) -> dict:
     evict = functools.partial(deit, torch.randn(1, *deit.input_size()), subnet=0)
     rows += measure(model, EVICTED, anchors[0], repeats, before=evict, batch_sizes=(1,))
     refusal = refusal_cost(model, anchors[0], repeats)
+    blocks, per_block = (3, 100) if args.quick else (8, 200)
+    refit = refit_cadence(model, anchors[0], flat_profile(model, anchors[0]), blocks, per_block)
     table = markdown_table(
         [
             "model",
@@ -246,5 +253,32 @@ def run(args: argparse.Namespace) -> dict:
         f" [{refusal['us_ci95'][0]:.3g}, {refusal['us_ci95'][1]:.3g}] on the caller's thread (median of"
         f" {refusal['rounds']} rounds of 8 calls, 95 % interval)."
     )
-    write_results(args.out, "overhead", {"rows": rows, "refusal": refusal}, table, args.command)
-    return {"rows": rows, "refusal": refusal, "table": table}
+    table += "\n\n" + refit_table(refit, blocks, per_block)
+    data = {"rows": rows, "refusal": refusal, "refit": refit}
+    write_results(args.out, "overhead", data, table, args.command)
+    return data | {"table": table}
+
+
+def refit_table(refit: list[dict], blocks: int, per_block: int) -> str:
+    """The refit_ms A/B (`bench/refit_cadence.py`) as a sentence and a table."""
+    subnet = refit[0]["subnet"]
+    head = (
+        f"refit_ms (`Runtime(refit_ms=...)`, serving/refit.py): µs added per batch-1 request on demo subnet"
+        f" {subnet}, one runtime per setting, {blocks} blocks of {per_block} rounds each in rotating order"
+        " (median of infer − direct over the rounds, 95 % interval; 'default' is the runtime's)."
+    )
+    return (
+        head
+        + "\n\n"
+        + markdown_table(
+            ["refit_ms", "µs added / request [95 % interval]", "rounds"],
+            [
+                [
+                    f"{r['refit_ms']:g}" + (" (default)" if r["default"] else ""),
+                    f"{r['added_us_per_request']:.3g} [{r['added_us_ci95'][0]:.3g}, {r['added_us_ci95'][1]:.3g}]",
+                    r["rounds"],
+                ]
+                for r in refit
+            ],
+        )
+    )

@@ -57,7 +57,7 @@ class BatchRunner:
                 y, paused = self._run_pausing(scheduler, batch, x)
             else:
                 y = self.executor.run(batch.subnet, x)
-            if y.device.type != "cpu":
+            if not y.is_cpu:
                 y = y.to("cpu")  # on CUDA, also waits
             if y.requires_grad:  # not in inference mode (a custom executor): hand out no graph
                 y = y.detach()

@@ -61,6 +61,10 @@ def served_capacity(
         futures = [rt.submit(example, math.inf) for _ in range(burst)]
         results = [f.result() for f in futures]
         elapsed = time.perf_counter() - t0
+        # once the oldest observation the latency model keeps is `refit_ms` old, the next
+        # admission folds them all, the burst's included (serving/refit.py)
+        time.sleep(rt.refit_ms / 1e3)
+        rt.infer(example, math.inf)
         overhead = rt.scheduler.overhead
     return ServedCapacity(
         subnet,

@@ -147,9 +147,10 @@ class Runtime:
         refit_ms: fold what the forwards teach the latency model (forward times, the
             engine's overhead, late requests) once the oldest is this old, all together
             (`serving/refit.py`): between small forwards each fold runs on cold caches,
-            and grouping them took the demo's batch-1 request from 108 to 92 µs added
-            (docs/serving.md, "Grouped refits"). A forward off its prediction by 2× or a
-            late request refits at once; 0: after every batch.
+            and folding less often takes time off every request (`elastic bench overhead`,
+            its refit_ms table; docs/serving.md, "Grouped refits"). A forward off its
+            prediction by 2×, a forward of `refit_ms` or more, or a late request refits at
+            once; 0: after every batch.
 
     Raises:
         ConfigError: a bad setting; no thread is left running.

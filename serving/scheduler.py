@@ -65,7 +65,7 @@ from .predictor import TAIL_QUANTILE
 from .preemption import PreemptingScheduler
 from .profile import QUANTILES, LatencyProfile
 from .queue_plan import QueuePlan
-from .refit import _FORWARD, _OUTCOMES, _OVERHEAD, SURPRISE, GroupedRefit
+from .refit import SURPRISE, GroupedRefit
 from .request import Request
 from .slo_margin import TailQuantile
 
@@ -376,7 +376,7 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Grou
         self._observed_at = now if now is not None else batch.start + busy_ms / 1e3
         ratio = exec_ms / predicted_forward if predicted_forward > 0 else None
         surprise = ratio is None or not 1 / SURPRISE <= ratio <= SURPRISE
-        self._keep((_FORWARD, batch.subnet, batch.size, exec_ms, loaded), surprise, self._observed_at)
+        self._keep_forward(batch.subnet, batch.size, exec_ms, loaded, surprise, self._observed_at)
         return ratio
 
     def observe_outcomes(self, late: int, total: int) -> None:
@@ -385,14 +385,14 @@ class BudgetScheduler(CostTable, QueuePlan, BatchHold, PreemptingScheduler, Grou
         follows (`TailQuantile`; nothing without `slo_target`). Folded with the next refit
         (serving/refit.py); at once when any ended late."""
         if self.tail_control is not None and total > 0:
-            self._keep((_OUTCOMES, late, total), late > 0)
+            self._keep_outcomes(late, total)
 
     def observe_overhead(self, batch_size: int, overhead_ms: float, wake_ms: float = 0.0) -> None:
         """The engine's own time around one batch's forward (wake-up, scheduling, stacking,
         answering), `wake_ms` of it waking the worker: folded into the overhead model every
         prediction adds (the wake-up apart, which shedding leaves out: `_latest_start`),
         with the next refit (serving/refit.py)."""
-        self._keep((_OVERHEAD, batch_size, overhead_ms, wake_ms), False)
+        self._keep_overhead(batch_size, overhead_ms, wake_ms)
 
     def abort_all(self, reason: str = "closed") -> list[ShedRequest]:
         urgent = self._preempt.clear() if self._preempt is not None else []

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--scenario",
         choices=["all", "demo", "deit"],
         default="all",
-        help="load, pricing, margin, ride_along: which scenario (default: both)",
+        help="load, pricing, margin, ride_along, refit: which scenario (default: both)",
     )
     p.add_argument(
         "--simulate", action="store_true", help="load: only the simulated sweep (virtual clock), no real runs"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from elastic.bench import headroom, margin, policy_variants, pricing, ride_along, targets
+from elastic.bench import headroom, margin, policy_variants, pricing, refit, ride_along, targets
 from elastic.bench.arrivals import BudgetDistribution
 from elastic.bench.load import FULL, LoadPlan, Span, focused, run_scenarios, shortlist, warmed_workload, workload
 from elastic.bench.load_calibration import Calibration
@@ -341,6 +341,24 @@ def test_load_suite_end_to_end_on_a_tiny_model(tiny_stitched, tmp_path, one_thre
     assert all(0 < c["expected_accuracy"]["mean"] <= 1 for c in point["contenders"].values())
     saved = json.loads((tmp_path / "ride_along.json").read_text())
     assert saved["source"]["commit"] == real["commit"] and "− no credit" in (tmp_path / "ride_along.md").read_text()
+    # the latency model folded per batch and in groups, on the same calibration
+    monkeypatch.setattr(refit, "LOADS", {"poisson": (1.0,)})
+    monkeypatch.setattr(refit, "QUICK_REQUESTS", 200)
+    monkeypatch.setattr(refit, "MIN_SECONDS", 0.5)
+    monkeypatch.setattr(refit, "stage_fractions", lambda name, model_dir: stages)
+    folded_every = []  # the refit_ms every simulated run got
+    monkeypatch.setattr(
+        policy_variants, "simulate", lambda *a, **kw: folded_every.append(kw["refit_ms"]) or simulate(*a, **kw)
+    )
+    args = argparse.Namespace(out=tmp_path, model=None, quick=True, scenario="all", command="test refit")
+    (point,) = refit.run(args)["scenarios"]["tiny"]["points"]
+    monkeypatch.setattr(policy_variants, "simulate", simulate)
+    assert sorted(set(folded_every)) == [0.0, 5.0, refit.REFIT_MS]
+    assert list(point["contenders"]) == [refit.name_of(ms) for ms in (0.0, 5.0, refit.REFIT_MS)]
+    assert point["contenders"]["refit_ms=0"]["minus_per_batch"]["mean"] == 0.0
+    assert all(0 < c["expected_accuracy"]["mean"] <= 1 for c in point["contenders"].values())
+    saved = json.loads((tmp_path / "refit.json").read_text())
+    assert saved["source"]["commit"] == real["commit"] and "− per batch" in (tmp_path / "refit.md").read_text()
     # the targets summary counts what the load files count, real and simulated apart
     args = argparse.Namespace(out=tmp_path, command="test targets")
     rows = targets.run(args)["rows"]

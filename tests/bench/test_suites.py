@@ -118,6 +118,23 @@ def test_refusal_cost_times_refused_submits_only(tiny_stitched):
     assert 0 < lo <= got["us_per_refusal"] <= hi
 
 
+def test_refit_cadence_times_one_runtime_per_setting_with_its_own_refit_ms(tiny_stitched, monkeypatch):
+    from elastic.bench import refit_cadence
+    from elastic.bench.overhead import flat_profile, refit_table
+
+    made = []
+    real = refit_cadence.Runtime
+    monkeypatch.setattr(refit_cadence, "Runtime", lambda *a, **kw: made.append(kw["refit_ms"]) or real(*a, **kw))
+    rows = refit_cadence.refit_cadence(tiny_stitched, 0, flat_profile(tiny_stitched, 0), blocks=2, per_block=8)
+    assert made == [0.0, 5.0, refit_cadence.REFIT_MS] == [r["refit_ms"] for r in rows]
+    assert [r["default"] for r in rows] == [False, False, True]
+    for r in rows:  # every block's rounds but the first SKIP of each
+        assert r["rounds"] == 2 * (8 - refit_cadence.SKIP)
+        lo, hi = r["added_us_ci95"]
+        assert lo <= r["added_us_per_request"] <= hi
+    assert f"{refit_cadence.REFIT_MS:g} (default)" in refit_table(rows, 2, 8)
+
+
 def test_overhead_runs_the_cache_state_before_every_timed_call(tiny_stitched):
     calls = []
     rows = overhead(tiny_stitched, "tiny", 0, repeats=3, before=lambda: calls.append(1), batch_sizes=(1,))

@@ -80,6 +80,28 @@ def test_a_forward_far_off_its_prediction_refits_at_once(exec_ms):
     assert s.latency.forward.shared != 1.0
 
 
+def test_a_forward_of_refit_ms_or_more_refits_at_its_own_end():
+    s = make(1.5)  # the 2 ms profile, forwards within 2x of it: no surprise
+    s.add_request(Request(0, 0.0, 100.0), now=0.0)
+    s.update_from_output(s.schedule(0.0).batch, 1.6, 0.0017)
+    assert s._unfit == []  # folded at its end, not at the next admission
+    assert s.latency.forward.shared != 1.0
+    s.add_request(Request(1, 0.002, 100.0), now=0.002)
+    s.update_from_output(s.schedule(0.002).batch, 1.4, 0.0035)
+    assert len(s._unfit) == 1  # shorter than refit_ms: kept
+
+
+def test_a_refit_rebuilds_the_cached_predictions_at_once():
+    s = make(5.0)
+    s.add_request(Request(0, 0.0, 100.0), now=0.0)
+    s.update_from_output(s.schedule(0.0).batch, 4.5, 0.0046)  # a surprise: refits at the batch's end
+    built = s._fast_any
+    assert built is not None  # rebuilt there, not left for the next decision
+    s._fast_any = None
+    assert s.fastest_at() == built  # what a rebuild from scratch makes
+    assert built[1][1] == pytest.approx(s.predict_ms(0, 1))
+
+
 def test_a_late_request_refits_at_once():
     s = make(5.0)
     run_batch(s, 0, 0.0, 2.0, late=1)

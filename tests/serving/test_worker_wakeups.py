@@ -137,8 +137,9 @@ def test_the_sample_check_hands_on_no_autograd_history(served_model, grad, copy)
 def test_the_worker_s_wake_up_is_reported_apart_from_the_rest_of_the_overhead(served_model, served_profile):
     """Each request finds the worker asleep (nobody blocks in `result()`, so nobody runs the
     step in its place): the submit wakes it, and that wake-up reaches the overhead model as
-    its own part (`OverheadModel.wake_ms`), which shedding leaves out."""
-    runtime = Runtime(served_model, max_batch_size=8, policy="static:0", profile=served_profile)
+    its own part (`OverheadModel.wake_ms`), which shedding leaves out. Folded after every
+    batch (`refit_ms=0`), so the model holds every batch read below."""
+    runtime = Runtime(served_model, max_batch_size=8, policy="static:0", profile=served_profile, refit_ms=0)
     try:
         for i in range(12):
             future = runtime.submit(sample(i), math.inf)
