@@ -25,9 +25,6 @@ import logging
 from elastic.serving.predictor import TAIL_QUANTILE
 
 from . import policy_variants
-from .calibrated import read_load_run
-from .harness import write_results
-from .headroom import accuracy_of
 from .pricing import stage_fractions
 
 log = logging.getLogger(__name__)
@@ -40,46 +37,24 @@ FINAL = ("final_quantile", "final quantile (per seed)")  # read off each run's s
 
 
 def run(args: argparse.Namespace) -> dict:
-    source, load, names = read_load_run(args)
-    seeds = 2 if args.quick else 3
-    requests = QUICK_REQUESTS if args.quick else REQUESTS
-    variants = {name: {"slo_target": slo} for name, slo in CONTENDERS.items()}
-    scenarios = {
-        name: policy_variants.sweep(
-            "margin",
-            load["scenarios"][name],
-            accuracy_of(name, load["scenarios"][name]["calibration"], args.model),
-            variants,
-            LOADS,
-            seeds,
-            requests,
-            MIN_SECONDS,
-            diff_key="minus_fixed",
-            stages=stage_fractions(name, args.model),
-            at_end=(FINAL[0], lambda sched: sched.latency.forward.tail_quantile),
-        )
-        for name in names
-    }
-    note = (
-        f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}), "
-        f"runs of about {requests} requests, batches pausing at block boundaries: expected effective accuracy "
-        "(mean ± 95 % t-interval over seeds), admitted requests answered within budget, rejected share, the "
-        "planning quantile at the end of each "
-        f"run (both start at {TAIL_QUANTILE}), and the paired difference against the fixed quantile, in points."
-    )
-    table = policy_variants.table(scenarios, note, "minus_fixed", "− fixed (points, 95 % CI)", FINAL)
-    write_results(
-        args.out,
+    return policy_variants.variant_suite(
+        args,
         "margin",
-        {
-            "source": {"file": str(source), "commit": load["commit"], "date": load["date"]},
-            "contenders": CONTENDERS,
-            "start_quantile": TAIL_QUANTILE,
-            "seeds": seeds,
-            "requests_per_run": requests,
-            "scenarios": scenarios,
-        },
-        table,
-        args.command,
+        {name: {"slo_target": slo} for name, slo in CONTENDERS.items()},
+        LOADS,
+        seeds=(3, 2),
+        requests=(REQUESTS, QUICK_REQUESTS),
+        min_seconds=MIN_SECONDS,
+        stages=stage_fractions,
+        diff_key="minus_fixed",
+        diff_label="− fixed (points, 95 % CI)",
+        note=lambda load, requests: (
+            f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}), "
+            f"runs of about {requests} requests, batches pausing at block boundaries: expected effective accuracy "
+            "(mean ± 95 % t-interval over seeds), admitted requests answered within budget, rejected share, the "
+            "planning quantile at the end of each "
+            f"run (both start at {TAIL_QUANTILE}), and the paired difference against the fixed quantile, in points."
+        ),
+        extra={"contenders": CONTENDERS, "start_quantile": TAIL_QUANTILE},
+        at_end=(*FINAL, lambda sched: sched.latency.forward.tail_quantile),
     )
-    return {"scenarios": scenarios, "table": table}

@@ -26,6 +26,12 @@ latency model's refit cadence costs a request, the evidence for its default.
 Targets (issue 9), per row on the CPU: <= 100 µs added per request at batch 1; at batch 8
 the runtime's time <= 1.15× the direct batched forward's.
 
+Rows: after `WARMUP` untimed calls of every contender, `ROUNDS` timed rounds for each demo
+row and a twelfth as many for deit_tiny's (30 ms forwards), whose rows come after the demo
+rows: the first hundred rounds on the small model after a runtime that served deit_tiny run
+slower than its steady state (back to back on one machine, 183 µs [129, 234] added, then
+118 [96, 139] on the next row alike), which is what a row is meant to measure.
+
 Noise: each round times both contenders back to back, so each row is judged on the paired
 per-round values (runtime - direct per request at batch 1, runtime / direct at batch 8):
 their median, and a distribution-free 95 % interval of that median (order statistics of the
@@ -61,7 +67,9 @@ log = logging.getLogger(__name__)
 TARGET_ADDED_US = 100.0  # batch 1: most µs the runtime may add per request
 TARGET_RATIO_B8 = 1.15  # batch 8: most runtime / direct time
 EVICTED = "demo, caches evicted"  # a diagnostic row, not one of the targets' rows
-WARMUP = 5
+WARMUP = 20  # untimed calls of every contender before a row's timed rounds
+ROUNDS = 300  # timed rounds of a demo row (deit_tiny's: a twelfth, its forwards are ~30× longer)
+EVICTED_ROUNDS = 100  # the diagnostic row's (each round runs two untimed deit_tiny forwards)
 
 
 def flat_profile(model, subnet: int, batch_sizes=(1, 8)) -> LatencyProfile:
@@ -187,21 +195,24 @@ def refusal_cost(model, subnet: int, repeats: int, per_round: int = 8) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    repeats = 20 if args.quick else 100
+    repeats = 20 if args.quick else ROUNDS
     model = demo_model(args.model)  # required: a missing model fails the suite
-    rows = measure(deit_pair(), "deit_tiny (224)", 0, max(10, repeats // 4))
     anchors = [s.id for s in model.subnets() if s.kind == "anchor"]
+    rows = []
     for s in anchors:
         rows += measure(model, "demo", s, repeats)
-    # the first demo row again, but each call starts with the caches a deit_tiny forward
-    # leaves (its ~23 MB of weights evict the runtime's Python objects): what the Python path
-    # costs around a large forward, with the model and the code held fixed
-    deit = deit_pair()
-    evict = functools.partial(deit, torch.randn(1, *deit.input_size()), subnet=0)
-    rows += measure(model, EVICTED, anchors[0], repeats, before=evict, batch_sizes=(1,))
     refusal = refusal_cost(model, anchors[0], repeats)
     blocks, per_block = (3, 100) if args.quick else (8, 200)
     refit = refit_cadence(model, anchors[0], flat_profile(model, anchors[0]), blocks, per_block)
+    # deit_tiny's rows last: a runtime that served 34 ms forwards leaves the next row's first
+    # hundred rounds slower (their own steady state is what a row measures)
+    deit = deit_pair()
+    rows += measure(deit, "deit_tiny (224)", 0, max(10, repeats // 12))
+    # the first demo row again, but each call starts with the caches a deit_tiny forward
+    # leaves (its ~23 MB of weights evict the runtime's Python objects): what the Python path
+    # costs around a large forward, with the model and the code held fixed
+    evict = functools.partial(deit, torch.randn(1, *deit.input_size()), subnet=0)
+    rows += measure(model, EVICTED, anchors[0], min(repeats, EVICTED_ROUNDS), before=evict, batch_sizes=(1,))
     table = markdown_table(
         [
             "model",

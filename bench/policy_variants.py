@@ -14,6 +14,7 @@ one value read off the scheduler at the end of each run.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,8 +22,9 @@ from tqdm.auto import tqdm
 
 from elastic.serving.scheduler import BudgetScheduler
 
-from .calibrated import from_calibration
-from .harness import markdown_table
+from .calibrated import from_calibration, read_load_run
+from .harness import markdown_table, write_results
+from .headroom import accuracy_of
 from .load import workload
 from .load_calibration import BATCH_WAIT_MS, MAX_BATCH
 from .outcomes import BernoulliJudge, Outcome
@@ -152,3 +154,72 @@ def table(
         header = ["pattern", "load ×", "contender", "expected acc.", "admitted in budget", "rejected"]
         out.append(markdown_table([*header, *([at_end[1]] if at_end else []), diff_label], rows))
     return "\n".join(out)
+
+
+def variant_suite(
+    args: argparse.Namespace,
+    suite: str,
+    variants: Mapping[str, Mapping[str, Any]],
+    loads: Mapping[str, Sequence[float]],
+    *,
+    seeds: tuple[int, int],
+    requests: tuple[int, int],
+    min_seconds: float,
+    stages: Callable[[str, str | None], Mapping[int, Sequence[float]]],
+    diff_key: str,
+    diff_label: str,
+    note: Callable[[dict[str, Any], int], str],
+    extra: Mapping[str, Any],
+    at_end: tuple[str, str, Callable[[BudgetScheduler], float]] | None = None,
+    sweeper: Callable[..., dict[str, Any]] = sweep,
+    tabulate: Callable[..., str] = table,
+) -> dict[str, Any]:
+    """Run a suite of variants on the load run under `--out`: `sweeper` every scenario
+    `--scenario` asks for, `tabulate` them under `note(load run, requests)`, and write
+    `<out>/<suite>.json` (the source, `extra`, seeds, requests per run and the scenarios) and
+    `.md`.
+
+    Args:
+        seeds, requests: (full, `--quick`) seeds per point and requests per run, about.
+        stages: (scenario name, model directory) -> the `stages` of `sweep`.
+        at_end: (key, column header, read): the `at_end` of `sweep` and of `table`.
+        sweeper, tabulate: with the signatures of `sweep` and `table`.
+
+    Returns:
+        {"scenarios": name -> what `sweeper` returned, "table": the markdown}.
+    """
+    source, load, names = read_load_run(args)
+    n_seeds, n_requests = (seeds[1], requests[1]) if args.quick else (seeds[0], requests[0])
+    read = {"at_end": (at_end[0], at_end[2])} if at_end else {}
+    scenarios = {
+        name: sweeper(
+            suite,
+            load["scenarios"][name],
+            accuracy_of(name, load["scenarios"][name]["calibration"], args.model),
+            variants,
+            loads,
+            n_seeds,
+            n_requests,
+            min_seconds,
+            diff_key=diff_key,
+            stages=stages(name, args.model),
+            **read,
+        )
+        for name in names
+    }
+    shown = {"at_end": at_end[:2]} if at_end else {}
+    markdown = tabulate(scenarios, note(load, n_requests), diff_key, diff_label, **shown)
+    write_results(
+        args.out,
+        suite,
+        {
+            "source": {"file": str(source), "commit": load["commit"], "date": load["date"]},
+            **extra,
+            "seeds": n_seeds,
+            "requests_per_run": n_requests,
+            "scenarios": scenarios,
+        },
+        markdown,
+        args.command,
+    )
+    return {"scenarios": scenarios, "table": markdown}

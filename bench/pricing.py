@@ -30,9 +30,7 @@ from typing import Any
 from elastic.serving.elastic_policy import ElasticPolicy
 
 from . import policy_variants
-from .calibrated import read_load_run
-from .harness import markdown_table, write_results
-from .headroom import accuracy_of
+from .harness import markdown_table
 
 log = logging.getLogger(__name__)
 PRICES = (1.0, 2.0, 3.0, 5.0)
@@ -43,29 +41,26 @@ MIN_SECONDS = 10.0  # shortest simulated run: ten on/off periods, whatever the r
 
 
 def run(args: argparse.Namespace) -> dict:
-    source, load, names = read_load_run(args)
-    seeds = 2 if args.quick else 3
-    requests = QUICK_REQUESTS if args.quick else REQUESTS
-    scenarios = {}
-    for name in names:
-        sc = load["scenarios"][name]
-        stages = stage_fractions(name, args.model)
-        scenarios[name] = sweep(sc, accuracy_of(name, sc["calibration"], args.model), stages, seeds, requests)
-    table = tables(scenarios, load)
-    write_results(
-        args.out,
+    return policy_variants.variant_suite(
+        args,
         "pricing",
-        {
-            "source": {"file": str(source), "commit": load["commit"], "date": load["date"]},
-            "prices": list(PRICES),
-            "seeds": seeds,
-            "requests_per_run": requests,
-            "scenarios": scenarios,
-        },
-        table,
-        args.command,
+        {f"elastic, price {p:g}": {"policy": ElasticPolicy(blocking_price=p)} for p in PRICES},
+        LOADS,
+        seeds=(3, 2),
+        requests=(REQUESTS, QUICK_REQUESTS),
+        min_seconds=MIN_SECONDS,
+        stages=stage_fractions,
+        diff_key="minus_price_1",
+        diff_label="− price 1 (points, 95 % CI)",
+        note=lambda load, requests: (
+            f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}): "
+            "expected effective accuracy (mean ± 95 % t-interval over seeds), rejected share, and the paired "
+            "difference against price 1, in points."
+        ),
+        extra={"prices": list(PRICES)},
+        sweeper=sweep,
+        tabulate=tables,
     )
-    return {"scenarios": scenarios, "table": table}
 
 
 def stage_fractions(name: str, model_dir: str | None) -> dict[int, tuple[float, ...]]:
@@ -79,45 +74,50 @@ def stage_fractions(name: str, model_dir: str | None) -> dict[int, tuple[float, 
 
 
 def sweep(
-    sc: dict[str, Any], accuracy: dict[int, float], stages: dict[int, tuple[float, ...]], seeds: int, requests: int
+    suite: str,
+    sc: dict[str, Any],
+    accuracy: dict[int, float],
+    variants: dict[str, dict[str, Any]],
+    loads: dict[str, tuple[float, ...]],
+    seeds: int,
+    requests: int,
+    min_seconds: float,
+    *,
+    diff_key: str,
+    stages: dict[int, tuple[float, ...]],
 ) -> dict[str, Any]:
-    """Every (pausing?, pattern, load) point of one scenario: each price and the smallest anchor."""
+    """Every (pausing?, pattern, load) point of one scenario: each price and the smallest anchor
+    (`policy_variants.sweep` with batches that never pause, then pausing at `stages`)."""
     smallest = sc["calibration"]["smallest_anchor"]
-    variants: dict[str, dict[str, Any]] = {
-        f"elastic, price {p:g}": {"policy": ElasticPolicy(blocking_price=p)} for p in PRICES
-    }
-    variants[f"static smallest ({smallest})"] = {"policy": f"static:{smallest}"}
+    variants = {**variants, f"static smallest ({smallest})": {"policy": f"static:{smallest}"}}
     points = []
     for pausing in (False, True):
         swept = policy_variants.sweep(
-            "pricing",
+            suite,
             sc,
             accuracy,
             variants,
-            LOADS,
+            loads,
             seeds,
             requests,
-            MIN_SECONDS,
-            diff_key="minus_price_1",
+            min_seconds,
+            diff_key=diff_key,
             stages=stages if pausing else None,
         )
         points += [{"pausing": pausing, **p} for p in swept["points"]]
     return {"label": sc["label"], "middle_range": sc["calibration"]["middle_range"], "points": points}
 
 
-def tables(scenarios: dict[str, dict[str, Any]], load: dict[str, Any]) -> str:
-    out = [
-        f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}): "
-        "expected effective accuracy (mean ± 95 % t-interval over seeds), rejected share, and the paired "
-        "difference against price 1, in points."
-    ]
+def tables(scenarios: dict[str, dict[str, Any]], note: str, diff_key: str, diff_label: str) -> str:
+    """`policy_variants.table` with a column for pausing, none for the admitted share in budget."""
+    out = [note]
     for name, sc in scenarios.items():
         lo, hi = sc["middle_range"]
         out.append(f"\n## {name} — {sc['label']}\n\nMiddle range: {lo:g}× < load ≤ {hi:.3g}×.\n")
         rows = []
         for p in sc["points"]:
             for contender, c in p["contenders"].items():
-                e, r, d = c["expected_accuracy"], c["rejected_share"], c["minus_price_1"]
+                e, r, d = c["expected_accuracy"], c["rejected_share"], c[diff_key]
                 rows.append(
                     [
                         "pause" if p["pausing"] else "never",
@@ -140,7 +140,7 @@ def tables(scenarios: dict[str, dict[str, Any]], load: dict[str, Any]) -> str:
                     "contender",
                     "expected acc.",
                     "rejected",
-                    "− price 1 (points, 95 % CI)",
+                    diff_label,
                 ],
                 rows,
             )

@@ -25,9 +25,6 @@ import logging
 from elastic.serving.refit import REFIT_MS
 
 from . import policy_variants
-from .calibrated import read_load_run
-from .harness import write_results
-from .headroom import accuracy_of
 from .pricing import stage_fractions
 
 log = logging.getLogger(__name__)
@@ -43,45 +40,23 @@ def name_of(ms: float) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    source, load, names = read_load_run(args)
-    seeds = 2 if args.quick else 3
-    requests = QUICK_REQUESTS if args.quick else REQUESTS
-    variants = {name_of(ms): {"refit_ms": ms} for ms in SETTINGS}
-    scenarios = {
-        name: policy_variants.sweep(
-            "refit",
-            load["scenarios"][name],
-            accuracy_of(name, load["scenarios"][name]["calibration"], args.model),
-            variants,
-            LOADS,
-            seeds,
-            requests,
-            MIN_SECONDS,
-            diff_key="minus_per_batch",
-            stages=stage_fractions(name, args.model),
-        )
-        for name in names
-    }
-    note = (
-        f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}), "
-        f"runs of about {requests} requests, batches pausing at block boundaries, the latency model folded "
-        "after every batch (refit_ms=0) or in groups: expected effective accuracy (mean ± 95 % t-interval over "
-        "seeds), admitted requests answered within budget, rejected share, and the paired difference against "
-        "per-batch folding, in points."
-    )
-    table = policy_variants.table(scenarios, note, "minus_per_batch", "− per batch (points, 95 % CI)")
-    write_results(
-        args.out,
+    return policy_variants.variant_suite(
+        args,
         "refit",
-        {
-            "source": {"file": str(source), "commit": load["commit"], "date": load["date"]},
-            "settings_ms": list(SETTINGS),
-            "default_ms": REFIT_MS,
-            "seeds": seeds,
-            "requests_per_run": requests,
-            "scenarios": scenarios,
-        },
-        table,
-        args.command,
+        {name_of(ms): {"refit_ms": ms} for ms in SETTINGS},
+        LOADS,
+        seeds=(3, 2),
+        requests=(REQUESTS, QUICK_REQUESTS),
+        min_seconds=MIN_SECONDS,
+        stages=stage_fractions,
+        diff_key="minus_per_batch",
+        diff_label="− per batch (points, 95 % CI)",
+        note=lambda load, requests: (
+            f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}), "
+            f"runs of about {requests} requests, batches pausing at block boundaries, the latency model folded "
+            "after every batch (refit_ms=0) or in groups: expected effective accuracy (mean ± 95 % t-interval over "
+            "seeds), admitted requests answered within budget, rejected share, and the paired difference against "
+            "per-batch folding, in points."
+        ),
+        extra={"settings_ms": list(SETTINGS), "default_ms": REFIT_MS},
     )
-    return {"scenarios": scenarios, "table": table}

@@ -27,9 +27,6 @@ import math
 from elastic.serving.elastic_policy import LATER_UTILISATION, ElasticPolicy
 
 from . import policy_variants
-from .calibrated import read_load_run
-from .harness import write_results
-from .headroom import accuracy_of
 from .pricing import stage_fractions
 
 log = logging.getLogger(__name__)
@@ -47,43 +44,22 @@ MIN_SECONDS = 10.0  # shortest simulated run: ten on/off periods, whatever the r
 
 
 def run(args: argparse.Namespace) -> dict:
-    source, load, names = read_load_run(args)
-    seeds = 2 if args.quick else 4
-    requests = QUICK_REQUESTS if args.quick else REQUESTS
-    variants = {name: {"policy": ElasticPolicy(later_utilisation=u)} for name, u in CONTENDERS.items()}
-    scenarios = {
-        name: policy_variants.sweep(
-            "ride_along",
-            load["scenarios"][name],
-            accuracy_of(name, load["scenarios"][name]["calibration"], args.model),
-            variants,
-            LOADS,
-            seeds,
-            requests,
-            MIN_SECONDS,
-            diff_key="minus_no_credit",
-            stages=stage_fractions(name, args.model),
-        )
-        for name in names
-    }
-    note = (
-        f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}), "
-        f"runs of about {requests} requests, batches pausing at block boundaries: expected effective accuracy "
-        "(mean ± 95 % t-interval over seeds), admitted requests answered within budget, rejected share, and the "
-        "paired difference against no credit for a request left for a later batch, in points."
-    )
-    table = policy_variants.table(scenarios, note, "minus_no_credit", "− no credit (points, 95 % CI)")
-    write_results(
-        args.out,
+    return policy_variants.variant_suite(
+        args,
         "ride_along",
-        {
-            "source": {"file": str(source), "commit": load["commit"], "date": load["date"]},
-            "contenders": {name: str(u) for name, u in CONTENDERS.items()},
-            "seeds": seeds,
-            "requests_per_run": requests,
-            "scenarios": scenarios,
-        },
-        table,
-        args.command,
+        {name: {"policy": ElasticPolicy(later_utilisation=u)} for name, u in CONTENDERS.items()},
+        LOADS,
+        seeds=(4, 2),
+        requests=(REQUESTS, QUICK_REQUESTS),
+        min_seconds=MIN_SECONDS,
+        stages=stage_fractions,
+        diff_key="minus_no_credit",
+        diff_label="− no credit (points, 95 % CI)",
+        note=lambda load, requests: (
+            f"Simulated on the calibration of the load suite's run of commit {load['commit']} ({load['date']}), "
+            f"runs of about {requests} requests, batches pausing at block boundaries: expected effective accuracy "
+            "(mean ± 95 % t-interval over seeds), admitted requests answered within budget, rejected share, and the "
+            "paired difference against no credit for a request left for a later batch, in points."
+        ),
+        extra={"contenders": {name: str(u) for name, u in CONTENDERS.items()}},
     )
-    return {"scenarios": scenarios, "table": table}
