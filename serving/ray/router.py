@@ -10,8 +10,8 @@ stats.py) and the replica's live queue length (Ray's queue-length cache, probed 
 accurate subnet predicted to make the budget first; among replicas that tie on accuracy,
 the shorter queue; among those that tie on both, a random order. Not the earliest
 predicted completion: replicas of one deployment differ there only by their own latency
-estimates, and at light load, where every queue is empty, that tie-break sent one
-replica 66–90 % of the requests (083b901's `ray_load` run, 0.25×). Ray then sends the request to
+estimates, and at light load, where every queue is empty, that tie-break sent one replica
+66–90 % of the requests (083b901's `ray_load` run, 0.25×). Ray then sends the request to
 the first replica in that order whose queue has room (`max_ongoing_requests`). Without a
 budget (an HTTP request, whose body the router cannot see) or before every replica has
 published a table, it falls back to power of two choices, Ray's default (Mitzenmacher,

@@ -5,9 +5,9 @@ Pure Python (no ray, no torch), so it is tested without a cluster. A replica's
 router (router.py) calls `predict` with those stats and the replica's live queue length
 (Ray's queue-length cache or a probe) for each candidate replica, and sends the request
 where it meets its budget with the most accurate subnet, ties to the shorter queue (then
-at random, router.py says why). This is INFaaS's variant selection (Romero et al., ATC'21) lifted one level up,
-to replica selection, with Clockwork's (OSDI'20) idea that a controller plans from
-per-worker latency predictions rather than from queue lengths alone.
+at random, router.py says why). This is INFaaS's variant selection (Romero et al.,
+ATC'21) lifted one level up, to replica selection, with Clockwork's (OSDI'20) idea that a
+controller plans from per-worker latency predictions rather than from queue lengths alone.
 
 The prediction is the replica's own latency model, simplified: the requests ahead of it
 (`queue_len`, counting the batch running) drain at the per-request cost of full batches on
